@@ -1,0 +1,321 @@
+"""The ``dandi-icechunk`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import DandiIcechunkError
+from .export import export_snapshot, verify_snapshot
+from .history import diff_snapshots, repository_info
+from .location import STORAGE_ENV_VAR, StorageLocation
+from .progress import NoProgress, Progress, TerminalProgress
+from .session import DEFAULT_BRANCH, ZarrRepository
+from .upload import DEFAULT_JOBS, UploadResult, find_dandiset_zarrs, upload_zarr
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Show our errors as one clear line (exit 1) and Ctrl-C as a safe stop (exit 130)."""
+    try:
+        yield
+    except DandiIcechunkError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(
+            "Interrupted: nothing was committed; run the same command again to complete.",
+            err=True,
+        )
+        sys.exit(130)
+
+
+def _progress(as_json: bool) -> Progress:
+    return TerminalProgress() if not as_json and sys.stderr.isatty() else NoProgress()
+
+
+def _emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        text()
+
+
+def _open(ctx: click.Context, zarr_id: str, *, create: bool = False) -> ZarrRepository:
+    return ZarrRepository.open(ctx.obj, zarr_id, create=create)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress.")
+jobs_option = click.option(
+    "--jobs", "-J", default=DEFAULT_JOBS, show_default=True, help="Parallel transfers."
+)
+
+
+def _ref_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--snapshot", "snapshot_id", help="Snapshot ID."),
+            click.option("--tag", help="Tag name."),
+            click.option("--branch", help=f"Branch name (default: tip of {DEFAULT_BRANCH})."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _one_ref(snapshot_id: str | None, tag: str | None, branch: str | None) -> None:
+    if sum(x is not None for x in (snapshot_id, tag, branch)) > 1:
+        raise click.UsageError("give at most one of --snapshot, --tag and --branch")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dandi-icechunk")
+@click.option(
+    "--storage",
+    envvar=STORAGE_ENV_VAR,
+    metavar="URL",
+    help=(
+        "Where repositories live: s3://BUCKET/PREFIX?endpoint_url=URL (AWS credentials from the "
+        "usual sources) or file:///PATH. Default: a local bucket in your data directory. "
+        f"Also ${STORAGE_ENV_VAR}."
+    ),
+)
+@click.pass_context
+def main(ctx: click.Context, storage: str | None) -> None:
+    """Zarr assets of the DANDI archive as Icechunk repositories.
+
+    Each Zarr asset (keyed by its zarr_id) is one Icechunk repository. `upload` commits a local
+    Zarr as one snapshot (only what changed travels); `log`, `diff`, `info`, `export` and
+    `verify` inspect and read snapshots back.
+    """
+    if "ICECHUNK_LOG" not in os.environ:
+        import icechunk
+
+        icechunk.set_logs_filter("error")
+    with _user_errors():
+        ctx.obj = StorageLocation.resolve(storage)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--zarr-id", help="The Zarr asset's zarr_id (UUID). Required for a single Zarr.")
+@click.option("--dandiset", help="Dandiset ID, recorded in the commit metadata.")
+@click.option("--message", "-m", help="Commit message.")
+@click.option("--branch", default=DEFAULT_BRANCH, show_default=True, help="Branch to commit on.")
+@click.option("--embargoed", is_flag=True, help="Create new repositories under the private prefix.")
+@jobs_option
+@json_option
+@click.pass_context
+def upload(
+    ctx: click.Context,
+    path: Path,
+    zarr_id: str | None,
+    dandiset: str | None,
+    message: str | None,
+    branch: str,
+    embargoed: bool,
+    jobs: int,
+    as_json: bool,
+) -> None:
+    """Upload a Zarr directory (or every Zarr in a Dandiset directory) as one commit each.
+
+    Only new and changed files are written; files removed locally are removed. With no change,
+    no commit is made. In a Dandiset directory (one with dandiset.yaml), Zarr assets are found
+    as `dandi upload` finds them and each gets a zarr_id derived from the Dandiset ID and its path.
+    """
+    with _user_errors():
+        if (path / "dandiset.yaml").exists():
+            dandiset_id, zarrs = find_dandiset_zarrs(path)
+            if zarr_id and len(zarrs) > 1:
+                raise click.UsageError(
+                    f"--zarr-id names one Zarr, but {path} holds {len(zarrs)}; leave it out"
+                )
+            targets = [(z.filepath, zarr_id or z.zarr_id, z.asset_path) for z in zarrs]
+            dandiset = dandiset or dandiset_id
+        elif zarr_id is None:
+            raise click.UsageError("--zarr-id is required to upload a single Zarr")
+        else:
+            targets = [(path, zarr_id, path.name)]
+        results: list[UploadResult] = []
+        for filepath, target_id, asset_path in targets:
+            repository = ZarrRepository.open(ctx.obj, target_id, create=True, embargoed=embargoed)
+            result = upload_zarr(
+                filepath, repository, branch=branch, message=message, dandiset=dandiset,
+                jobs=jobs, progress=_progress(as_json),
+            )
+            results.append(result)
+            if not as_json:
+                _print_upload(asset_path, result)
+        if as_json:
+            payload = results[0].to_json() if len(targets) == 1 and not dandiset_dir(path) else {
+                "dandiset": dandiset, "zarrs": [r.to_json() for r in results]
+            }
+            click.echo(json.dumps(payload, indent=2))
+
+
+def dandiset_dir(path: Path) -> bool:
+    """Whether ``path`` is a Dandiset directory."""
+    return (path / "dandiset.yaml").exists()
+
+
+def _print_upload(name: str, result: UploadResult) -> None:
+    if result.snapshot_id is None:
+        click.echo(
+            f"{name}: no change since snapshot {result.parent_snapshot_id}; nothing committed "
+            f"(zarr_id {result.zarr_id}, checksum {result.zarr_checksum})"
+        )
+        return
+    click.echo(
+        f"{name}: committed snapshot {result.snapshot_id} to {result.repository}\n"
+        f"  {result.files_written} file(s) written ({_size(result.bytes_written)}), "
+        f"{result.files_deleted} deleted; now {result.file_count} files, {_size(result.size)}\n"
+        f"  dandi-zarr-checksum {result.zarr_checksum}"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.option("--branch", default=DEFAULT_BRANCH, show_default=True)
+@json_option
+@click.pass_context
+def log(ctx: click.Context, zarr_id: str, branch: str, as_json: bool) -> None:
+    """List the snapshots of a Zarr's repository, newest first, with their DANDI metadata."""
+    with _user_errors():
+        records = _open(ctx, zarr_id).history(branch)
+
+    def text() -> None:
+        for r in records:
+            tags = f"  [tags: {', '.join(r.tags)}]" if r.tags else ""
+            click.echo(f"snapshot {r.snapshot_id}  {r.written_at:%Y-%m-%d %H:%M:%S %Z}{tags}")
+            click.echo(f"    {r.message}")
+            if r.info:
+                click.echo(
+                    f"    checksum {r.info.zarr_checksum}  files {r.info.file_count}  "
+                    f"size {_size(r.info.size)}  by {r.info.user} ({r.info.client})"
+                    + (f"  dandiset {r.info.dandiset}" if r.info.dandiset else "")
+                )
+
+    _emit(as_json, {"zarr_id": zarr_id, "branch": branch, "snapshots": [r.to_json() for r in records]}, text)
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.argument("from_ref", metavar="FROM")
+@click.argument("to_ref", metavar="TO")
+@json_option
+@click.pass_context
+def diff(ctx: click.Context, zarr_id: str, from_ref: str, to_ref: str, as_json: bool) -> None:
+    """Show the files added, modified and removed from snapshot FROM to snapshot TO.
+
+    FROM and TO are snapshot IDs, tags or branch names.
+    """
+    with _user_errors():
+        result = diff_snapshots(_open(ctx, zarr_id), from_ref, to_ref)
+
+    def text() -> None:
+        click.echo(f"{result.from_snapshot} -> {result.to_snapshot}")
+        for mark, keys in (("A", result.added), ("M", result.modified), ("D", result.removed)):
+            for key in keys:
+                click.echo(f"{mark} {key}")
+        click.echo(
+            f"{len(result.added)} added, {len(result.modified)} modified, "
+            f"{len(result.removed)} removed ({_size(result.bytes_added)} written)"
+        )
+
+    _emit(as_json, result.to_json(), text)
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.option("--branch", default=DEFAULT_BRANCH, show_default=True)
+@json_option
+@click.pass_context
+def info(ctx: click.Context, zarr_id: str, branch: str, as_json: bool) -> None:
+    """Summarize a Zarr's repository: location, branches, tags, and the tip's content."""
+    with _user_errors():
+        data = repository_info(_open(ctx, zarr_id), branch)
+
+    def text() -> None:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                click.echo(f"{key}:")
+                for k, v in value.items():
+                    click.echo(f"  {k}: {v}")
+            else:
+                click.echo(f"{key}: {_size(value) if key == 'size' else value}")
+
+    _emit(as_json, data, text)
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.argument("dest", type=click.Path(path_type=Path))
+@_ref_options
+@jobs_option
+@json_option
+@click.pass_context
+def export(
+    ctx: click.Context, zarr_id: str, dest: Path, snapshot_id: str | None, tag: str | None,
+    branch: str | None, jobs: int, as_json: bool,
+) -> None:
+    """Write a snapshot to DEST as the exact files that were uploaded (v2 comes back as v2)."""
+    _one_ref(snapshot_id, tag, branch)
+    with _user_errors():
+        result = export_snapshot(
+            _open(ctx, zarr_id), dest, snapshot_id=snapshot_id, tag=tag, branch=branch,
+            jobs=jobs, progress=_progress(as_json),
+        )
+    _emit(as_json, result.to_json(), lambda: click.echo(
+        f"exported snapshot {result.snapshot_id} to {result.destination}: "
+        f"{result.file_count} files, {_size(result.size)}, checksum {result.zarr_checksum}"
+    ))
+
+
+@main.command()
+@click.argument("zarr_id")
+@_ref_options
+@jobs_option
+@json_option
+@click.pass_context
+def verify(
+    ctx: click.Context, zarr_id: str, snapshot_id: str | None, tag: str | None,
+    branch: str | None, jobs: int, as_json: bool,
+) -> None:
+    """Recompute a snapshot's dandi-zarr-checksum from the stored data and compare.
+
+    Exits 0 when it matches and every file is intact, 1 otherwise.
+    """
+    _one_ref(snapshot_id, tag, branch)
+    with _user_errors():
+        result = verify_snapshot(
+            _open(ctx, zarr_id), snapshot_id=snapshot_id, tag=tag, branch=branch,
+            jobs=jobs, progress=_progress(as_json),
+        )
+
+    def text() -> None:
+        for problem in result.problems:
+            click.echo(f"PROBLEM {problem}")
+        state = "OK" if result.ok else "FAILED"
+        click.echo(
+            f"{state}: snapshot {result.snapshot_id} recorded {result.expected_checksum}, "
+            f"stored data gives {result.actual_checksum}"
+        )
+
+    _emit(as_json, result.to_json(), text)
+    sys.exit(0 if result.ok else 1)

@@ -1,0 +1,39 @@
+"""The exceptions raised by dandi-icechunk.
+
+Every error a user can cause is a :class:`DandiIcechunkError` whose message names the thing
+that was wrong and what to do about it. Icechunk's own exceptions never escape the public API.
+"""
+
+from __future__ import annotations
+
+
+class DandiIcechunkError(Exception):
+    """Base class of every error raised by dandi-icechunk."""
+
+
+class InvalidZarrError(DandiIcechunkError):
+    """A local directory is not a Zarr that can be uploaded as it is."""
+
+
+class InvalidZarrIdError(DandiIcechunkError, ValueError):
+    """A ``zarr_id`` is not a UUID."""
+
+
+class StorageLocationError(DandiIcechunkError):
+    """A storage URL is malformed, or the storage behind it does not answer."""
+
+
+class RepositoryNotFoundError(DandiIcechunkError):
+    """No repository exists for a ``zarr_id`` at a storage location."""
+
+
+class RefNotFoundError(DandiIcechunkError):
+    """A snapshot ID, tag or branch does not exist in a repository."""
+
+
+class ConflictError(DandiIcechunkError):
+    """A concurrent commit changed the same keys as this one; nothing was committed."""
+
+
+class IntegrityError(DandiIcechunkError):
+    """Stored data does not match the checksum or digests recorded for it."""

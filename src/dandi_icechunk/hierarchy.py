@@ -1,0 +1,323 @@
+"""The Zarr hierarchy described by a set of metadata documents, and how it maps onto Icechunk.
+
+Icechunk stores only Zarr v3 metadata and only v3 default chunk keys (``<array>/c/0/1``).
+DANDI's Zarrs are mostly Zarr v2 (``.zarray``/``.zgroup``/``.zattrs``, chunk keys ``0.1`` or
+``0/1``). A :class:`Hierarchy` is built from the documents exactly as uploaded; it gives
+
+* the v3 ``zarr.json`` Icechunk stores for each node (v2 arrays converted with the same codecs,
+  so the chunk bytes are stored unchanged), and
+* the Icechunk key of every logical chunk key, and the check that a key is a chunk at all.
+
+The original documents are kept verbatim in the digest index, so the exact uploaded files can
+be given back. See ``docs/zarr-v2-in-icechunk.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import posixpath
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import InvalidZarrError
+
+V2_DOCUMENTS = frozenset({".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+V3_DOCUMENTS = frozenset({"zarr.json"})
+DOCUMENT_NAMES = V2_DOCUMENTS | V3_DOCUMENTS
+_GROUP_V3 = {"zarr_format": 3, "node_type": "group"}
+_INTEGER = re.compile(r"0|[1-9][0-9]*")
+
+
+def is_document(key: str) -> bool:
+    """Whether ``key`` names a Zarr metadata document (as opposed to a chunk)."""
+    return posixpath.basename(key) in DOCUMENT_NAMES
+
+
+def check_key(key: str) -> None:
+    """Raise :class:`InvalidZarrError` unless ``key`` is a valid Zarr store key."""
+    for part in key.split("/"):
+        if (
+            part in ("", ".", "..")
+            or part.startswith("__")
+            or any(ord(ch) < 0x20 or ch in '\\:*?"<>|' for ch in part)
+        ):
+            raise InvalidZarrError(
+                f"{key!r} is not a valid Zarr key (path parts must be non-empty, not '.' or '..', "
+                "not start with '__', and hold no control characters or any of \\:*?\"<>|); "
+                "rename or remove it"
+            )
+
+
+@dataclass(frozen=True)
+class ArrayGrid:
+    """How the chunk keys of one array are spelled, and how many chunks it has per dimension."""
+
+    path: str
+    grid: tuple[int, ...]
+    separator: str
+    v3_prefix: bool  # v3 default encoding spells keys "c/0/1"; v2 encoding spells them "0/1"
+
+    def icechunk_key(self, relative: str) -> str | None:
+        """The Icechunk key of chunk ``relative`` (key under the array), or ``None`` if not a chunk."""
+        if self.v3_prefix:
+            if relative == "c" and not self.grid:
+                coords: list[str] = []
+            elif relative.startswith("c" + self.separator):
+                coords = relative[2:].split(self.separator)
+            else:
+                return None
+        else:
+            coords = [] if relative == "0" and not self.grid else relative.split(self.separator)
+        if len(coords) != len(self.grid) or not all(_INTEGER.fullmatch(c) for c in coords):
+            return None
+        if any(int(c) >= n for c, n in zip(coords, self.grid)):
+            return None
+        return "/".join(p for p in (self.path, "c", *coords) if p)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One group or array: its path ("" for the root) and the v3 document Icechunk stores."""
+
+    path: str
+    node_type: Literal["group", "array"]
+    icechunk_document: bytes
+    grid: ArrayGrid | None = None
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """The nodes described by a Zarr's metadata documents (keys relative to the Zarr root)."""
+
+    zarr_format: Literal[2, 3]
+    nodes: Mapping[str, Node]
+
+    @classmethod
+    def from_documents(cls, documents: Mapping[str, bytes]) -> Hierarchy:
+        """Build the hierarchy of ``documents`` (key -> bytes), validating every document."""
+        names = {posixpath.basename(k) for k in documents}
+        has_v2, has_v3 = bool(names & V2_DOCUMENTS), bool(names & V3_DOCUMENTS)
+        if has_v2 and has_v3:
+            v3 = sorted(k for k in documents if posixpath.basename(k) in V3_DOCUMENTS)
+            v2 = sorted(k for k in documents if posixpath.basename(k) in V2_DOCUMENTS)
+            raise InvalidZarrError(
+                f"mixed Zarr v2 and v3 metadata ({v2[0]} and {v3[0]}): a Zarr must be one format; "
+                "convert it fully (or remove the stale metadata files) and run again"
+            )
+        if not (".zgroup" in documents or ".zarray" in documents or "zarr.json" in documents):
+            raise InvalidZarrError(
+                "no Zarr metadata at the top of the directory (.zgroup or .zarray for Zarr v2, "
+                "zarr.json for Zarr v3): this is not a Zarr"
+            )
+        parsed = {key: _parse_json(key, data) for key, data in documents.items()}
+        if has_v3:
+            nodes = _v3_nodes(parsed)
+            fmt: Literal[2, 3] = 3
+        else:
+            nodes = _v2_nodes(parsed)
+            fmt = 2
+        _add_implicit_groups(nodes)
+        return cls(zarr_format=fmt, nodes=nodes)
+
+    def array_of(self, key: str) -> ArrayGrid | None:
+        """The array whose chunk ``key`` would be (nearest array above it), if any."""
+        parent = posixpath.dirname(key)
+        while True:
+            node = self.nodes.get(parent)
+            if node is not None and node.grid is not None:
+                return node.grid
+            if not parent:
+                return None
+            parent = posixpath.dirname(parent)
+
+    def icechunk_key(self, key: str) -> str | None:
+        """The Icechunk key of chunk ``key``, or ``None`` when ``key`` is not a chunk of an array."""
+        grid = self.array_of(key)
+        if grid is None:
+            return None
+        relative = key[len(grid.path) + 1 :] if grid.path else key
+        return grid.icechunk_key(relative)
+
+    def check_keys(self, keys: Iterable[str]) -> dict[str, str]:
+        """Map every chunk key to its Icechunk key; raise naming any key that is no chunk."""
+        mapping: dict[str, str] = {}
+        stray: list[str] = []
+        for key in keys:
+            target = self.icechunk_key(key)
+            if target is None:
+                stray.append(key)
+            else:
+                mapping[key] = target
+        if stray:
+            stray.sort()
+            shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
+            raise InvalidZarrError(
+                f"{len(stray)} file(s) are neither Zarr metadata nor a chunk of an array: {shown}. "
+                "They would not be readable as Zarr; move them out of the Zarr directory "
+                "(or fix their names) and run again"
+            )
+        return mapping
+
+
+def _parse_json(key: str, data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidZarrError(f"{key} is not valid JSON ({exc}); fix or regenerate it") from None
+    if not isinstance(value, dict):
+        raise InvalidZarrError(f"{key} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _encode(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _grid(path: str, shape: Any, chunks: Any, separator: str, v3_prefix: bool) -> ArrayGrid:
+    return ArrayGrid(
+        path=path,
+        grid=tuple(math.ceil(s / c) if c else 0 for s, c in zip(shape, chunks)),
+        separator=separator,
+        v3_prefix=v3_prefix,
+    )
+
+
+def _v2_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
+    from zarr.core.metadata.v2 import ArrayV2Metadata
+    from zarr.metadata.migrate_v3 import _convert_array_metadata
+
+    nodes: dict[str, Node] = {}
+    ngff_dims = _ngff_dimension_names(parsed)
+    dirs = {posixpath.dirname(k) for k in parsed}
+    for path in sorted(dirs):
+        def doc(name: str) -> dict[str, Any] | None:
+            return parsed.get(posixpath.join(path, name) if path else name)
+
+        zarray, zgroup, zattrs = doc(".zarray"), doc(".zgroup"), doc(".zattrs")
+        where = path or "the top level"
+        if zarray is not None and zgroup is not None:
+            raise InvalidZarrError(f"{where} has both .zarray and .zgroup; keep the right one")
+        attributes = zattrs or {}
+        if zgroup is not None:
+            _check_format(zgroup, 2, f"{path}/.zgroup".lstrip("/"))
+            nodes[path] = Node(path, "group", _encode({**_GROUP_V3, "attributes": attributes}))
+        elif zarray is not None:
+            name = f"{path}/.zarray".lstrip("/")
+            _check_format(zarray, 2, name)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    meta = ArrayV2Metadata.from_dict({**zarray, "attributes": attributes})
+                    if meta.fill_value is None:
+                        meta = dataclasses.replace(meta, fill_value=meta.dtype.default_scalar())
+                    v3 = _convert_array_metadata(meta).to_dict()
+            except Exception as exc:  # zarr raises many types for unusable metadata
+                raise InvalidZarrError(
+                    f"{name} cannot be stored as Zarr v3 without loss: {exc}"
+                ) from None
+            v3["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "/"}}
+            dims = attributes.get("_ARRAY_DIMENSIONS") or ngff_dims.get(path)
+            if _valid_dimension_names(dims, len(meta.shape)):
+                v3["dimension_names"] = dims
+            separator = zarray.get("dimension_separator") or "."
+            nodes[path] = Node(
+                path, "array", _encode(v3), _grid(path, meta.shape, meta.chunks, separator, False)
+            )
+        elif zattrs is not None or doc(".zmetadata") is not None:
+            raise InvalidZarrError(
+                f"{where} has .zattrs or .zmetadata but neither .zarray nor .zgroup; "
+                "add the missing .zgroup/.zarray or remove the stray file"
+            )
+    return nodes
+
+
+def _ngff_dimension_names(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Array path -> axis names, from OME-NGFF ``multiscales`` metadata (0.3: strings, 0.4: dicts).
+
+    Zarr v2 has no dimension names; giving the v3 metadata Icechunk stores the NGFF axis names
+    lets xarray open the arrays. The uploaded ``.zarray`` is kept unchanged.
+    """
+    names: dict[str, Any] = {}
+    for key, document in parsed.items():
+        if posixpath.basename(key) != ".zattrs":
+            continue
+        group = posixpath.dirname(key)
+        multiscales = document.get("multiscales")
+        for scale in multiscales if isinstance(multiscales, list) else []:
+            if not isinstance(scale, dict):
+                continue
+            axes = [a.get("name") if isinstance(a, dict) else a for a in scale.get("axes") or []]
+            for dataset in scale.get("datasets") or []:
+                if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+                    names[posixpath.join(group, dataset["path"]) if group else dataset["path"]] = axes
+    return names
+
+
+def _valid_dimension_names(names: Any, ndim: int) -> bool:
+    return (
+        isinstance(names, list)
+        and len(names) == ndim
+        and all(isinstance(n, str) for n in names)
+        and len(set(names)) == ndim
+    )
+
+
+def _v3_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    nodes: dict[str, Node] = {}
+    for key, document in parsed.items():
+        path = posixpath.dirname(key)
+        _check_format(document, 3, key)
+        node_type = document.get("node_type")
+        if node_type == "group":
+            group = {k: v for k, v in document.items() if k != "consolidated_metadata"}
+            nodes[path] = Node(path, "group", _encode(group))
+            continue
+        if node_type != "array":
+            raise InvalidZarrError(f"{key}: node_type must be 'group' or 'array', not {node_type!r}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                meta = ArrayV3Metadata.from_dict(dict(document))
+        except Exception as exc:  # zarr raises many types for unusable metadata
+            raise InvalidZarrError(f"{key} is not valid Zarr v3 array metadata: {exc}") from None
+        encoding = meta.chunk_key_encoding.to_dict()
+        separator = encoding.get("configuration", {}).get("separator", "/")
+        chunk_shape = getattr(meta.chunk_grid, "chunk_shape", None)
+        if chunk_shape is None:
+            raise InvalidZarrError(f"{key}: only regular chunk grids are supported")
+        array = dict(document)
+        array["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "/"}}
+        grid = _grid(path, meta.shape, chunk_shape, separator, encoding["name"] == "default")
+        nodes[path] = Node(path, "array", _encode(array), grid)
+    return nodes
+
+
+def _check_format(document: Mapping[str, Any], expected: int, key: str) -> None:
+    if document.get("zarr_format") != expected:
+        raise InvalidZarrError(
+            f"{key}: zarr_format is {document.get('zarr_format')!r}, expected {expected}"
+        )
+
+
+def _add_implicit_groups(nodes: dict[str, Node]) -> None:
+    for path in list(nodes):
+        if not path and nodes[path].node_type == "array":
+            continue
+        parent = posixpath.dirname(path) if path else None
+        while parent is not None:
+            existing = nodes.get(parent)
+            if existing is not None and existing.node_type == "array":
+                raise InvalidZarrError(
+                    f"{path!r} is inside array {parent or '(top level)'!r}; "
+                    "arrays cannot contain other nodes"
+                )
+            if existing is None:
+                nodes[parent] = Node(parent, "group", _encode(_GROUP_V3))
+            parent = posixpath.dirname(parent) if parent else None

@@ -1,0 +1,148 @@
+"""A Zarr directory on the uploader's machine: find its files, validate it, hash it.
+
+Everything here happens before anything is written to a repository, so bad input is refused
+with nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidZarrError
+from .hierarchy import Hierarchy, check_key, is_document
+from .index import DigestIndex, FileDigest
+
+_READ_BLOCK = 8 * 1024 * 1024
+ProgressCallback = Callable[[int, int], None]
+"""Called with (files, bytes) done since the last call."""
+
+
+@dataclass(frozen=True)
+class LocalZarr:
+    """A validated local Zarr: its hierarchy, metadata documents and chunk files."""
+
+    root: Path
+    hierarchy: Hierarchy
+    documents: dict[str, bytes]
+    chunk_files: dict[str, Path]  # logical key -> file
+    icechunk_keys: dict[str, str]  # logical chunk key -> Icechunk key
+    size: int  # total bytes of all files, as listed
+
+    @property
+    def file_count(self) -> int:
+        """Number of files (documents and chunks)."""
+        return len(self.documents) + len(self.chunk_files)
+
+    def digest_index(self, workers: int = 4, progress: ProgressCallback | None = None) -> DigestIndex:
+        """MD5 and size of every file (chunk files hashed in ``workers`` threads)."""
+        files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
+        if progress:
+            progress(len(files), sum(d.size for d in files.values()))
+
+        def one(item: tuple[str, Path]) -> tuple[str, FileDigest]:
+            key, path = item
+            digest = hash_file(path, key)
+            if progress:
+                progress(1, digest.size)
+            return key, digest
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            files.update(pool.map(one, self.chunk_files.items()))
+        return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
+
+
+def read_file(path: Path, key: str) -> bytes:
+    """The bytes of ``path``; unreadable files raise :class:`InvalidZarrError` naming ``key``."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidZarrError(
+            f"cannot read {key} ({exc.strerror or exc}); fix its permissions or remove it"
+        ) from None
+
+
+def hash_file(path: Path, key: str) -> FileDigest:
+    """MD5 and size of ``path``, read in blocks."""
+    md5 = hashlib.md5()
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(_READ_BLOCK):
+                md5.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise InvalidZarrError(
+            f"cannot read {key} ({exc.strerror or exc}); fix its permissions or remove it"
+        ) from None
+    return FileDigest(md5.hexdigest(), size)
+
+
+def scan_local_zarr(path: str | Path) -> LocalZarr:
+    """Find and validate every file of the Zarr directory ``path``.
+
+    Raises :class:`InvalidZarrError` for anything that cannot be uploaded as it is: not a
+    directory, no or broken metadata, mixed v2/v3, symlink loops, special files, invalid keys,
+    and files that are neither metadata nor a chunk of an array.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
+    documents: dict[str, bytes] = {}
+    chunk_files: dict[str, Path] = {}
+    size = 0
+    for key, file, file_size in _walk(root):
+        check_key(key)
+        size += file_size
+        if is_document(key):
+            documents[key] = read_file(file, key)
+        else:
+            chunk_files[key] = file
+    try:
+        hierarchy = Hierarchy.from_documents(documents)
+        icechunk_keys = hierarchy.check_keys(chunk_files)
+    except InvalidZarrError as exc:
+        raise InvalidZarrError(f"{root}: {exc}") from None
+    return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path, int]]:
+    """Yield (key, path, size) of every file under ``root``, following symlinks, refusing loops."""
+    root_stat = root.stat()
+    stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
+        (root, "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))
+    ]
+    while stack:
+        directory, prefix, ancestors = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise InvalidZarrError(
+                f"cannot list {directory} ({exc.strerror or exc}); fix its permissions"
+            ) from None
+        for entry in entries:
+            key = f"{prefix}{entry.name}"
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                raise InvalidZarrError(
+                    f"cannot read {key} ({exc.strerror or exc}); a broken symlink? "
+                    "fix or remove it"
+                ) from None
+            if stat.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident in ancestors:
+                    raise InvalidZarrError(
+                        f"symlink loop at {key} (it leads back to a directory above it); "
+                        "remove the link"
+                    )
+                stack.append((Path(entry.path), key + "/", ancestors | {ident}))
+            elif stat.S_ISREG(st.st_mode):
+                yield key, Path(entry.path), st.st_size
+            else:
+                raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")

@@ -1,0 +1,174 @@
+"""Where repositories live: parse a storage URL and lay out one repository per Zarr asset.
+
+A storage location is a bucket (S3, or a local directory standing in for one). Inside it every
+Zarr asset has its own Icechunk repository, keyed by the asset's ``zarr_id``::
+
+    <prefix>/zarr/<zarr_id>/                      legacy plain Zarr (untouched by us)
+    <prefix>/zarr-icechunk/<zarr_id>/             repository of a public Zarr
+    <prefix>/zarr-icechunk-embargoed/<zarr_id>/   repository of an embargoed Zarr (private prefix)
+
+>>> loc = StorageLocation.parse("s3://dandiarchive?endpoint_url=http://127.0.0.1:8333")
+>>> loc.repository_prefix("2b1f5f4c-3c35-4a3e-9a6c-1b9bb5d6b0c1")
+'zarr-icechunk/2b1f5f4c-3c35-4a3e-9a6c-1b9bb5d6b0c1'
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+import icechunk
+import platformdirs
+
+from .errors import InvalidZarrIdError, StorageLocationError
+
+STORAGE_ENV_VAR = "DANDI_ICECHUNK_STORAGE"
+PUBLIC_PREFIX = "zarr-icechunk"
+EMBARGOED_PREFIX = "zarr-icechunk-embargoed"
+_S3_QUERY_KEYS = {"endpoint_url", "region"}
+
+
+def validate_zarr_id(zarr_id: str) -> str:
+    """Return ``zarr_id`` in canonical form (lowercase UUID), or raise :class:`InvalidZarrIdError`."""
+    try:
+        return str(uuid.UUID(zarr_id))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidZarrIdError(
+            f"{zarr_id!r} is not a zarr_id: a zarr_id is the UUID the archive gave the Zarr asset, "
+            "for example 2b1f5f4c-3c35-4a3e-9a6c-1b9bb5d6b0c1"
+        ) from None
+
+
+def default_bucket_dir() -> Path:
+    """The embedded default bucket: a directory in the user's data directory."""
+    return Path(platformdirs.user_data_dir("dandi-icechunk")) / "bucket"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Static S3 credentials (``session_token`` for STS-style temporary ones)."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """A bucket holding one Icechunk repository per Zarr asset.
+
+    ``kind`` is ``"s3"`` (``bucket`` is the bucket name) or ``"file"`` (``bucket`` is an absolute
+    directory). Credentials for S3 come from ``credentials`` when given, otherwise from the usual
+    AWS sources (environment, config files); ``anonymous`` reads without signing.
+    """
+
+    kind: Literal["s3", "file"]
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    credentials: S3Credentials | None = None
+    anonymous: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> StorageLocation:
+        """Parse ``s3://BUCKET[/PREFIX][?endpoint_url=URL&region=R]`` or ``file:///PATH``."""
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+                raise StorageLocationError(
+                    f"storage URL {url!r}: a local bucket is written file:///ABSOLUTE/PATH"
+                )
+            return cls(kind="file", bucket=str(Path(parts.path).resolve()))
+        if parts.scheme == "s3":
+            if not parts.netloc:
+                raise StorageLocationError(
+                    f"storage URL {url!r} names no bucket: write s3://BUCKET/PREFIX"
+                )
+            query = parse_qs(parts.query)
+            unknown = set(query) - _S3_QUERY_KEYS
+            if unknown:
+                raise StorageLocationError(
+                    f"storage URL {url!r}: unknown option(s) {sorted(unknown)}; "
+                    f"known: {sorted(_S3_QUERY_KEYS)}"
+                )
+            endpoint = query.get("endpoint_url", [None])[0]
+            if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+                raise StorageLocationError(
+                    f"storage URL {url!r}: endpoint_url must be an http(s) URL, got {endpoint!r}"
+                )
+            return cls(
+                kind="s3",
+                bucket=parts.netloc,
+                prefix=parts.path.strip("/"),
+                endpoint_url=endpoint,
+                region=query.get("region", [None])[0],
+            )
+        raise StorageLocationError(
+            f"storage URL {url!r} is not supported: use s3://BUCKET/PREFIX?endpoint_url=... "
+            "or file:///PATH"
+        )
+
+    @classmethod
+    def resolve(cls, url: str | None = None) -> StorageLocation:
+        """The location from ``url``, else ``$DANDI_ICECHUNK_STORAGE``, else the embedded default."""
+        url = url or os.environ.get(STORAGE_ENV_VAR)
+        if url:
+            return cls.parse(url)
+        return cls(kind="file", bucket=str(default_bucket_dir()))
+
+    @property
+    def url(self) -> str:
+        """The canonical URL of this location (no credentials in it)."""
+        if self.kind == "file":
+            return Path(self.bucket).as_uri()
+        query = "&".join(
+            f"{k}={v}" for k, v in (("endpoint_url", self.endpoint_url), ("region", self.region)) if v
+        )
+        path = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{path}?{query}" if query else path
+
+    def repository_prefix(self, zarr_id: str, *, embargoed: bool = False) -> str:
+        """Key prefix (inside the bucket) of the repository of ``zarr_id``."""
+        area = EMBARGOED_PREFIX if embargoed else PUBLIC_PREFIX
+        return "/".join(p for p in (self.prefix, area, validate_zarr_id(zarr_id)) if p)
+
+    def icechunk_storage(self, zarr_id: str, *, embargoed: bool = False) -> icechunk.Storage:
+        """The Icechunk storage of the repository of ``zarr_id``."""
+        prefix = self.repository_prefix(zarr_id, embargoed=embargoed)
+        if self.kind == "file":
+            return icechunk.local_filesystem_storage(str(Path(self.bucket) / prefix))
+        creds = self.credentials
+        return icechunk.s3_storage(
+            bucket=self.bucket,
+            prefix=prefix,
+            region=self.region or "us-east-1",
+            endpoint_url=self.endpoint_url,
+            allow_http=bool(self.endpoint_url and self.endpoint_url.startswith("http://")),
+            force_path_style=self.endpoint_url is not None,
+            access_key_id=creds.access_key_id if creds else None,
+            secret_access_key=creds.secret_access_key if creds else None,
+            session_token=creds.session_token if creds else None,
+            anonymous=self.anonymous or None,
+            from_env=None if creds or self.anonymous else True,
+        )
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Fail fast with :class:`StorageLocationError` when the S3 endpoint does not answer."""
+        if self.kind == "file" or self.endpoint_url is None:
+            return
+        parts = urlsplit(self.endpoint_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                pass
+        except OSError as exc:
+            raise StorageLocationError(
+                f"the S3 endpoint {self.endpoint_url} does not answer ({exc.strerror or exc}); "
+                f"check that the server runs and that --storage / ${STORAGE_ENV_VAR} is right"
+            ) from None

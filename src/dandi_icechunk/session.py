@@ -1,0 +1,315 @@
+"""Repositories and sessions: one Icechunk repository per Zarr asset, and DANDI commit metadata.
+
+>>> location = StorageLocation.resolve("file:///tmp/bucket")
+>>> repo = ZarrRepository.open(location, zarr_id, create=True)
+>>> session = repo.readonly_session(tag="dandiset-000123-0.260101.1200")
+>>> xarray.open_zarr(session.store, consolidated=False)
+
+Repositories stay plain Icechunk repositories: ``icechunk.Repository.open`` reads them with no
+code of ours. What DANDI needs beyond Icechunk travels in each snapshot's commit metadata
+(:class:`CommitInfo`) and in the digest index it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import icechunk
+
+from . import __version__
+from .errors import (
+    ConflictError,
+    DandiIcechunkError,
+    RefNotFoundError,
+    RepositoryNotFoundError,
+    StorageLocationError,
+)
+from .hierarchy import Hierarchy
+from .index import DigestIndex, load_index
+from .location import StorageLocation, validate_zarr_id
+from .objects import RepositoryObjects, repository_objects
+
+DEFAULT_BRANCH = "main"
+CLIENT = f"dandi-icechunk/{__version__}"
+MANIFEST_TARGET_REFS = 10_000
+"""Most chunk references per manifest: a 1-chunk change rewrites at most ~0.2 MB of manifest."""
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """The DANDI metadata every snapshot committed by dandi-icechunk carries."""
+
+    zarr_checksum: str
+    file_count: int
+    size: int
+    index_id: str
+    zarr_format: int | None
+    user: str
+    client: str = CLIENT
+    dandiset: str | None = None
+
+    def to_metadata(self) -> dict[str, Any]:
+        """As Icechunk commit metadata (keys prefixed ``dandi:``)."""
+        return {f"dandi:{k}": v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> CommitInfo | None:
+        """Inverse of :meth:`to_metadata`; ``None`` for snapshots not made by dandi-icechunk."""
+        fields = {k[6:]: v for k, v in metadata.items() if k.startswith("dandi:")}
+        if "index_id" not in fields:
+            return None
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One snapshot of a repository's history."""
+
+    snapshot_id: str
+    parent_id: str | None
+    written_at: datetime
+    message: str
+    info: CommitInfo | None
+    tags: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "snapshot_id": self.snapshot_id,
+            "parent_id": self.parent_id,
+            "written_at": self.written_at.isoformat(),
+            "message": self.message,
+            "tags": list(self.tags),
+            "metadata": self.info.to_metadata() if self.info else {},
+        }
+
+
+def manifest_splitting(hierarchy: Hierarchy) -> icechunk.ManifestSplittingConfig:
+    """Split the manifests of large arrays so each holds at most ~``MANIFEST_TARGET_REFS`` refs.
+
+    Splits fall on the leading (slowest-varying) axes, so a manifest covers a contiguous slab.
+    """
+    rules: dict[Any, Any] = {}
+    for node in hierarchy.nodes.values():
+        if node.grid is None or math.prod(node.grid.grid) <= MANIFEST_TARGET_REFS:
+            continue
+        sizes, covered = {}, 1
+        for axis in reversed(range(len(node.grid.grid))):
+            take = min(node.grid.grid[axis], max(1, MANIFEST_TARGET_REFS // covered))
+            covered *= take
+            if take < node.grid.grid[axis]:
+                sizes[icechunk.ManifestSplitDimCondition.Axis(axis)] = take
+        rules[icechunk.ManifestSplitCondition.path_matches(f"^/{re.escape(node.path)}$")] = sizes
+    return icechunk.ManifestSplittingConfig.from_dict(rules)
+
+
+@contextlib.contextmanager
+def _icechunk_errors(what: str) -> Iterator[None]:
+    """Turn Icechunk's errors into ours, naming ``what`` was being looked up."""
+    try:
+        yield
+    except DandiIcechunkError:
+        raise
+    except (icechunk.SnapshotNotFoundError, icechunk.RefNotFoundError) as exc:
+        raise RefNotFoundError(f"{what} does not exist: {_first_line(exc)}") from None
+    except icechunk.IcechunkError as exc:
+        raise RefNotFoundError(f"{what}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class ZarrRepository:
+    """The Icechunk repository of one Zarr asset, with DANDI's view of its snapshots."""
+
+    def __init__(
+        self,
+        location: StorageLocation,
+        zarr_id: str,
+        repository: icechunk.Repository,
+        *,
+        embargoed: bool = False,
+    ) -> None:
+        self.location = location
+        self.zarr_id = zarr_id
+        self.embargoed = embargoed
+        self.icechunk = repository
+        self.objects: RepositoryObjects = repository_objects(location, zarr_id, embargoed=embargoed)
+
+    def __repr__(self) -> str:
+        return f"ZarrRepository({self.zarr_id!r}, {self.url!r})"
+
+    @property
+    def url(self) -> str:
+        """Where the repository is, as a URL."""
+        prefix = self.location.repository_prefix(self.zarr_id, embargoed=self.embargoed)
+        if self.location.kind == "file":
+            return f"{self.location.url}/{prefix}"
+        query = self.location.url.partition("?")[2]
+        url = f"s3://{self.location.bucket}/{prefix}"
+        return f"{url}?{query}" if query else url
+
+    @classmethod
+    def open(
+        cls,
+        location: StorageLocation,
+        zarr_id: str,
+        *,
+        create: bool = False,
+        embargoed: bool = False,
+        config: icechunk.RepositoryConfig | None = None,
+    ) -> ZarrRepository:
+        """Open the repository of ``zarr_id``; with ``create``, make it if it does not exist.
+
+        An existing repository is found under the public or the embargoed prefix; a new one is
+        made under the prefix ``embargoed`` selects.
+        """
+        zarr_id = validate_zarr_id(zarr_id)
+        location.check_reachable()
+        try:
+            for area in (embargoed, not embargoed):
+                storage = location.icechunk_storage(zarr_id, embargoed=area)
+                if icechunk.Repository.exists(storage):
+                    repo = icechunk.Repository.open(storage, config=config)
+                    return cls(location, zarr_id, repo, embargoed=area)
+            if not create:
+                raise RepositoryNotFoundError(
+                    f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "
+                    "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
+                )
+            storage = location.icechunk_storage(zarr_id, embargoed=embargoed)
+            repo = icechunk.Repository.open_or_create(storage, config=config)
+            return cls(location, zarr_id, repo, embargoed=embargoed)
+        except DandiIcechunkError:
+            raise
+        except (icechunk.IcechunkError, OSError, ValueError) as exc:
+            raise StorageLocationError(
+                f"cannot open the repository of {zarr_id} at {location.url}: {_first_line(exc)}"
+            ) from None
+
+    def resolve(
+        self, *, snapshot_id: str | None = None, tag: str | None = None, branch: str | None = None
+    ) -> str:
+        """The snapshot ID that exactly one of ``snapshot_id``, ``tag`` or ``branch`` names
+        (the tip of ``main`` when none is given)."""
+        given = [x for x in (snapshot_id, tag, branch) if x is not None]
+        if len(given) > 1:
+            raise ValueError("give at most one of snapshot_id, tag and branch")
+        if snapshot_id is not None:
+            if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+                raise RefNotFoundError(
+                    f"{snapshot_id!r} is not a snapshot ID (20 characters, 0-9 and A-Z); "
+                    f"see `dandi-icechunk log {self.zarr_id}`"
+                )
+            with _icechunk_errors(f"snapshot {snapshot_id} of {self.zarr_id}"):
+                self.icechunk.lookup_snapshot(snapshot_id)
+            return snapshot_id
+        if tag is not None:
+            with _icechunk_errors(f"tag {tag!r} of {self.zarr_id}"):
+                return self.icechunk.lookup_tag(tag)
+        name = branch or DEFAULT_BRANCH
+        with _icechunk_errors(f"branch {name!r} of {self.zarr_id}"):
+            return self.icechunk.lookup_branch(name)
+
+    def resolve_name(self, name: str) -> str:
+        """The snapshot ID that ``name`` (a snapshot ID, a tag or a branch) stands for."""
+        if _SNAPSHOT_ID.fullmatch(name):
+            return self.resolve(snapshot_id=name)
+        if name in self.icechunk.list_tags():
+            return self.resolve(tag=name)
+        if name in self.icechunk.list_branches():
+            return self.resolve(branch=name)
+        raise RefNotFoundError(
+            f"{name!r} is no snapshot ID, tag or branch of {self.zarr_id}; "
+            f"see `dandi-icechunk log {self.zarr_id}`"
+        )
+
+    def readonly_session(
+        self, *, snapshot_id: str | None = None, tag: str | None = None, branch: str | None = None
+    ) -> icechunk.Session:
+        """A read-only session on one snapshot (see :meth:`resolve`)."""
+        sid = self.resolve(snapshot_id=snapshot_id, tag=tag, branch=branch)
+        return self.icechunk.readonly_session(snapshot_id=sid)
+
+    def writable_session(self, branch: str = DEFAULT_BRANCH) -> icechunk.Session:
+        """A writable session on the tip of ``branch``."""
+        with _icechunk_errors(f"branch {branch!r} of {self.zarr_id}"):
+            return self.icechunk.writable_session(branch)
+
+    def commit_info(self, snapshot_id: str) -> CommitInfo | None:
+        """The DANDI metadata of a snapshot (``None`` when it has none, e.g. the initial one)."""
+        with _icechunk_errors(f"snapshot {snapshot_id} of {self.zarr_id}"):
+            return CommitInfo.from_metadata(self.icechunk.lookup_snapshot(snapshot_id).metadata)
+
+    def index(self, snapshot_id: str) -> DigestIndex:
+        """The digest index of a snapshot (empty for snapshots with no DANDI metadata)."""
+        info = self.commit_info(snapshot_id)
+        return load_index(self.objects, info.index_id) if info else DigestIndex.empty()
+
+    def tags_by_snapshot(self) -> dict[str, list[str]]:
+        """Snapshot ID -> the tags pointing at it."""
+        tags: dict[str, list[str]] = {}
+        for tag in sorted(self.icechunk.list_tags()):
+            tags.setdefault(self.icechunk.lookup_tag(tag), []).append(tag)
+        return tags
+
+    def history(self, branch: str = DEFAULT_BRANCH) -> list[SnapshotRecord]:
+        """The snapshots of ``branch``, newest first."""
+        tags = self.tags_by_snapshot()
+        with _icechunk_errors(f"branch {branch!r} of {self.zarr_id}"):
+            return [
+                SnapshotRecord(
+                    snapshot_id=s.id,
+                    parent_id=s.parent_id,
+                    written_at=s.written_at,
+                    message=s.message,
+                    info=CommitInfo.from_metadata(s.metadata),
+                    tags=tuple(tags.get(s.id, ())),
+                )
+                for s in self.icechunk.ancestry(branch=branch)
+            ]
+
+    def commit(
+        self,
+        session: icechunk.Session,
+        message: str,
+        commit_info_for: Callable[[str], CommitInfo],
+    ) -> str:
+        """Commit ``session``, rebasing over concurrent commits that touched other chunks.
+
+        ``commit_info_for(parent_snapshot_id)`` gives the metadata of the commit on top of that
+        parent; it is called again after every rebase and may raise :class:`ConflictError`.
+        A conflict on the same chunks raises :class:`ConflictError` and commits nothing.
+        """
+        while True:
+            info = commit_info_for(session.snapshot_id)
+            try:
+                return session.commit(message, info.to_metadata(), allow_empty=True)
+            except icechunk.ConflictError:
+                try:
+                    session.rebase(icechunk.ConflictDetector())
+                except icechunk.RebaseFailedError as exc:
+                    paths = sorted({str(c.path) for c in exc.conflicts})
+                    raise ConflictError(
+                        f"another upload to {self.zarr_id} committed changes to the same "
+                        f"nodes/chunks ({', '.join(paths[:5])}); nothing was committed. "
+                        "Check the new state with `dandi-icechunk log`, then run the upload again"
+                    ) from None
+
+
+def current_user() -> str:
+    """Who is committing, for commit metadata."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

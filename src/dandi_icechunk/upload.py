@@ -1,0 +1,297 @@
+"""Upload a local Zarr into its repository: one commit, only what changed.
+
+The flow: scan and validate the local Zarr, hash it (MD5 per file, as DANDI does), compare with
+the digest index of the branch tip, write changed chunks in parallel into a writable session,
+store the new digest index, commit. Nothing is visible to readers before the commit; an
+interrupted upload leaves the previous snapshot in place and can simply be run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import posixpath
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import icechunk
+from zarr.core.buffer import cpu
+
+from .errors import ConflictError, InvalidZarrError
+from .hierarchy import Hierarchy, is_document
+from .index import DigestIndex, IndexDelta, store_index
+from .local_zarr import LocalZarr, read_file, scan_local_zarr
+from .progress import NoProgress, Progress
+from .session import (
+    DEFAULT_BRANCH,
+    CommitInfo,
+    ZarrRepository,
+    current_user,
+    manifest_splitting,
+)
+
+DEFAULT_JOBS = 16
+_ZARR_SUFFIXES = (".zarr", ".ngff")
+_DANDISET_ZARR_NAMESPACE = uuid.UUID("6f1c6f7e-0c1b-4a8f-9a3e-2d8f3b1e7c55")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What an upload did. ``snapshot_id`` is ``None`` when nothing had changed."""
+
+    zarr_id: str
+    repository: str
+    snapshot_id: str | None
+    parent_snapshot_id: str
+    zarr_checksum: str
+    file_count: int
+    size: int
+    files_written: int
+    bytes_written: int
+    files_deleted: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def upload_zarr(
+    path: str | Path,
+    repository: ZarrRepository,
+    *,
+    branch: str = DEFAULT_BRANCH,
+    message: str | None = None,
+    dandiset: str | None = None,
+    user: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+) -> UploadResult:
+    """Upload the Zarr directory ``path`` to ``repository`` as one commit on ``branch``.
+
+    Only new and changed files are written and files removed locally are removed; with no change
+    no commit is made. Raises :class:`InvalidZarrError` (nothing written) for bad input and
+    :class:`ConflictError` when a concurrent upload changed the same chunks.
+    """
+    progress = progress or NoProgress()
+    local = scan_local_zarr(path)
+    progress.start("hashing", local.file_count, local.size)
+    new_index = local.digest_index(workers=min(jobs, 8), progress=progress.advance)
+    progress.finish()
+
+    config = icechunk.RepositoryConfig(
+        manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy))
+    )
+    writer = ZarrRepository(
+        repository.location,
+        repository.zarr_id,
+        repository.icechunk.reopen(config=config),
+        embargoed=repository.embargoed,
+    )
+    session = writer.writable_session(branch)
+    base_sid = session.snapshot_id
+    base_index = writer.index(base_sid)
+    delta = base_index.delta_to(new_index)
+    checksum = new_index.zarr_checksum()
+    written_chunks = sorted(k for k in delta.written if not is_document(k))
+    result = UploadResult(
+        zarr_id=repository.zarr_id,
+        repository=repository.url,
+        snapshot_id=None,
+        parent_snapshot_id=base_sid,
+        zarr_checksum=checksum,
+        file_count=new_index.file_count,
+        size=new_index.size,
+        files_written=len(delta.written),
+        bytes_written=sum(new_index.files[k].size for k in delta.written),
+        files_deleted=len(delta.removed),
+    )
+    if not delta:
+        return result
+
+    old_hierarchy = Hierarchy.from_documents(base_index.documents) if base_index.documents else None
+    removed_nodes = _write_changes(
+        session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
+    )
+
+    def commit_info_for(parent: str) -> CommitInfo:
+        index = new_index if parent == base_sid else _rebased_index(
+            writer, parent, base_index, new_index, delta
+        )
+        return CommitInfo(
+            zarr_checksum=index.zarr_checksum(),
+            file_count=index.file_count,
+            size=index.size,
+            index_id=store_index(writer.objects, index),
+            zarr_format=index.zarr_format,
+            user=user or current_user(),
+            dandiset=dandiset,
+        )
+
+    summary = f"{len(delta.written)} written, {len(delta.removed)} deleted"
+    if removed_nodes:
+        summary += f", {removed_nodes} node(s) removed"
+    snapshot_id = writer.commit(
+        session, message or f"Upload {local.root.name} ({summary})", commit_info_for
+    )
+    return UploadResult(**{**result.to_json(), "snapshot_id": snapshot_id})
+
+
+def _rebased_index(
+    repository: ZarrRepository,
+    parent: str,
+    base: DigestIndex,
+    ours: DigestIndex,
+    delta: IndexDelta,
+) -> DigestIndex:
+    """Our changes on top of a parent another upload committed meanwhile."""
+    theirs = repository.index(parent)
+    clashes = sorted(
+        k
+        for k in delta.written | delta.removed
+        if theirs.files.get(k) != base.files.get(k) and theirs.files.get(k) != ours.files.get(k)
+    )
+    if clashes:
+        raise ConflictError(
+            f"another upload to {repository.zarr_id} changed the same files "
+            f"({', '.join(clashes[:5])}); nothing was committed. Check the new state with "
+            "`dandi-icechunk log`, then run the upload again"
+        )
+    return theirs.apply(delta, ours)
+
+
+def _write_changes(
+    session: icechunk.Session,
+    local: LocalZarr,
+    new_index: DigestIndex,
+    old_hierarchy: Hierarchy | None,
+    delta: IndexDelta,
+    written_chunks: list[str],
+    jobs: int,
+    progress: Progress,
+) -> int:
+    """Apply ``delta`` to ``session``: nodes first, then removed chunks, then new chunks.
+
+    Returns the number of nodes removed.
+    """
+    store = session.store
+    new_nodes = local.hierarchy.nodes
+    old_nodes = old_hierarchy.nodes if old_hierarchy else {}
+    # A node whose type changed is removed and made again.
+    gone = [
+        p for p, n in old_nodes.items()
+        if p not in new_nodes or new_nodes[p].node_type != n.node_type
+    ]
+    changed = [
+        p for p, n in new_nodes.items()
+        if p not in old_nodes or old_nodes[p].icechunk_document != n.icechunk_document
+        or p in gone
+    ]
+    gone_prefixes = tuple(p + "/" for p in gone if p)
+
+    def under_gone(key: str) -> bool:
+        return "" in gone or key.startswith(gone_prefixes)
+
+    removed_chunks = [
+        old_hierarchy.icechunk_key(k)
+        for k in sorted(delta.removed)
+        if old_hierarchy and not is_document(k) and not under_gone(k)
+    ]
+
+    async def run() -> None:
+        for path in sorted(gone, key=lambda p: -p.count("/") - len(p)):
+            await store.delete(_node_key(path))
+        for path in sorted(changed, key=lambda p: (p.count("/"), p) if p else (-1, p)):
+            await store.set(_node_key(path), cpu.Buffer.from_bytes(new_nodes[path].icechunk_document))
+        for key in removed_chunks:
+            if key is not None and await store.exists(key):
+                await store.delete(key)
+        await _write_chunks(store, local, new_index, written_chunks, jobs, progress)
+
+    progress.start("uploading", len(written_chunks), sum(new_index.files[k].size for k in written_chunks))
+    try:
+        asyncio.run(run())
+    finally:
+        progress.finish()
+    return len(gone)
+
+
+async def _write_chunks(
+    store: Any,
+    local: LocalZarr,
+    index: DigestIndex,
+    keys: Iterable[str],
+    jobs: int,
+    progress: Progress,
+) -> None:
+    semaphore = asyncio.Semaphore(jobs)
+
+    def read_checked(key: str) -> bytes:
+        data = read_file(local.chunk_files[key], key)
+        if hashlib.md5(data).hexdigest() != index.files[key].md5:
+            raise InvalidZarrError(
+                f"{key} changed while it was being uploaded; nothing was committed. "
+                "Wait until whatever writes the Zarr has finished, then run the upload again"
+            )
+        return data
+
+    async def one(key: str) -> None:
+        async with semaphore:
+            data = await asyncio.to_thread(read_checked, key)
+            await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
+            progress.advance(1, len(data))
+
+    tasks = [asyncio.create_task(one(k)) for k in keys]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _node_key(path: str) -> str:
+    return posixpath.join(path, "zarr.json") if path else "zarr.json"
+
+
+@dataclass(frozen=True)
+class DandisetZarr:
+    """A Zarr asset found in a Dandiset directory."""
+
+    asset_path: str
+    filepath: Path
+    zarr_id: str
+
+
+def find_dandiset_zarrs(dandiset_dir: str | Path) -> tuple[str, list[DandisetZarr]]:
+    """The Dandiset ID and the Zarr assets in a Dandiset directory, found as ``dandi upload`` does.
+
+    Without an archive to assign them, each Zarr's ``zarr_id`` is derived from the Dandiset ID
+    and the asset path (UUID5), so running again maps each Zarr to the same repository.
+    """
+    from dandi.dandiset import Dandiset
+    from dandi.files import ZarrAsset, find_dandi_files
+
+    root = Path(dandiset_dir)
+    try:
+        dandiset_id = Dandiset(root).identifier
+    except Exception as exc:  # dandi raises ValueError and YAML errors for a broken dandiset.yaml
+        raise InvalidZarrError(f"{root}/dandiset.yaml cannot be read as Dandiset metadata: {exc}")
+    zarrs = [
+        DandisetZarr(
+            asset_path=f.path,
+            filepath=f.filepath,
+            zarr_id=str(uuid.uuid5(_DANDISET_ZARR_NAMESPACE, f"{dandiset_id}/{f.path}")),
+        )
+        for f in find_dandi_files(root, dandiset_path=root)
+        if isinstance(f, ZarrAsset)
+    ]
+    if not zarrs:
+        raise InvalidZarrError(
+            f"the Dandiset directory {root} holds no Zarr asset (a directory ending in "
+            f"{' or '.join(_ZARR_SUFFIXES)})"
+        )
+    return dandiset_id, sorted(zarrs, key=lambda z: z.asset_path)
