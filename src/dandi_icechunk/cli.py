@@ -49,8 +49,8 @@ def _emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
         text()
 
 
-def _open(ctx: click.Context, zarr_id: str, *, create: bool = False) -> ZarrRepository:
-    return ZarrRepository.open(ctx.obj, zarr_id, create=create)
+def _open(ctx: click.Context, zarr_id: str) -> ZarrRepository:
+    return ZarrRepository.open(ctx.obj, zarr_id)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress.")
@@ -131,8 +131,9 @@ def upload(
     no commit is made. In a Dandiset directory (one with dandiset.yaml), Zarr assets are found
     as `dandi upload` finds them and each gets a zarr_id derived from the Dandiset ID and its path.
     """
+    is_dandiset = (path / "dandiset.yaml").exists()
     with _user_errors():
-        if (path / "dandiset.yaml").exists():
+        if is_dandiset:
             dandiset_id, zarrs = find_dandiset_zarrs(path)
             if zarr_id and len(zarrs) > 1:
                 raise click.UsageError(
@@ -146,24 +147,20 @@ def upload(
             targets = [(path, zarr_id, path.name)]
         results: list[UploadResult] = []
         for filepath, target_id, asset_path in targets:
-            repository = ZarrRepository.open(ctx.obj, target_id, create=True, embargoed=embargoed)
             result = upload_zarr(
-                filepath, repository, branch=branch, message=message, dandiset=dandiset,
+                filepath, ctx.obj, target_id, embargoed=embargoed, branch=branch, message=message, dandiset=dandiset,
                 jobs=jobs, progress=_progress(as_json),
             )
             results.append(result)
             if not as_json:
                 _print_upload(asset_path, result)
         if as_json:
-            payload = results[0].to_json() if len(targets) == 1 and not dandiset_dir(path) else {
-                "dandiset": dandiset, "zarrs": [r.to_json() for r in results]
-            }
+            payload = (
+                {"dandiset": dandiset, "zarrs": [r.to_json() for r in results]}
+                if is_dandiset
+                else results[0].to_json()
+            )
             click.echo(json.dumps(payload, indent=2))
-
-
-def dandiset_dir(path: Path) -> bool:
-    """Whether ``path`` is a Dandiset directory."""
-    return (path / "dandiset.yaml").exists()
 
 
 def _print_upload(name: str, result: UploadResult) -> None:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import icechunk
 from zarr.core.buffer import default_buffer_prototype
 
 from .errors import DandiIcechunkError, IntegrityError
@@ -78,7 +79,6 @@ def _read_snapshot(
     session = repository.icechunk.readonly_session(snapshot_id=snapshot_id)
     store = session.store
     hierarchy = Hierarchy.from_documents(index.documents) if index.documents else None
-    prototype = default_buffer_prototype()
     progress.start("reading", index.file_count, index.size)
 
     async def run() -> None:
@@ -89,9 +89,7 @@ def _read_snapshot(
                 if key in index.documents:
                     data: bytes | None = index.documents[key]
                 else:
-                    target = hierarchy.icechunk_key(key) if hierarchy else None
-                    buffer = await store.get(target, prototype) if target else None
-                    data = buffer.to_bytes() if buffer is not None else None
+                    data = await _get_chunk(store, hierarchy, key)
                 await asyncio.to_thread(handle, key, data)
                 progress.advance(1, len(data or b""))
 
@@ -108,6 +106,18 @@ def _read_snapshot(
         asyncio.run(run())
     finally:
         progress.finish()
+
+
+async def _get_chunk(store: Any, hierarchy: Hierarchy | None, key: str) -> bytes | None:
+    """The stored bytes of chunk ``key``; ``None`` when it is missing or unreadable."""
+    target = hierarchy.icechunk_key(key) if hierarchy else None
+    if target is None:
+        return None
+    try:
+        buffer = await store.get(target, default_buffer_prototype())
+    except icechunk.IcechunkError:  # the chunk object is gone from storage
+        return None
+    return buffer.to_bytes() if buffer is not None else None
 
 
 def export_snapshot(
@@ -180,7 +190,7 @@ def verify_snapshot(
 
     def check(key: str, data: bytes | None) -> None:
         if data is None:
-            problems.append(f"{key}: missing from the repository")
+            problems.append(f"{key}: missing from the repository (or unreadable)")
             return
         digest = FileDigest(hashlib.md5(data).hexdigest(), len(data))
         actual[key] = digest

@@ -1,4 +1,4 @@
-"""Example Zarrs shaped like DANDI's, for the demo, tests and benchmarks.
+"""Example Zarrs shaped like DANDI's, and a loopback S3 server, for the demo, tests and benchmarks.
 
 >>> make_ome_zarr_v2("sample.ome.zarr", levels=2, separator="/")
 >>> make_zarr_v3("sample.zarr", shape=(64, 256, 256), chunks=(16, 64, 64), shards=(32, 128, 128))
@@ -6,11 +6,23 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
 from numcodecs import Blosc
+
+from .location import S3Credentials, StorageLocation
 
 
 def _pattern(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -84,3 +96,102 @@ def make_zarr_v3(
     )
     array[:] = _pattern(shape, seed)
     return Path(path)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3 server on loopback and the admin credentials of its bucket."""
+
+    endpoint_url: str
+    bucket: str
+    access_key_id: str
+    secret_access_key: str
+
+    def location(self, prefix: str = "") -> StorageLocation:
+        """A storage location in this server's bucket, with the admin credentials."""
+        return StorageLocation(
+            kind="s3",
+            bucket=self.bucket,
+            prefix=prefix,
+            endpoint_url=self.endpoint_url,
+            credentials=S3Credentials(self.access_key_id, self.secret_access_key),
+        )
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the admin credentials."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+
+def _free_port_pair() -> int:
+    """A free port P whose gRPC companion P+10000 is free too (SeaweedFS's default offset)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@contextmanager
+def run_seaweedfs(data_dir: str | Path, *, bucket: str = "dandiarchive") -> Iterator[S3Server]:
+    """Start SeaweedFS (``weed mini``) on 127.0.0.1 with free ports, make ``bucket``, stop after.
+
+    Every listener is bound to loopback and telemetry is off; nothing leaves the machine.
+    """
+    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    access, secret = "dandi-admin", "dandi-admin-secret"
+    identities = data / "identities.json"
+    identities.write_text(json.dumps({"identities": [{
+        "name": "admin",
+        "credentials": [{"accessKey": access, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3", "admin")}
+    command = [
+        weed, "mini", f"-dir={data / 'store'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-admin.ui=false", "-master.telemetry=false", f"-s3.config={identities}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        *(f"-{name}.port={port}" for name, port in ports.items()),
+    ]
+    (data / "store").mkdir(exist_ok=True)
+    log = open(data / "weed.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", bucket, access, secret)
+    try:
+        client = server.client()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"SeaweedFS did not start; see {data / 'weed.log'}"
+                    ) from None
+                time.sleep(0.3)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -24,6 +24,7 @@ from .errors import ConflictError, InvalidZarrError
 from .hierarchy import Hierarchy, is_document
 from .index import DigestIndex, IndexDelta, store_index
 from .local_zarr import LocalZarr, read_file, scan_local_zarr
+from .location import StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress
 from .session import (
     DEFAULT_BRANCH,
@@ -60,8 +61,10 @@ class UploadResult:
 
 def upload_zarr(
     path: str | Path,
-    repository: ZarrRepository,
+    location: StorageLocation,
+    zarr_id: str,
     *,
+    embargoed: bool = False,
     branch: str = DEFAULT_BRANCH,
     message: str | None = None,
     dandiset: str | None = None,
@@ -69,12 +72,18 @@ def upload_zarr(
     jobs: int = DEFAULT_JOBS,
     progress: Progress | None = None,
 ) -> UploadResult:
-    """Upload the Zarr directory ``path`` to ``repository`` as one commit on ``branch``.
+    """Upload the Zarr directory ``path`` as one commit on ``branch`` of the repository of
+    ``zarr_id`` at ``location`` (created, under the prefix ``embargoed`` selects, if new).
 
     Only new and changed files are written and files removed locally are removed; with no change
-    no commit is made. Raises :class:`InvalidZarrError` (nothing written) for bad input and
-    :class:`ConflictError` when a concurrent upload changed the same chunks.
+    no commit is made. Bad input raises :class:`InvalidZarrError` before anything is written
+    (not even a new repository); a concurrent upload that changed the same chunks raises
+    :class:`ConflictError` and nothing is committed.
+
+    >>> upload_zarr("sample.ome.zarr", StorageLocation.resolve(), zarr_id).snapshot_id
+    'YB0DXG4KM8HMTY0S0TJ0'
     """
+    zarr_id = validate_zarr_id(zarr_id)
     progress = progress or NoProgress()
     local = scan_local_zarr(path)
     progress.start("hashing", local.file_count, local.size)
@@ -84,11 +93,8 @@ def upload_zarr(
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy))
     )
-    writer = ZarrRepository(
-        repository.location,
-        repository.zarr_id,
-        repository.icechunk.reopen(config=config),
-        embargoed=repository.embargoed,
+    writer = ZarrRepository.open(
+        location, zarr_id, create=True, embargoed=embargoed, config=config
     )
     session = writer.writable_session(branch)
     base_sid = session.snapshot_id
@@ -97,8 +103,8 @@ def upload_zarr(
     checksum = new_index.zarr_checksum()
     written_chunks = sorted(k for k in delta.written if not is_document(k))
     result = UploadResult(
-        zarr_id=repository.zarr_id,
-        repository=repository.url,
+        zarr_id=zarr_id,
+        repository=writer.url,
         snapshot_id=None,
         parent_snapshot_id=base_sid,
         zarr_checksum=checksum,
@@ -116,12 +122,14 @@ def upload_zarr(
         session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
     )
 
+    committed: dict[str, Any] = {}
+
     def commit_info_for(parent: str) -> CommitInfo:
         index = new_index if parent == base_sid else _rebased_index(
             writer, parent, base_index, new_index, delta
         )
-        return CommitInfo(
-            zarr_checksum=index.zarr_checksum(),
+        info = CommitInfo(
+            zarr_checksum=checksum if index is new_index else index.zarr_checksum(),
             file_count=index.file_count,
             size=index.size,
             index_id=store_index(writer.objects, index),
@@ -129,6 +137,8 @@ def upload_zarr(
             user=user or current_user(),
             dandiset=dandiset,
         )
+        committed.update(parent=parent, info=info)
+        return info
 
     summary = f"{len(delta.written)} written, {len(delta.removed)} deleted"
     if removed_nodes:
@@ -136,7 +146,18 @@ def upload_zarr(
     snapshot_id = writer.commit(
         session, message or f"Upload {local.root.name} ({summary})", commit_info_for
     )
-    return UploadResult(**{**result.to_json(), "snapshot_id": snapshot_id})
+    # After a rebase over a concurrent upload the snapshot holds both uploads' changes.
+    info: CommitInfo = committed["info"]
+    return UploadResult(
+        **{
+            **result.to_json(),
+            "snapshot_id": snapshot_id,
+            "parent_snapshot_id": committed["parent"],
+            "zarr_checksum": info.zarr_checksum,
+            "file_count": info.file_count,
+            "size": info.size,
+        }
+    )
 
 
 def _rebased_index(

@@ -1,0 +1,63 @@
+"""Shared fixtures: one real SeaweedFS S3 server per test session, and storage locations."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import icechunk
+import pytest
+from zarr_checksum import compute_zarr_checksum
+from zarr_checksum.generators import yield_files_local
+
+from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.testing import S3Server, run_seaweedfs
+
+
+icechunk.set_logs_filter("error")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS on 127.0.0.1 (free ports, telemetry off), started once and stopped after."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(params=["s3", "file"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> StorageLocation:
+    """A bucket on the S3 server (each test under its own prefix) or a local-filesystem bucket."""
+    if request.param == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        return server.location(prefix=f"t-{uuid.uuid4().hex[:8]}")
+    return StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
+
+
+@pytest.fixture
+def s3_location(s3_server: S3Server) -> StorageLocation:
+    """A bucket prefix of its own on the S3 server."""
+    return s3_server.location(prefix=f"t-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def zarr_id() -> str:
+    """A fresh zarr_id."""
+    return str(uuid.uuid4())
+
+
+def reference_checksum(path: Path) -> str:
+    """The dandi-zarr-checksum as the zarr_checksum package computes it on a directory."""
+    return str(compute_zarr_checksum(yield_files_local(path)))
+
+
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (relative POSIX key -> bytes)."""
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def copy_zarr(src: Path, dst: Path) -> Path:
+    """A copy of a Zarr directory."""
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,270 @@
+"""Upload: one commit per upload, only changes travel, lossless v2, readable with plain Icechunk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import icechunk
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from dandi_icechunk.errors import ConflictError
+from dandi_icechunk.export import export_snapshot, verify_snapshot
+from dandi_icechunk.history import diff_snapshots
+from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.session import MANIFEST_TARGET_REFS, ZarrRepository
+from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
+from dandi_icechunk.upload import upload_zarr
+
+from .conftest import reference_checksum, tree_bytes
+
+
+def _plain_icechunk_group(location: StorageLocation, zarr_id: str, snapshot_id: str) -> zarr.Group:
+    """Open a snapshot with Icechunk and zarr only: no code of ours on the read side."""
+    storage = location.icechunk_storage(zarr_id)
+    session = icechunk.Repository.open(storage).readonly_session(snapshot_id=snapshot_id)
+    return zarr.open_group(session.store, mode="r")
+
+
+@pytest.mark.parametrize("separator", ["/", "."])
+def test_ome_zarr_v2_round_trips_byte_for_byte_and_reads_with_plain_icechunk(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, separator: str
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "sample.ome.zarr", separator=separator)
+    result = upload_zarr(src, location, zarr_id, dandiset="000123", message="first")
+
+    assert result.snapshot_id is not None
+    assert result.zarr_checksum == reference_checksum(src)
+    assert result.files_written == result.file_count == len(tree_bytes(src))
+
+    group = _plain_icechunk_group(location, zarr_id, result.snapshot_id)
+    original = zarr.open_group(str(src), mode="r")
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(group[level][:], original[level][:])
+    assert group.attrs["multiscales"] == original.attrs["multiscales"]
+
+    repo = ZarrRepository.open(location, zarr_id)
+    exported = export_snapshot(repo, tmp_path / "back.ome.zarr", snapshot_id=result.snapshot_id)
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+    assert verify_snapshot(repo).ok
+
+
+@pytest.mark.parametrize("shards", [None, (8, 32, 32)], ids=["chunked", "sharded"])
+def test_zarr_v3_reads_back_with_plain_icechunk_and_xarray(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, shards: tuple[int, ...] | None
+) -> None:
+    src = make_zarr_v3(tmp_path / "v3.zarr", shape=(16, 64, 64), chunks=(4, 16, 16), shards=shards)
+    result = upload_zarr(src, location, zarr_id)
+    assert result.zarr_checksum == reference_checksum(src)
+
+    storage = location.icechunk_storage(zarr_id)
+    session = icechunk.Repository.open(storage).readonly_session(snapshot_id=result.snapshot_id)
+    ds = xr.open_zarr(session.store, consolidated=False)
+    expected = zarr.open_group(str(src), mode="r")["data"][:]
+    np.testing.assert_array_equal(ds["data"].values, expected)
+    assert ds["data"].dims == ("d0", "d1", "d2")
+
+    repo = ZarrRepository.open(location, zarr_id)
+    exported = export_snapshot(repo, tmp_path / "back.zarr")
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+
+
+def test_reupload_writes_only_changed_and_new_files_and_removes_deleted_ones(
+    location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr", shape=(16, 64, 64), chunks=(4, 16, 16))
+    first = upload_zarr(src, location, zarr_id)
+    before = tree_bytes(src)
+
+    # change two chunks, delete one, and change an attribute
+    arr = zarr.open_array(str(src / "0"), mode="r+")
+    arr[0:4, 0:16, 0:16] = 7
+    arr[4:8, 16:32, 0:16] = 9
+    os.remove(src / "1" / "3" / "1" / "1")
+    attrs = zarr.open_group(str(src), mode="r+").attrs
+    attrs["note"] = "edited"
+    after = tree_bytes(src)
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert len(changed) == 3
+
+    second = upload_zarr(src, location, zarr_id, message="edit")
+    assert second.parent_snapshot_id == first.snapshot_id
+    assert second.files_written == 3
+    assert second.files_deleted == 1
+    assert second.bytes_written == sum(len(after[k]) for k in changed)
+    assert second.zarr_checksum == reference_checksum(src)
+
+    repo = ZarrRepository.open(location, zarr_id)
+    diff = diff_snapshots(repo, first.snapshot_id, second.snapshot_id)
+    assert set(diff.modified) == changed
+    assert diff.removed == ["1/3/1/1"]
+    assert diff.added == []
+
+    # the first snapshot still gives back exactly the first upload
+    old = export_snapshot(repo, tmp_path / "old.zarr", snapshot_id=first.snapshot_id)
+    assert tree_bytes(Path(old.destination)) == before
+    new = export_snapshot(repo, tmp_path / "new.zarr")
+    assert tree_bytes(Path(new.destination)) == after
+    history = repo.history()
+    assert [r.snapshot_id for r in history[:2]] == [second.snapshot_id, first.snapshot_id]
+    assert history[0].info is not None and history[0].info.zarr_checksum == second.zarr_checksum
+
+
+def test_upload_with_no_change_makes_no_commit(location: StorageLocation, zarr_id: str, tmp_path: Path) -> None:
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    first = upload_zarr(src, location, zarr_id)
+    again = upload_zarr(src, location, zarr_id)
+    assert again.snapshot_id is None
+    assert again.files_written == again.files_deleted == again.bytes_written == 0
+    assert again.zarr_checksum == first.zarr_checksum
+    assert ZarrRepository.open(location, zarr_id).resolve() == first.snapshot_id
+
+
+def test_deciding_what_changed_reads_no_chunk_back(zarr_id: str, tmp_path: Path) -> None:
+    """Delete every chunk object after the first upload: a re-upload must still work, so it
+    cannot have read unchanged chunks. (verify then reports the missing chunks.)"""
+    location = StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    upload_zarr(src, location, zarr_id)
+    chunk_dir = Path(location.bucket) / location.repository_prefix(zarr_id) / "chunks"
+    assert any(chunk_dir.iterdir())
+    shutil.rmtree(chunk_dir)
+
+    zarr.open_group(str(src), mode="r+")["data"][0:4, 0:16, 0:16] = 1
+    result = upload_zarr(src, location, zarr_id)
+    assert result.files_written == 1
+    report = verify_snapshot(ZarrRepository.open(location, zarr_id))
+    assert not report.ok
+    assert any("missing" in p for p in report.problems)
+
+
+def test_large_arrays_get_split_manifests_so_a_small_change_rewrites_little(
+    zarr_id: str, tmp_path: Path
+) -> None:
+    location = StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
+    src = tmp_path / "many.zarr"
+    grid = (3 * MANIFEST_TARGET_REFS // 100, 100)
+    arr = zarr.open_array(str(src), mode="w", shape=grid, chunks=(1, 1), dtype="u1", zarr_format=3, fill_value=0)
+    arr[:] = np.arange(grid[0] * grid[1], dtype=np.uint64).reshape(grid).astype("u1") | 1
+    first = upload_zarr(src, location, zarr_id)
+    repo = ZarrRepository.open(location, zarr_id)
+    manifests = repo.icechunk.list_manifest_files(first.snapshot_id)
+    assert len(manifests) >= 3
+    assert max(m.num_chunk_refs for m in manifests) <= MANIFEST_TARGET_REFS
+
+    arr[0, 0] = 0xFE
+    second = upload_zarr(src, location, zarr_id)
+    new_ids = {m.id for m in repo.icechunk.list_manifest_files(second.snapshot_id)} - {m.id for m in manifests}
+    assert len(new_ids) == 1  # one manifest rewritten, the others reused
+
+
+class _CallDuringWrite:
+    """A Progress that runs ``action`` once, when the upload starts writing chunks."""
+
+    def __init__(self, action) -> None:  # type: ignore[no-untyped-def]
+        self.action = action
+
+    def start(self, label: str, files: int, nbytes: int) -> None:
+        if label == "uploading" and self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+    def advance(self, files: int, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_racing_uploads_touching_different_chunks_both_land(
+    s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    base = make_zarr_v3(tmp_path / "base.zarr", chunks=(4, 16, 16))
+    upload_zarr(base, s3_location, zarr_id)
+    mine, theirs = tmp_path / "mine.zarr", tmp_path / "theirs.zarr"
+    shutil.copytree(base, mine)
+    shutil.copytree(base, theirs)
+    zarr.open_group(str(mine), mode="r+")["data"][0:4, 0:16, 0:16] = 1
+    zarr.open_group(str(theirs), mode="r+")["data"][12:16, 48:64, 48:64] = 2
+
+    other: dict[str, object] = {}
+    result = upload_zarr(
+        mine, s3_location, zarr_id,
+        progress=_CallDuringWrite(lambda: other.setdefault("r", upload_zarr(theirs, s3_location, zarr_id))),
+    )
+    assert result.parent_snapshot_id == other["r"].snapshot_id  # type: ignore[attr-defined]
+    repo = ZarrRepository.open(s3_location, zarr_id)
+    assert repo.history()[1].snapshot_id == other["r"].snapshot_id  # type: ignore[attr-defined]
+
+    both = tmp_path / "both.zarr"
+    shutil.copytree(mine, both)
+    shutil.copy(theirs / "data" / "c" / "3" / "3" / "3", both / "data" / "c" / "3" / "3" / "3")
+    assert result.zarr_checksum == reference_checksum(both)
+    exported = export_snapshot(repo, tmp_path / "merged.zarr")
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(both)
+    assert verify_snapshot(repo).ok
+
+
+def test_racing_uploads_touching_the_same_chunk_second_fails_and_commits_nothing(
+    s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    base = make_zarr_v3(tmp_path / "base.zarr", chunks=(4, 16, 16))
+    upload_zarr(base, s3_location, zarr_id)
+    mine, theirs = tmp_path / "mine.zarr", tmp_path / "theirs.zarr"
+    shutil.copytree(base, mine)
+    shutil.copytree(base, theirs)
+    zarr.open_group(str(mine), mode="r+")["data"][0:4, 0:16, 0:16] = 1
+    zarr.open_group(str(theirs), mode="r+")["data"][0:4, 0:16, 0:16] = 2
+
+    other: dict[str, object] = {}
+    with pytest.raises(ConflictError, match="same"):
+        upload_zarr(
+            mine, s3_location, zarr_id,
+            progress=_CallDuringWrite(lambda: other.setdefault("r", upload_zarr(theirs, s3_location, zarr_id))),
+        )
+    repo = ZarrRepository.open(s3_location, zarr_id)
+    assert repo.resolve() == other["r"].snapshot_id  # type: ignore[attr-defined]
+    exported = export_snapshot(repo, tmp_path / "tip.zarr")
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(theirs)
+
+
+class _InterruptAfter:
+    """A Progress that sends this process SIGINT (Ctrl-C) after ``n`` chunks are written."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def start(self, label: str, files: int, nbytes: int) -> None:
+        self.writing = label == "uploading"
+
+    def advance(self, files: int, nbytes: int) -> None:
+        if self.writing:
+            self.n -= files
+            if self.n == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_interrupted_upload_leaves_previous_snapshot_and_rerun_completes(
+    location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    first = upload_zarr(src, location, zarr_id)
+    zarr.open_group(str(src), mode="r+")["data"][:] = 5
+    with pytest.raises(KeyboardInterrupt):
+        upload_zarr(src, location, zarr_id, progress=_InterruptAfter(10), jobs=2)
+    repo = ZarrRepository.open(location, zarr_id)
+    assert repo.resolve() == first.snapshot_id
+    assert len(repo.history()) == 2
+
+    done = upload_zarr(src, location, zarr_id)
+    assert done.parent_snapshot_id == first.snapshot_id
+    assert done.zarr_checksum == reference_checksum(src)
+    assert verify_snapshot(ZarrRepository.open(location, zarr_id)).ok
