@@ -19,6 +19,8 @@ from .hierarchy import Hierarchy, check_key, is_document
 from .index import DigestIndex, FileDigest
 
 _READ_BLOCK = 8 * 1024 * 1024
+_HASH_BATCH = 256
+_THREADED_MIN_FILE_SIZE = 16 * 1024
 ProgressCallback = Callable[[int, int], None]
 """Called with (files, bytes) done since the last call."""
 
@@ -39,21 +41,32 @@ class LocalZarr:
         """Number of files (documents and chunks)."""
         return len(self.documents) + len(self.chunk_files)
 
-    def digest_index(self, workers: int = 4, progress: ProgressCallback | None = None) -> DigestIndex:
-        """MD5 and size of every file (chunk files hashed in ``workers`` threads)."""
+    def digest_index(self, workers: int = 2, progress: ProgressCallback | None = None) -> DigestIndex:
+        """MD5 and size of every file.
+
+        Files are hashed in batches; threads only pay off for larger files (MD5 releases the
+        GIL on big buffers, while many small reads mostly contend for it).
+        """
         files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
         if progress:
             progress(len(files), sum(d.size for d in files.values()))
+        items = list(self.chunk_files.items())
+        small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
 
-        def one(item: tuple[str, Path]) -> tuple[str, FileDigest]:
-            key, path = item
-            digest = hash_file(path, key)
+        def batch(part: list[tuple[str, Path]]) -> list[tuple[str, FileDigest]]:
+            digests = [(key, hash_file(path, key)) for key, path in part]
             if progress:
-                progress(1, digest.size)
-            return key, digest
+                progress(len(digests), sum(d.size for _, d in digests))
+            return digests
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            files.update(pool.map(one, self.chunk_files.items()))
+        batches = [items[i : i + _HASH_BATCH] for i in range(0, len(items), _HASH_BATCH)]
+        if small or workers <= 1:
+            for part in batches:
+                files.update(batch(part))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for digests in pool.map(batch, batches):
+                    files.update(digests)
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
 

@@ -190,7 +190,7 @@ def run_seaweedfs(data_dir: str | Path, *, bucket: str = "dandiarchive") -> Iter
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import posixpath
 import uuid
 from collections.abc import Iterable
@@ -35,6 +36,7 @@ from .session import (
 )
 
 DEFAULT_JOBS = 16
+_INLINE_READ_MAX = 1024 * 1024
 _ZARR_SUFFIXES = (".zarr", ".ngff")
 _DANDISET_ZARR_NAMESPACE = uuid.UUID("6f1c6f7e-0c1b-4a8f-9a3e-2d8f3b1e7c55")
 
@@ -87,7 +89,7 @@ def upload_zarr(
     progress = progress or NoProgress()
     local = scan_local_zarr(path)
     progress.start("hashing", local.file_count, local.size)
-    new_index = local.digest_index(workers=min(jobs, 8), progress=progress.advance)
+    new_index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance)
     progress.finish()
 
     config = icechunk.RepositoryConfig(
@@ -260,7 +262,11 @@ async def _write_chunks(
 
     async def one(key: str) -> None:
         async with semaphore:
-            data = await asyncio.to_thread(read_checked, key)
+            # A thread hop costs more than reading and hashing a small chunk in place.
+            if index.files[key].size <= _INLINE_READ_MAX:
+                data = read_checked(key)
+            else:
+                data = await asyncio.to_thread(read_checked, key)
             await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
             progress.advance(1, len(data))
 
