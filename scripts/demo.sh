@@ -32,7 +32,7 @@ dandi-icechunk verify "$zarr_id"
 echo "== export the first snapshot (Zarr v2, as uploaded)"
 dandi-icechunk export "$zarr_id" "$work/first.ome.zarr" --snapshot "$first"
 echo "== read it with plain Icechunk + zarr (no dandi-icechunk code)"
-python - "$(dandi-icechunk info "$zarr_id" --json | python -c 'import json,sys; print(json.load(sys.stdin)["repository"])')" <<'PY'
+ICECHUNK_LOG=error python - "$(dandi-icechunk info "$zarr_id" --json | python -c 'import json,sys; print(json.load(sys.stdin)["repository"])')" <<'PY'
 import sys, icechunk, zarr
 from urllib.parse import urlparse
 repo = icechunk.Repository.open(icechunk.local_filesystem_storage(urlparse(sys.argv[1]).path))

@@ -23,5 +23,5 @@ find_python() {
 if [ ! -x "$root/.venv/bin/python" ]; then
     "$(find_python)" -m venv "$root/.venv"
 fi
-"$root/.venv/bin/python" -m pip install --quiet --upgrade pip
-"$root/.venv/bin/python" -m pip install --quiet -e "$root[test]"
+"$root/.venv/bin/python" -m pip install --quiet --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
+"$root/.venv/bin/python" -m pip install --quiet -e "$root[test]" 2> >(grep -v "^WARNING: Location" >&2)
