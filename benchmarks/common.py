@@ -1,0 +1,111 @@
+"""Shared pieces of the benchmarks: data generation, S3 helpers, result output."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+
+def make_chunked_v2(path: Path, *, total_bytes: int, chunk_bytes: int, seed: int = 0) -> int:
+    """A DANDI-like Zarr v2 array of incompressible uint16 chunks written as files directly
+    (zarr-python is slow at tens of thousands of chunks). Returns the number of chunks."""
+    plane = chunk_bytes // 2  # uint16 values per chunk
+    n_chunks = max(1, total_bytes // chunk_bytes)
+    zarr.create_array(
+        str(path), shape=(n_chunks, plane), chunks=(1, plane), dtype="<u2", fill_value=0,
+        compressors=None, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    rng = np.random.default_rng(seed)
+    for i in range(n_chunks):
+        (path / str(i)).mkdir(exist_ok=True)
+        (path / str(i) / "0").write_bytes(rng.bytes(chunk_bytes))
+    return n_chunks
+
+
+def change_chunks(path: Path, n_chunks: int, fraction: float, seed: int = 1) -> list[str]:
+    """Rewrite a random ``fraction`` of the chunks of :func:`make_chunked_v2`; return their keys."""
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(n_chunks, size=max(1, int(n_chunks * fraction)), replace=False))
+    keys = []
+    for i in picked:
+        chunk = path / str(i) / "0"
+        chunk.write_bytes(rng.bytes(chunk.stat().st_size))
+        keys.append(f"{i}/0")
+    return keys
+
+
+def local_files(path: Path) -> list[tuple[str, Path]]:
+    """(key, path) of every file under a Zarr directory."""
+    return sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+
+
+def put_files_like_dandi_today(client: Any, bucket: str, prefix: str,
+                               files: Iterable[tuple[str, Path]], jobs: int) -> int:
+    """One PUT per file with its Content-MD5, ``jobs`` at a time: DANDI's presigned-PUT upload
+    path without the API round trips. Returns bytes sent."""
+    def put(item: tuple[str, Path]) -> int:
+        key, path = item
+        data = path.read_bytes()
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data, ContentMD5=md5)
+        return len(data)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return sum(pool.map(put, list(files)))
+
+
+def get_files(client: Any, bucket: str, keys: list[str], jobs: int) -> int:
+    """GET every key, ``jobs`` at a time. Returns bytes received."""
+    def get(key: str) -> int:
+        return len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return sum(pool.map(get, keys))
+
+
+def prefix_usage(client: Any, bucket: str, prefix: str) -> tuple[int, int]:
+    """(objects, bytes) stored under ``prefix``."""
+    count = size = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            count += 1
+            size += obj["Size"]
+    return count, size
+
+
+def md5_rate_one_core(nbytes: int = 256 * 1024 * 1024) -> float:
+    """MD5 throughput of one core, in MB/s."""
+    data = os.urandom(64 * 1024 * 1024)
+    start = time.perf_counter()
+    for _ in range(nbytes // len(data)):
+        hashlib.md5(data).digest()
+    return nbytes / (time.perf_counter() - start) / 1e6
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``"""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def write_results(out_dir: Path, name: str, results: dict[str, Any], table: str) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` and print the table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"{name}.md").write_text(table + "\n")
+    print(table)
