@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .archive_hooks import publish_dandiset
 from .errors import DandiIcechunkError
 from .export import export_snapshot, verify_snapshot
 from .history import diff_snapshots, repository_info
@@ -316,3 +317,39 @@ def verify(
 
     _emit(as_json, result.to_json(), text)
     sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.option("--dandiset", "dandiset_id", required=True, help="Dandiset ID, e.g. 000123.")
+@click.option("--version", "version", required=True, help="The new version, 0.YYMMDD.HHMM.")
+@click.argument("assets_file", metavar="ASSETS.json", type=click.File("r"))
+@json_option
+@click.pass_context
+def publish(
+    ctx: click.Context, dandiset_id: str, version: str, assets_file: Any, as_json: bool
+) -> None:
+    """Run the archive's publish hook on a JSON list of draft asset metadata.
+
+    Tags the newest snapshot of every Zarr asset as dandiset/<DANDISET>/<VERSION> (after
+    checking it matches the draft's checksum and size) and prints the published metadata of
+    every asset. For operators, and for trying the hook without an archive server.
+    """
+    with _user_errors():
+        try:
+            assets = json.load(assets_file)
+        except json.JSONDecodeError as exc:
+            raise DandiIcechunkError(f"{assets_file.name} is not valid JSON: {exc}") from None
+        if not isinstance(assets, list) or not all(isinstance(a, dict) for a in assets):
+            raise DandiIcechunkError(f"{assets_file.name} must hold a JSON list of asset metadata objects")
+        published = publish_dandiset(dandiset_id, version, assets, location=ctx.obj)
+
+    def text() -> None:
+        from .reference import SnapshotReference, ZARR_MEDIA_TYPE
+
+        for asset in published:
+            if asset.get("encodingFormat") == ZARR_MEDIA_TYPE:
+                ref = SnapshotReference.from_asset(asset)
+                click.echo(f"{asset.get('path')}: snapshot {ref.snapshot_id} tagged {ref.tag}")
+        click.echo(f"published {len(published)} asset(s) of Dandiset {dandiset_id} version {version}")
+
+    _emit(as_json, published, text)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from dandischema.consts import DANDI_SCHEMA_VERSION
 from numcodecs import Blosc
 
 from .location import S3Credentials, StorageLocation
@@ -195,3 +197,44 @@ def run_seaweedfs(data_dir: str | Path, *, bucket: str = "dandiarchive") -> Iter
             process.kill()
             process.wait()
         log.close()
+
+
+def draft_zarr_asset(
+    zarr_id: str, path: str, zarr_checksum: str, size: int, *, dandiset_id: str = "000123",
+    version: str = "0.260101.1200",
+) -> dict[str, Any]:
+    """Metadata of a Zarr asset as the archive hands it to the publish hook: the published form
+    of the draft asset, with every computed key (``datePublished``, ``publishedBy``, ...)."""
+    asset_id = str(uuid.uuid4())
+    when = "2026-01-01T12:00:00+00:00"
+    return {
+        "schemaKey": "Asset",
+        "schemaVersion": DANDI_SCHEMA_VERSION,
+        "id": f"dandiasset:{asset_id}",
+        "identifier": asset_id,
+        "path": path,
+        "encodingFormat": "application/x-zarr",
+        "contentSize": size,
+        "digest": {"dandi:dandi-zarr-checksum": zarr_checksum},
+        "contentUrl": [
+            f"https://api.dandiarchive.org/api/assets/{asset_id}/download/",
+            f"https://dandiarchive.s3.amazonaws.com/zarr/{zarr_id}/",
+        ],
+        "access": [{"schemaKey": "AccessRequirements", "status": "dandi:OpenAccess"}],
+        "dateModified": when,
+        "datePublished": when,
+        "publishedBy": {
+            "schemaKey": "PublishActivity",
+            "id": f"urn:uuid:{uuid.uuid4()}",
+            "name": "DANDI publish",
+            "startDate": when,
+            "endDate": when,
+            "wasAssociatedWith": [{
+                "schemaKey": "Software",
+                "id": "RRID:SCR_017571",
+                "identifier": "RRID:SCR_017571",
+                "name": "DANDI API",
+                "version": "0.1.0",
+            }],
+        },
+    }
