@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,3 +63,48 @@ def copy_zarr(src: Path, dst: Path) -> Path:
     """A copy of a Zarr directory."""
     shutil.copytree(src, dst)
     return dst
+
+
+UPLOADER = {
+    "name": "uploader",
+    "credentials": [{"accessKey": "uploader", "secretKey": "uploader-secret"}],
+    "actions": [f"{a}:dandiarchive/zarr-icechunk/*" for a in ("Read", "Write", "List")],
+}
+
+
+@pytest.fixture(scope="session")
+def locked_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS with a versioned, Object-Lock bucket (default GOVERNANCE retention of one day,
+    as the archive would configure it) and an ``uploader`` identity that may read, write, list
+    and delete under ``zarr-icechunk/``: the strongest uploader credential there could be."""
+    with run_seaweedfs(
+        tmp_path_factory.mktemp("seaweedfs-locked"), object_lock=True, identities=[UPLOADER]
+    ) as server:
+        server.client().put_object_lock_configuration(
+            Bucket=server.bucket,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+            },
+        )
+        yield server
+
+
+class InterruptAfter:
+    """A Progress that sends this process SIGINT (Ctrl-C) after ``n`` chunks are written."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.writing = False
+
+    def start(self, label: str, files: int, nbytes: int) -> None:
+        self.writing = label == "uploading"
+
+    def advance(self, files: int, nbytes: int) -> None:
+        if self.writing:
+            self.n -= files
+            if self.n == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def finish(self) -> None:
+        pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import icechunk
@@ -21,7 +20,7 @@ from dandi_icechunk.session import MANIFEST_TARGET_REFS, ZarrRepository
 from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
-from .conftest import reference_checksum, tree_bytes
+from .conftest import InterruptAfter, reference_checksum, tree_bytes
 
 
 def _plain_icechunk_group(location: StorageLocation, zarr_id: str, snapshot_id: str) -> zarr.Group:
@@ -237,25 +236,6 @@ def test_racing_uploads_touching_the_same_chunk_second_fails_and_commits_nothing
     assert tree_bytes(Path(exported.destination)) == tree_bytes(theirs)
 
 
-class _InterruptAfter:
-    """A Progress that sends this process SIGINT (Ctrl-C) after ``n`` chunks are written."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def start(self, label: str, files: int, nbytes: int) -> None:
-        self.writing = label == "uploading"
-
-    def advance(self, files: int, nbytes: int) -> None:
-        if self.writing:
-            self.n -= files
-            if self.n == 0:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    def finish(self) -> None:
-        pass
-
-
 def test_interrupted_upload_leaves_previous_snapshot_and_rerun_completes(
     location: StorageLocation, zarr_id: str, tmp_path: Path
 ) -> None:
@@ -263,7 +243,7 @@ def test_interrupted_upload_leaves_previous_snapshot_and_rerun_completes(
     first = upload_zarr(src, location, zarr_id)
     zarr.open_group(str(src), mode="r+")["data"][:] = 5
     with pytest.raises(KeyboardInterrupt):
-        upload_zarr(src, location, zarr_id, progress=_InterruptAfter(10), jobs=2)
+        upload_zarr(src, location, zarr_id, progress=InterruptAfter(10), jobs=2)
     repo = ZarrRepository.open(location, zarr_id)
     assert repo.resolve() == first.snapshot_id
     assert len(repo.history()) == 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -32,8 +34,36 @@ class RepositoryObjects(Protocol):
         """Write ``data`` unless ``key`` exists; return whether this call wrote it."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        """Yield ``(key, size)`` of every object under ``prefix``."""
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
+        """Yield ``(key, size, last modified)`` of every object under ``prefix``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` (on a versioned bucket: add a delete marker)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object (or a delete marker) in a versioned bucket."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    is_delete_marker: bool
+    last_modified: datetime
+    size: int = 0
+
+
+class VersionedObjects(RepositoryObjects, Protocol):
+    """Objects in a versioned bucket: old versions can be listed and brought back."""
+
+    def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """Every version and delete marker under ``prefix``."""
+        ...
+
+    def restore(self, key: str, version_id: str) -> None:
+        """Make version ``version_id`` of ``key`` the latest again (server-side copy)."""
         ...
 
 
@@ -61,7 +91,7 @@ class _LocalObjects:
         finally:
             os.unlink(tmp)
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         base = self._root / prefix
         if not base.is_dir():
             return
@@ -69,7 +99,12 @@ class _LocalObjects:
             for name in files:
                 if not name.startswith(".tmp-"):
                     path = Path(dirpath) / name
-                    yield path.relative_to(self._root).as_posix(), path.stat().st_size
+                    st = path.stat()
+                    modified = datetime.fromtimestamp(st.st_mtime, UTC)
+                    yield path.relative_to(self._root).as_posix(), st.st_size, modified
+
+    def delete(self, key: str) -> None:
+        (self._root / key).unlink(missing_ok=True)
 
 
 class _S3Objects:
@@ -115,12 +150,46 @@ class _S3Objects:
                 return False
             raise StorageLocationError(f"cannot write s3://{self._bucket}/{self._key(key)}: {exc}")
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        strip = len(self._prefix) + 1
+        paginator = self._client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)):
+            # Keep S3's order: by key, and within a key newest first.
+            entries = [(v, False) for v in page.get("Versions", [])] + [
+                (m, True) for m in page.get("DeleteMarkers", [])
+            ]
+            order = {id(v): i for i, (v, _) in enumerate(entries)}
+            entries.sort(key=lambda e: (e[0]["Key"], not e[0]["IsLatest"], order[id(e[0])]))
+            for entry, is_marker in entries:
+                yield ObjectVersion(
+                    entry["Key"][strip:], entry["VersionId"], entry["IsLatest"], is_marker,
+                    entry["LastModified"], entry.get("Size", 0),
+                )
+
+    def restore(self, key: str, version_id: str) -> None:
+        source = {"Bucket": self._bucket, "Key": self._key(key), "VersionId": version_id}
+        self._client.copy_object(Bucket=self._bucket, Key=self._key(key), CopySource=source)
+
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         paginator = self._client.get_paginator("list_objects_v2")
         strip = len(self._prefix) + 1
         for page in paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)):
             for obj in page.get("Contents", []):
-                yield obj["Key"][strip:], obj["Size"]
+                yield obj["Key"][strip:], obj["Size"], obj["LastModified"]
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self._bucket, Key=self._key(key))
+
+
+def versioned_objects(
+    location: StorageLocation, zarr_id: str, *, embargoed: bool = False
+) -> VersionedObjects | None:
+    """Version access to a repository prefix, or ``None`` where the bucket keeps no versions."""
+    if location.kind != "s3":
+        return None
+    objects = _S3Objects(location, location.repository_prefix(zarr_id, embargoed=embargoed))
+    status = objects._client.get_bucket_versioning(Bucket=location.bucket).get("Status")
+    return objects if status == "Enabled" else None
 
 
 def repository_objects(

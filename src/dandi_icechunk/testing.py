@@ -149,25 +149,34 @@ def _free_port_pair() -> int:
 
 
 @contextmanager
-def run_seaweedfs(data_dir: str | Path, *, bucket: str = "dandiarchive") -> Iterator[S3Server]:
+def run_seaweedfs(
+    data_dir: str | Path,
+    *,
+    bucket: str = "dandiarchive",
+    object_lock: bool = False,
+    identities: list[dict[str, Any]] | None = None,
+) -> Iterator[S3Server]:
     """Start SeaweedFS (``weed mini``) on 127.0.0.1 with free ports, make ``bucket``, stop after.
 
+    ``object_lock`` makes the bucket with Object Lock (and so versioning) enabled; ``identities``
+    adds SeaweedFS identities (``{"name", "credentials", "actions"}``) beside the admin one.
     Every listener is bound to loopback and telemetry is off; nothing leaves the machine.
     """
     weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     access, secret = "dandi-admin", "dandi-admin-secret"
-    identities = data / "identities.json"
-    identities.write_text(json.dumps({"identities": [{
+    admin = {
         "name": "admin",
         "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    }
+    config = data / "identities.json"
+    config.write_text(json.dumps({"identities": [admin, *(identities or [])]}))
     ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3", "admin")}
     command = [
         weed, "mini", f"-dir={data / 'store'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-admin.ui=false", "-master.telemetry=false", f"-s3.config={identities}",
+        "-admin.ui=false", "-master.telemetry=false", f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         *(f"-{name}.port={port}" for name, port in ports.items()),
     ]
@@ -180,7 +189,7 @@ def run_seaweedfs(data_dir: str | Path, *, bucket: str = "dandiarchive") -> Iter
         deadline = time.monotonic() + 60
         while True:
             try:
-                client.create_bucket(Bucket=bucket)
+                client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=object_lock)
                 break
             except Exception:
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,181 @@
+"""Check that every published snapshot is intact, and repair it from the bucket's versions.
+
+A published snapshot is intact when its tag still names it, the snapshot opens, every file of
+it reads back with the MD5 recorded at upload, and its checksum and size are those of the
+published metadata. Reading every file finds deleted and overwritten objects precisely.
+
+Repair needs a versioned bucket (DANDI's is, and nobody may delete object versions there):
+objects under Icechunk's write-once prefixes that were deleted or overwritten get their first
+version back, and a ``repo`` object that lost a tag or a snapshot is rolled back to its newest
+earlier version in which every publication of the repository is whole again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import DandiIcechunkError
+from .export import verify_snapshot
+from .location import StorageLocation
+from .objects import VersionedObjects, versioned_objects
+from .reference import SnapshotReference
+from .session import ZarrRepository
+
+WRITE_ONCE_PREFIXES = ("chunks/", "manifests/", "snapshots/", "transactions/", "dandi/index/")
+REPO_OBJECT = "repo"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A snapshot published in a Dandiset version, as its published metadata records it."""
+
+    zarr_id: str
+    snapshot_id: str
+    tag: str | None
+    zarr_checksum: str
+    size: int
+    path: str | None = None
+
+    @classmethod
+    def from_asset(cls, asset: Mapping[str, Any]) -> Publication:
+        """From published asset metadata (as :func:`~dandi_icechunk.archive_hooks.publish_dandiset` returns)."""
+        ref = SnapshotReference.from_asset(asset)
+        return cls(
+            zarr_id=ref.zarr_id,
+            snapshot_id=ref.snapshot_id,
+            tag=ref.tag,
+            zarr_checksum=(asset.get("digest") or {}).get("dandi:dandi-zarr-checksum", ""),
+            size=int(asset.get("contentSize") or 0),
+            path=asset.get("path"),
+        )
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """What an audit found (and, with repair, what it did)."""
+
+    checked: int
+    problems: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every publication is intact (after repair, if repair ran)."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def audit_publications(
+    publications: Iterable[Publication],
+    location: StorageLocation,
+    *,
+    repair: bool = False,
+    jobs: int = 16,
+) -> AuditReport:
+    """Check every publication; with ``repair``, restore what can be restored, then check again."""
+    by_zarr: dict[str, list[Publication]] = defaultdict(list)
+    for publication in publications:
+        by_zarr[publication.zarr_id].append(publication)
+    problems: list[str] = []
+    repairs: list[str] = []
+    for zarr_id, pubs in sorted(by_zarr.items()):
+        found = _check(location, zarr_id, pubs, jobs, deep=True)
+        if found and repair:
+            repairs.extend(_repair(location, zarr_id, pubs))
+            found = _check(location, zarr_id, pubs, jobs, deep=True)
+        problems.extend(found)
+    return AuditReport(checked=sum(len(p) for p in by_zarr.values()), problems=problems, repairs=repairs)
+
+
+def _check(
+    location: StorageLocation, zarr_id: str, pubs: list[Publication], jobs: int, *, deep: bool
+) -> list[str]:
+    """Problems of ``pubs`` (all of one Zarr); ``deep`` also reads every file back."""
+    try:
+        repo = ZarrRepository.open(location, zarr_id)
+    except DandiIcechunkError as exc:
+        return [f"{zarr_id}: repository unreadable: {exc}"]
+    problems = []
+    for pub in pubs:
+        where = f"{zarr_id} {pub.tag or ''} {pub.snapshot_id}".replace("  ", " ")
+        try:
+            if pub.tag is not None and repo.resolve(tag=pub.tag) != pub.snapshot_id:
+                problems.append(f"{where}: tag {pub.tag} no longer names the published snapshot")
+            info = repo.commit_info(pub.snapshot_id)
+        except DandiIcechunkError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if info is None or (info.zarr_checksum, info.size) != (pub.zarr_checksum, pub.size):
+            problems.append(f"{where}: snapshot metadata does not match the published checksum/size")
+            continue
+        if not deep:
+            continue
+        try:
+            result = verify_snapshot(repo, snapshot_id=pub.snapshot_id, jobs=jobs)
+        except DandiIcechunkError as exc:
+            problems.append(f"{where}: cannot read the snapshot back: {exc}")
+            continue
+        problems.extend(f"{where}: {p}" for p in result.problems[:20])
+        if result.actual_checksum != pub.zarr_checksum:
+            problems.append(
+                f"{where}: stored data gives checksum {result.actual_checksum}, "
+                f"published {pub.zarr_checksum}"
+            )
+    return problems
+
+
+def _repair(location: StorageLocation, zarr_id: str, pubs: list[Publication]) -> list[str]:
+    try:
+        repo = ZarrRepository.open(location, zarr_id)
+        objects = versioned_objects(location, zarr_id, embargoed=repo.embargoed)
+    except DandiIcechunkError:
+        objects = None
+        for embargoed in (False, True):
+            objects = objects or versioned_objects(location, zarr_id, embargoed=embargoed)
+    if objects is None:
+        return [f"{zarr_id}: cannot repair: the bucket keeps no object versions"]
+    repairs = _restore_write_once_objects(zarr_id, objects)
+    if _check(location, zarr_id, pubs, jobs=1, deep=False):
+        repairs.extend(_roll_back_repo_object(location, zarr_id, pubs, objects))
+    return repairs
+
+
+def _restore_write_once_objects(zarr_id: str, objects: VersionedObjects) -> list[str]:
+    """Give every deleted or overwritten write-once object its first version back."""
+    versions: dict[str, list[Any]] = defaultdict(list)
+    for prefix in WRITE_ONCE_PREFIXES:
+        for version in objects.versions(prefix):
+            versions[version.key].append(version)
+    repairs = []
+    for key, history in sorted(versions.items()):
+        # S3 lists the versions of a key newest first (timestamps may tie): the last is the first.
+        original = next((v for v in reversed(history) if not v.is_delete_marker), None)
+        latest = next((v for v in history if v.is_latest), None)
+        if original is None or (latest is not None and latest.version_id == original.version_id):
+            continue
+        objects.restore(key, original.version_id)
+        what = "deleted" if latest is None or latest.is_delete_marker else "overwritten"
+        repairs.append(f"{zarr_id}: restored {what} {key}")
+    return repairs
+
+
+def _roll_back_repo_object(
+    location: StorageLocation, zarr_id: str, pubs: list[Publication], objects: VersionedObjects
+) -> list[str]:
+    """Bring back the newest earlier ``repo`` object in which every publication is whole."""
+    history = [  # newest first, as S3 lists them
+        v for v in objects.versions(REPO_OBJECT) if v.key == REPO_OBJECT and not v.is_delete_marker
+    ]
+    for version in history:
+        if version.is_latest:
+            continue
+        objects.restore(REPO_OBJECT, version.version_id)
+        if not _check(location, zarr_id, pubs, jobs=1, deep=False):
+            return [f"{zarr_id}: rolled the repo object back to version {version.version_id}"]
+    return [f"{zarr_id}: no earlier repo object has every publication; needs an operator"]
