@@ -161,3 +161,23 @@ def test_upload_killed_with_sigkill_leaves_previous_snapshot_and_rerun_completes
     out = tmp_path / "back.zarr"
     subprocess.run([*cli, "export", zid, str(out)], env=env, check=True, capture_output=True)
     assert tree_bytes(out) == tree_bytes(src)
+
+
+def test_audit_exits_1_and_names_the_problem_when_a_published_chunk_is_corrupted(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dandi_icechunk.testing import draft_zarr_asset
+
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    up = json.loads(run("upload", str(src), "--zarr-id", zid, "--json"))
+    assets = tmp_path / "draft.json"
+    assets.write_text(json.dumps([draft_zarr_asset(zid, "a.zarr", up["zarr_checksum"], up["size"])]))
+    published = tmp_path / "published.json"
+    published.write_text(run("publish", "--dandiset", "000123", "--version", "0.260101.1200", str(assets), "--json"))
+    assert "OK: 1 published snapshot(s) checked" in run("audit", str(published))
+
+    chunks = tmp_path / "bucket" / "zarr-icechunk" / zid / "chunks"
+    victim = sorted(chunks.iterdir())[0]
+    victim.write_bytes(b"garbage")
+    output = run("audit", str(published), code=1)
+    assert "PROBLEM" in output and "FAILED" in output
+    assert "cannot repair: the bucket keeps no object versions" in run("audit", str(published), "--repair", code=1)

@@ -181,6 +181,15 @@ def test_cli_publish_prints_published_metadata(location: StorageLocation, two_za
     published = json.loads(result.output)
     assert len(published) == 3
     assert SnapshotReference.from_asset(published[1]).tag == "dandiset/000123/0.260101.1200"
+    published_file = tmp_path / "published.json"
+    published_file.write_text(result.output)
+    audit = CliRunner().invoke(main, ["audit", str(published_file), "--json"], env=env)
+    assert audit.exit_code == 0 and json.loads(audit.output)["checked"] == 2
+    gc = CliRunner().invoke(main, ["gc", SnapshotReference.from_asset(published[1]).zarr_id,
+                                   "--published", str(published_file), "--dry-run", "--json"], env=env)
+    assert gc.exit_code == 0, gc.output
+    assert json.loads(gc.output)["kept_published"] == [SnapshotReference.from_asset(published[1]).snapshot_id]
+
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     result = CliRunner().invoke(main, ["publish", "--dandiset", "000123", "--version", "0.260101.1200", str(bad)], env=env)

@@ -1,4 +1,4 @@
-"""What the DANDI archive calls: the publish hook.
+"""What the DANDI archive calls: publish, audit, protect and garbage-collect.
 
 The archive's publish task calls :func:`publish_dandiset` inside its database transaction with
 the Dandiset ID, the new version and the published-form metadata of each draft asset, and stores
@@ -18,13 +18,16 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import icechunk
 
+from .audit import AuditReport, Publication, audit_publications
 from .errors import DandiIcechunkError
+from .gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
 from .location import StorageLocation
 from .reference import (
     ZARR_MEDIA_TYPE,
@@ -188,3 +191,35 @@ def _schema_problem(published: Mapping[str, Any], draft: Mapping[str, Any]) -> s
     if SnapshotReference.from_asset(round_trip) != SnapshotReference.from_asset(published):
         return f"{name}: the snapshot reference does not survive the dandischema model"
     return None
+
+
+def audit_published(
+    published_assets: Iterable[Mapping[str, Any]],
+    *,
+    location: StorageLocation,
+    repair: bool = False,
+) -> AuditReport:
+    """Check every published Zarr asset among ``published_assets`` (the metadata the archive
+    stored at publish): its tag resolves, every object it reaches reads back intact, and its
+    checksum matches. With ``repair``, restore deleted/overwritten objects and lost tags from
+    the bucket's versions first. Non-Zarr assets are skipped."""
+    publications = [
+        Publication.from_asset(a) for a in published_assets if a.get("encodingFormat") == ZARR_MEDIA_TYPE
+    ]
+    return audit_publications(publications, location, repair=repair)
+
+
+def collect_zarr_garbage(
+    zarr_id: str,
+    published_snapshot_ids: Iterable[str],
+    *,
+    location: StorageLocation,
+    restore_window: timedelta = DEFAULT_RESTORE_WINDOW,
+    dry_run: bool = False,
+) -> GCResult:
+    """Garbage-collect one Zarr's repository, keeping every snapshot the archive published
+    (``published_snapshot_ids``) and everything younger than ``restore_window``."""
+    return collect_garbage(
+        location, zarr_id, published_snapshots=published_snapshot_ids,
+        restore_window=restore_window, dry_run=dry_run,
+    )

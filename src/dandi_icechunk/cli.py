@@ -7,18 +7,22 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .archive_hooks import publish_dandiset
+from .archive_hooks import audit_published, publish_dandiset
+from .audit import Publication
 from .errors import DandiIcechunkError
+from .gc import DEFAULT_RESTORE_WINDOW, collect_garbage
 from .export import export_snapshot, verify_snapshot
 from .history import diff_snapshots, repository_info
-from .location import STORAGE_ENV_VAR, StorageLocation
+from .location import STORAGE_ENV_VAR, StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress, TerminalProgress
+from .reference import ZARR_MEDIA_TYPE, SnapshotReference
 from .session import DEFAULT_BRANCH, ZarrRepository
 from .upload import DEFAULT_JOBS, UploadResult, find_dandiset_zarrs, upload_zarr
 
@@ -335,17 +339,9 @@ def publish(
     every asset. For operators, and for trying the hook without an archive server.
     """
     with _user_errors():
-        try:
-            assets = json.load(assets_file)
-        except json.JSONDecodeError as exc:
-            raise DandiIcechunkError(f"{assets_file.name} is not valid JSON: {exc}") from None
-        if not isinstance(assets, list) or not all(isinstance(a, dict) for a in assets):
-            raise DandiIcechunkError(f"{assets_file.name} must hold a JSON list of asset metadata objects")
-        published = publish_dandiset(dandiset_id, version, assets, location=ctx.obj)
+        published = publish_dandiset(dandiset_id, version, _load_assets(assets_file), location=ctx.obj)
 
     def text() -> None:
-        from .reference import SnapshotReference, ZARR_MEDIA_TYPE
-
         for asset in published:
             if asset.get("encodingFormat") == ZARR_MEDIA_TYPE:
                 ref = SnapshotReference.from_asset(asset)
@@ -353,3 +349,81 @@ def publish(
         click.echo(f"published {len(published)} asset(s) of Dandiset {dandiset_id} version {version}")
 
     _emit(as_json, published, text)
+
+
+def _load_assets(assets_file: Any) -> list[dict[str, Any]]:
+    try:
+        assets = json.load(assets_file)
+    except json.JSONDecodeError as exc:
+        raise DandiIcechunkError(f"{assets_file.name} is not valid JSON: {exc}") from None
+    if not isinstance(assets, list) or not all(isinstance(a, dict) for a in assets):
+        raise DandiIcechunkError(f"{assets_file.name} must hold a JSON list of asset metadata objects")
+    return assets
+
+
+@main.command()
+@click.argument("assets_file", metavar="PUBLISHED.json", type=click.File("r"))
+@click.option("--repair", is_flag=True, help="Restore what was deleted or overwritten, from the bucket's versions.")
+@json_option
+@click.pass_context
+def audit(ctx: click.Context, assets_file: Any, repair: bool, as_json: bool) -> None:
+    """Check that every published Zarr snapshot in PUBLISHED.json is intact.
+
+    PUBLISHED.json is a JSON list of published asset metadata (as `publish` prints it). For
+    each Zarr asset: its tag still names its snapshot, every object it reaches reads back with
+    the recorded MD5, and its checksum matches the published digest. Exits 1 on any problem.
+    """
+    with _user_errors():
+        report = audit_published(_load_assets(assets_file), location=ctx.obj, repair=repair)
+
+    def text() -> None:
+        for line in report.repairs:
+            click.echo(f"REPAIRED {line}")
+        for line in report.problems:
+            click.echo(f"PROBLEM {line}")
+        click.echo(f"{'OK' if report.ok else 'FAILED'}: {report.checked} published snapshot(s) checked")
+
+    _emit(as_json, report.to_json(), text)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.option(
+    "--restore-window-days", type=float, default=DEFAULT_RESTORE_WINDOW.days, show_default=True,
+    help="Keep every snapshot and object younger than this.",
+)
+@click.option(
+    "--published", "published_file", type=click.File("r"),
+    help="Published asset metadata (JSON list): keep these snapshots. Default: the dandiset/* tags.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be reclaimed; change nothing.")
+@json_option
+@click.pass_context
+def gc(
+    ctx: click.Context, zarr_id: str, restore_window_days: float, published_file: Any,
+    dry_run: bool, as_json: bool,
+) -> None:
+    """Reclaim storage of draft snapshots and abandoned uploads; never of published data.
+
+    A dry run expires nothing, so it counts only objects no snapshot reaches today (for example
+    abandoned uploads), not those that only the expiring drafts hold.
+    """
+    with _user_errors():
+        published = None
+        if published_file is not None:
+            publications = [
+                Publication.from_asset(a)
+                for a in _load_assets(published_file)
+                if a.get("encodingFormat") == ZARR_MEDIA_TYPE
+            ]
+            published = [p.snapshot_id for p in publications if p.zarr_id == validate_zarr_id(zarr_id)]
+        result = collect_garbage(
+            ctx.obj, zarr_id, published_snapshots=published,
+            restore_window=timedelta(days=restore_window_days), dry_run=dry_run,
+        )
+    _emit(as_json, result.to_json(), lambda: click.echo(
+        f"{'would reclaim' if dry_run else 'reclaimed'} {result.objects_deleted} object(s), "
+        f"{_size(result.bytes_deleted)}; {result.snapshots_expired} snapshot(s) "
+        f"{'would expire' if dry_run else 'expired'}; kept {len(result.kept_published)} published"
+    ))
