@@ -20,7 +20,8 @@ import icechunk
 import pytest
 import zarr
 
-from dandi_icechunk.archive_hooks import publish_dandiset
+from dandi_icechunk.archive_hooks import protect_published, publish_dandiset
+from dandi_icechunk.errors import DandiIcechunkError
 from dandi_icechunk.audit import Publication, audit_publications
 from dandi_icechunk.export import export_snapshot, verify_snapshot
 from dandi_icechunk.gc import GarbageCollectionError, collect_garbage
@@ -139,6 +140,34 @@ def test_uploader_cannot_destroy_object_versions(locked_s3_server: S3Server, tmp
     )["Versions"]
     with pytest.raises(botocore.exceptions.ClientError):
         client.delete_object(Bucket=locked_s3_server.bucket, Key=versions[0]["Key"], VersionId=versions[0]["VersionId"])
+
+
+def test_protect_puts_legal_holds_so_not_even_the_admin_can_delete_published_versions(
+    locked_s3_server: S3Server, tmp_path: Path
+) -> None:
+    admin = locked_s3_server.location()
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    _publish(admin, zid, src)
+    result = protect_published(location=admin, zarr_ids=[zid])[0]
+    assert result.objects_held > 0 and result.bytes_held >= tree_bytes(src).__len__()
+    client = locked_s3_server.client()
+    prefix = f"{admin.repository_prefix(zid)}/chunks/"
+    version = client.list_object_versions(Bucket=locked_s3_server.bucket, Prefix=prefix)["Versions"][0]
+    held = client.get_object_legal_hold(Bucket=locked_s3_server.bucket, Key=version["Key"], VersionId=version["VersionId"])
+    assert held["LegalHold"]["Status"] == "ON"
+    with pytest.raises(botocore.exceptions.ClientError):
+        client.delete_object(
+            Bucket=locked_s3_server.bucket, Key=version["Key"], VersionId=version["VersionId"],
+            BypassGovernanceRetention=True,
+        )
+    assert protect_published(location=admin, zarr_ids=[zid])[0].objects_held == result.objects_held
+
+
+def test_protect_needs_a_versioned_bucket(location: StorageLocation, zarr_id: str, tmp_path: Path) -> None:
+    upload_zarr(make_zarr_v3(tmp_path / "a.zarr"), location, zarr_id)
+    with pytest.raises(DandiIcechunkError, match="keeps no object versions"):
+        protect_published(location=location, zarr_ids=[zarr_id])
 
 
 def test_uploader_credentials_reach_no_other_prefix(locked_s3_server: S3Server) -> None:

@@ -25,7 +25,13 @@ from typing import Any
 
 import icechunk
 
-from .audit import AuditReport, Publication, audit_publications
+from .audit import (
+    AuditReport,
+    ProtectResult,
+    Publication,
+    audit_publications,
+    protect_published_objects,
+)
 from .errors import DandiIcechunkError
 from .gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
 from .location import StorageLocation
@@ -223,3 +229,9 @@ def collect_zarr_garbage(
         location, zarr_id, published_snapshots=published_snapshot_ids,
         restore_window=restore_window, dry_run=dry_run,
     )
+
+
+def protect_published(zarr_ids: Iterable[str], *, location: StorageLocation) -> list[ProtectResult]:
+    """After a publish, put legal holds on the objects of the published Zarrs' repositories
+    (see :func:`~dandi_icechunk.audit.protect_published_objects`)."""
+    return [protect_published_objects(location, zarr_id) for zarr_id in zarr_ids]

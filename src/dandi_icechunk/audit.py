@@ -146,6 +146,48 @@ def _repair(location: StorageLocation, zarr_id: str, pubs: list[Publication]) ->
     return repairs
 
 
+@dataclass(frozen=True)
+class ProtectResult:
+    """What :func:`protect_published_objects` held."""
+
+    zarr_id: str
+    objects_held: int
+    bytes_held: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def protect_published_objects(location: StorageLocation, zarr_id: str) -> ProtectResult:
+    """Put an Object Lock legal hold on the first version of every write-once object of a
+    repository (chunks, manifests, snapshots, transaction logs, digest indexes).
+
+    Icechunk does not tell which chunk objects a snapshot reaches, so this holds every object
+    written so far: a superset of what the published snapshots reach. It grows with the
+    repository, so the archive runs it after publishing (in the background, within the bucket's
+    default-retention window), not inside the publish transaction. Idempotent.
+    """
+    repo = ZarrRepository.open(location, zarr_id)
+    objects = versioned_objects(location, zarr_id, embargoed=repo.embargoed)
+    if objects is None:
+        raise DandiIcechunkError(
+            f"cannot protect {zarr_id}: the bucket keeps no object versions (Object Lock needs "
+            "a versioned bucket created with Object Lock enabled)"
+        )
+    held = size = 0
+    for prefix in WRITE_ONCE_PREFIXES:
+        firsts: dict[str, Any] = {}
+        for version in objects.versions(prefix):
+            if not version.is_delete_marker:
+                firsts[version.key] = version  # newest first: the last seen is the first written
+        for version in firsts.values():
+            objects.legal_hold(version.key, version.version_id)
+            held += 1
+            size += version.size
+    return ProtectResult(zarr_id=repo.zarr_id, objects_held=held, bytes_held=size)
+
+
 def _restore_write_once_objects(zarr_id: str, objects: VersionedObjects) -> list[str]:
     """Give every deleted or overwritten write-once object its first version back."""
     versions: dict[str, list[Any]] = defaultdict(list)

@@ -66,6 +66,10 @@ class VersionedObjects(RepositoryObjects, Protocol):
         """Make version ``version_id`` of ``key`` the latest again (server-side copy)."""
         ...
 
+    def legal_hold(self, key: str, version_id: str) -> None:
+        """Put an Object Lock legal hold on one version: nobody can delete it until released."""
+        ...
+
 
 class _LocalObjects:
     def __init__(self, root: Path) -> None:
@@ -169,6 +173,12 @@ class _S3Objects:
     def restore(self, key: str, version_id: str) -> None:
         source = {"Bucket": self._bucket, "Key": self._key(key), "VersionId": version_id}
         self._client.copy_object(Bucket=self._bucket, Key=self._key(key), CopySource=source)
+
+    def legal_hold(self, key: str, version_id: str) -> None:
+        self._client.put_object_legal_hold(
+            Bucket=self._bucket, Key=self._key(key), VersionId=version_id,
+            LegalHold={"Status": "ON"},
+        )
 
     def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         paginator = self._client.get_paginator("list_objects_v2")
