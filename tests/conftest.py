@@ -17,7 +17,6 @@ from zarr_checksum.generators import yield_files_local
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.testing import S3Server, run_seaweedfs
 
-
 icechunk.set_logs_filter("error")
 
 

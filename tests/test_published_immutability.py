@@ -16,13 +16,12 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
-import icechunk
 import pytest
 import zarr
 
 from dandi_icechunk.archive_hooks import protect_published, publish_dandiset
-from dandi_icechunk.errors import DandiIcechunkError
 from dandi_icechunk.audit import Publication, audit_publications
+from dandi_icechunk.errors import DandiIcechunkError
 from dandi_icechunk.export import export_snapshot, verify_snapshot
 from dandi_icechunk.gc import GarbageCollectionError, collect_garbage
 from dandi_icechunk.location import S3Credentials, StorageLocation

@@ -184,22 +184,33 @@ class _CallDuringWrite:
         pass
 
 
-def test_racing_uploads_touching_different_chunks_both_land(
-    s3_location: StorageLocation, zarr_id: str, tmp_path: Path
-) -> None:
+def _racing_uploads(location: StorageLocation, zarr_id: str, tmp_path: Path, their_region: tuple[slice, ...]):  # type: ignore[no-untyped-def]
+    """Upload a base, then two edited copies: "mine" changes chunk (0, 0, 0); "theirs" changes
+    ``their_region``. ``race(other)`` uploads mine and, while mine is writing, theirs (result in
+    ``other["r"]``)."""
     base = make_zarr_v3(tmp_path / "base.zarr", chunks=(4, 16, 16))
-    upload_zarr(base, s3_location, zarr_id)
+    upload_zarr(base, location, zarr_id)
     mine, theirs = tmp_path / "mine.zarr", tmp_path / "theirs.zarr"
     shutil.copytree(base, mine)
     shutil.copytree(base, theirs)
     zarr.open_group(str(mine), mode="r+")["data"][0:4, 0:16, 0:16] = 1
-    zarr.open_group(str(theirs), mode="r+")["data"][12:16, 48:64, 48:64] = 2
+    zarr.open_group(str(theirs), mode="r+")["data"][their_region] = 2
 
+    def race(other: dict[str, object]):  # type: ignore[no-untyped-def]
+        return upload_zarr(
+            mine, location, zarr_id,
+            progress=_CallDuringWrite(lambda: other.setdefault("r", upload_zarr(theirs, location, zarr_id))),
+        )
+
+    return mine, theirs, race
+
+
+def test_racing_uploads_touching_different_chunks_both_land(
+    s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    mine, theirs, race = _racing_uploads(s3_location, zarr_id, tmp_path, their_region=(slice(12, 16), slice(48, 64), slice(48, 64)))
     other: dict[str, object] = {}
-    result = upload_zarr(
-        mine, s3_location, zarr_id,
-        progress=_CallDuringWrite(lambda: other.setdefault("r", upload_zarr(theirs, s3_location, zarr_id))),
-    )
+    result = race(other)
     assert result.parent_snapshot_id == other["r"].snapshot_id  # type: ignore[attr-defined]
     repo = ZarrRepository.open(s3_location, zarr_id)
     assert repo.history()[1].snapshot_id == other["r"].snapshot_id  # type: ignore[attr-defined]
@@ -216,20 +227,10 @@ def test_racing_uploads_touching_different_chunks_both_land(
 def test_racing_uploads_touching_the_same_chunk_second_fails_and_commits_nothing(
     s3_location: StorageLocation, zarr_id: str, tmp_path: Path
 ) -> None:
-    base = make_zarr_v3(tmp_path / "base.zarr", chunks=(4, 16, 16))
-    upload_zarr(base, s3_location, zarr_id)
-    mine, theirs = tmp_path / "mine.zarr", tmp_path / "theirs.zarr"
-    shutil.copytree(base, mine)
-    shutil.copytree(base, theirs)
-    zarr.open_group(str(mine), mode="r+")["data"][0:4, 0:16, 0:16] = 1
-    zarr.open_group(str(theirs), mode="r+")["data"][0:4, 0:16, 0:16] = 2
-
+    mine, theirs, race = _racing_uploads(s3_location, zarr_id, tmp_path, their_region=(slice(0, 4), slice(0, 16), slice(0, 16)))
     other: dict[str, object] = {}
     with pytest.raises(ConflictError, match="same"):
-        upload_zarr(
-            mine, s3_location, zarr_id,
-            progress=_CallDuringWrite(lambda: other.setdefault("r", upload_zarr(theirs, s3_location, zarr_id))),
-        )
+        race(other)
     repo = ZarrRepository.open(s3_location, zarr_id)
     assert repo.resolve() == other["r"].snapshot_id  # type: ignore[attr-defined]
     exported = export_snapshot(repo, tmp_path / "tip.zarr")

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DandiIcechunkError
 from .export import verify_snapshot
 from .location import StorageLocation
 from .objects import VersionedObjects, versioned_objects
+from .records import JsonRecord
 from .reference import SnapshotReference
 from .session import ZarrRepository
 
@@ -54,7 +55,7 @@ class Publication:
 
 
 @dataclass(frozen=True)
-class AuditReport:
+class AuditReport(JsonRecord):
     """What an audit found (and, with repair, what it did)."""
 
     checked: int
@@ -67,8 +68,8 @@ class AuditReport:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {**asdict(self), "ok": self.ok}
+        """A JSON-ready dict, with ``ok``."""
+        return {**super().to_json(), "ok": self.ok}
 
 
 def audit_publications(
@@ -147,16 +148,12 @@ def _repair(location: StorageLocation, zarr_id: str, pubs: list[Publication]) ->
 
 
 @dataclass(frozen=True)
-class ProtectResult:
+class ProtectResult(JsonRecord):
     """What :func:`protect_published_objects` held."""
 
     zarr_id: str
     objects_held: int
     bytes_held: int
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 def protect_published_objects(location: StorageLocation, zarr_id: str) -> ProtectResult:

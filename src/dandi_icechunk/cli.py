@@ -17,8 +17,8 @@ from . import __version__
 from .archive_hooks import audit_published, publish_dandiset
 from .audit import Publication
 from .errors import DandiIcechunkError
-from .gc import DEFAULT_RESTORE_WINDOW, collect_garbage
 from .export import export_snapshot, verify_snapshot
+from .gc import DEFAULT_RESTORE_WINDOW, collect_garbage
 from .history import diff_snapshots, repository_info
 from .location import STORAGE_ENV_VAR, StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress, TerminalProgress

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,14 @@ from .errors import DandiIcechunkError, IntegrityError
 from .hierarchy import Hierarchy
 from .index import DigestIndex, FileDigest
 from .progress import NoProgress, Progress
+from .records import JsonRecord
 from .session import ZarrRepository
 
 DEFAULT_JOBS = 16
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportResult(JsonRecord):
     """What an export wrote."""
 
     zarr_id: str
@@ -39,13 +40,9 @@ class ExportResult:
     size: int
     zarr_checksum: str
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(JsonRecord):
     """The outcome of recomputing a snapshot's checksum from its stored data."""
 
     zarr_id: str
@@ -60,8 +57,8 @@ class VerifyResult:
         return not self.problems and self.expected_checksum == self.actual_checksum
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {**asdict(self), "ok": self.ok}
+        """A JSON-ready dict, with ``ok``."""
+        return {**super().to_json(), "ok": self.ok}
 
 
 def _read_snapshot(

@@ -10,15 +10,15 @@ run while a published snapshot is not named by a tag (run ``audit --repair`` fir
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import icechunk
 
 from .errors import DandiIcechunkError
 from .index import INDEX_PREFIX
 from .location import StorageLocation
+from .records import JsonRecord
 from .session import ZarrRepository
 
 PUBLISH_TAG_PREFIX = "dandiset/"
@@ -30,7 +30,7 @@ class GarbageCollectionError(DandiIcechunkError):
 
 
 @dataclass(frozen=True)
-class GCResult:
+class GCResult(JsonRecord):
     """What garbage collection reclaimed (or, in a dry run, would reclaim)."""
 
     zarr_id: str
@@ -40,10 +40,6 @@ class GCResult:
     bytes_deleted: int
     index_objects_deleted: int
     kept_published: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 def collect_garbage(

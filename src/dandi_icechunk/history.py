@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from .hierarchy import Hierarchy
+from .records import JsonRecord
 from .session import DEFAULT_BRANCH, ZarrRepository
 
 
 @dataclass(frozen=True)
-class SnapshotDiff:
+class SnapshotDiff(JsonRecord):
     """Files (keys as uploaded) added, modified and removed from one snapshot to another."""
 
     zarr_id: str
@@ -20,10 +22,6 @@ class SnapshotDiff:
     removed: list[str]
     bytes_added: int
     bytes_removed: int
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 def diff_snapshots(repository: ZarrRepository, from_ref: str, to_ref: str) -> SnapshotDiff:
@@ -56,8 +54,6 @@ def repository_info(repository: ZarrRepository, branch: str = DEFAULT_BRANCH) ->
     index = repository.index(tip)
     hierarchy_counts = {"arrays": 0, "groups": 0}
     if index.documents:
-        from .hierarchy import Hierarchy
-
         for node in Hierarchy.from_documents(index.documents).nodes.values():
             hierarchy_counts["arrays" if node.grid else "groups"] += 1
     return {

@@ -14,7 +14,7 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .index import DigestIndex, IndexDelta, store_index
 from .local_zarr import LocalZarr, read_file, scan_local_zarr
 from .location import StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress
+from .records import JsonRecord
 from .session import (
     DEFAULT_BRANCH,
     CommitInfo,
@@ -42,7 +43,7 @@ _DANDISET_ZARR_NAMESPACE = uuid.UUID("6f1c6f7e-0c1b-4a8f-9a3e-2d8f3b1e7c55")
 
 
 @dataclass(frozen=True)
-class UploadResult:
+class UploadResult(JsonRecord):
     """What an upload did. ``snapshot_id`` is ``None`` when nothing had changed."""
 
     zarr_id: str
@@ -55,10 +56,6 @@ class UploadResult:
     files_written: int
     bytes_written: int
     files_deleted: int
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 def upload_zarr(
