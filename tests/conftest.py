@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -107,3 +108,19 @@ class InterruptAfter:
 
     def finish(self) -> None:
         pass
+
+
+@pytest.fixture(scope="session")
+def public_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS whose bucket policy lets anyone GET under ``zarr-icechunk/`` (public Zarrs) and
+    nothing else: ``zarr-icechunk-embargoed/`` stays private."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs-public")) as server:
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{server.bucket}/zarr-icechunk/*",
+            }],
+        }
+        server.client().put_bucket_policy(Bucket=server.bucket, Policy=json.dumps(policy))
+        yield server

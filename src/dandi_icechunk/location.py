@@ -122,6 +122,21 @@ class StorageLocation:
             return cls.parse(url)
         return cls(kind="file", bucket=str(default_bucket_dir()))
 
+    @classmethod
+    def from_repository_url(cls, url: str) -> tuple[StorageLocation, str, bool]:
+        """Split the storage URL of one repository (as published metadata records it) into
+        its location, ``zarr_id`` and whether it is under the embargoed prefix."""
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        head, _, zarr_id = path.rpartition("/")
+        head, _, area = head.rpartition("/")
+        if area not in (PUBLIC_PREFIX, EMBARGOED_PREFIX):
+            raise StorageLocationError(
+                f"{url!r} is not the URL of a Zarr repository (.../{PUBLIC_PREFIX}/<zarr_id>)"
+            )
+        base = parts._replace(path=head or ("/" if parts.scheme == "file" else ""))
+        return cls.parse(base.geturl()), validate_zarr_id(zarr_id), area == EMBARGOED_PREFIX
+
     @property
     def url(self) -> str:
         """The canonical URL of this location (no credentials in it)."""
