@@ -67,6 +67,8 @@ def test_upload_log_diff_info_export_verify(run, tmp_path: Path) -> None:  # typ
     out = tmp_path / "first.ome.zarr"
     run("export", zid, str(out), "--snapshot", first["snapshot_id"])
     assert reference_checksum(out) == first["zarr_checksum"]
+    manifest = json.loads(run("manifest", zid, "--snapshot", second["snapshot_id"]))
+    assert manifest["statistics"]["zarrChecksum"] == second["zarr_checksum"]
     verified = json.loads(run("verify", zid, "--json"))
     assert verified["ok"] and verified["actual_checksum"] == second["zarr_checksum"]
 

@@ -427,3 +427,35 @@ def gc(
         f"{_size(result.bytes_deleted)}; {result.snapshots_expired} snapshot(s) "
         f"{'would expire' if dry_run else 'expired'}; kept {len(result.kept_published)} published"
     ))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve snapshots as plain Zarr over HTTP, read-only.
+
+    GET /<zarr_id>/<snapshot_id or tag>/<key> gives the file as uploaded (v2 stays v2), with
+    ETags, byte ranges and directory listings, for viewers and zarr-python's HTTP store.
+    """
+    import uvicorn
+
+    from .serve import create_app
+
+    uvicorn.run(create_app(ctx.obj), host=host, port=port, log_level="warning")
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.option("--snapshot", "snapshot_id", required=True, help="Snapshot ID.")
+@click.option("--output", "-o", type=click.File("w"), default="-", help="Where to write (default: stdout).")
+@click.pass_context
+def manifest(ctx: click.Context, zarr_id: str, snapshot_id: str, output: Any) -> None:
+    """Write a snapshot's listing in the dandi/zarr-manifests v2 JSON layout."""
+    from .manifest import snapshot_manifest
+
+    with _user_errors():
+        document = snapshot_manifest(_open(ctx, zarr_id), snapshot_id)
+    json.dump(document, output, indent=1)
+    output.write("\n")

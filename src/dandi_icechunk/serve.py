@@ -1,0 +1,160 @@
+"""A plain-Zarr HTTP view of immutable snapshots, for tools that do not speak Icechunk.
+
+``GET /<zarr_id>/<snapshot_id or tag>/<key>`` returns the file ``key`` exactly as it was
+uploaded (Zarr v2 stays v2). Tags containing ``/`` (``dandiset/000123/0.260101.1200``) are
+written as they are. A path ending in ``/`` (or naming a directory) lists its children as HTML
+links, the listing fsspec's HTTP filesystem reads. Responses carry the file's MD5 as ETag and
+are cacheable forever (a snapshot never changes); single byte ranges are served with 206.
+Only GET and HEAD are allowed.
+
+    dandi-icechunk serve --port 8000
+    zarr.open_group("http://127.0.0.1:8000/<zarr_id>/<snapshot_id>/", mode="r")
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from zarr.core.buffer import default_buffer_prototype
+
+from .errors import DandiIcechunkError
+from .hierarchy import Hierarchy, is_document
+from .index import DigestIndex
+from .location import StorageLocation
+from .session import ZarrRepository
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_CACHE_SIZE = 64
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What serving one snapshot needs, kept between requests."""
+
+    snapshot_id: str
+    index: DigestIndex
+    hierarchy: Hierarchy | None
+    store: Any
+    directories: frozenset[str]
+
+
+class _Snapshots:
+    """A small LRU of opened snapshots."""
+
+    def __init__(self, location: StorageLocation) -> None:
+        self.location = location
+        self._cache: OrderedDict[tuple[str, str], _Snapshot] = OrderedDict()
+
+    def get(self, zarr_id: str, ref: str) -> _Snapshot:
+        if (zarr_id, ref) in self._cache:
+            self._cache.move_to_end((zarr_id, ref))
+            return self._cache[(zarr_id, ref)]
+        repo = ZarrRepository.open(self.location, zarr_id)
+        sid = repo.resolve(snapshot_id=ref) if _SNAPSHOT_ID.fullmatch(ref) else repo.resolve(tag=ref)
+        index = repo.index(sid)
+        directories = {""}
+        for key in index.files:
+            parts = key.split("/")[:-1]
+            directories.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        snapshot = _Snapshot(
+            snapshot_id=sid,
+            index=index,
+            hierarchy=Hierarchy.from_documents(index.documents) if index.documents else None,
+            store=repo.icechunk.readonly_session(snapshot_id=sid).store,
+            directories=frozenset(directories),
+        )
+        self._cache[(zarr_id, ref)] = snapshot
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return snapshot
+
+
+def _split(path: str) -> tuple[str, str, str]:
+    """``zarr_id/ref/key`` -> (zarr_id, ref, key); a ``dandiset/<id>/<version>`` tag is one ref."""
+    parts = path.split("/")
+    if len(parts) < 2:
+        raise DandiIcechunkError("give /<zarr_id>/<snapshot_id or tag>/<key>")
+    take = 4 if parts[1] == "dandiset" else 2
+    return parts[0], "/".join(parts[1:take]), "/".join(parts[take:])
+
+
+def create_app(location: StorageLocation) -> Starlette:
+    """The ASGI application serving the snapshots of the repositories at ``location``."""
+    snapshots = _Snapshots(location)
+
+    async def serve(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return PlainTextResponse("read-only: only GET and HEAD", 405, headers={"Allow": "GET, HEAD"})
+        try:
+            zarr_id, ref, key = _split(request.path_params["path"])
+            snapshot = snapshots.get(zarr_id, ref)
+        except DandiIcechunkError as exc:
+            return PlainTextResponse(str(exc), 404)
+        if key.rstrip("/") in snapshot.directories and (key == "" or key.endswith("/") or key not in snapshot.index.files):
+            return _listing(snapshot, key.rstrip("/"), request)
+        digest = snapshot.index.files.get(key)
+        if digest is None:
+            return PlainTextResponse(f"{key} is not in snapshot {snapshot.snapshot_id}", 404)
+        etag = f'"{digest.md5}"'
+        headers = {"ETag": etag, "Cache-Control": _IMMUTABLE, "Accept-Ranges": "bytes"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        media = "application/json" if is_document(key) else "application/octet-stream"
+        span = _byte_range(request.headers.get("range"), digest.size)
+        if span == "invalid":
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{digest.size}"})
+        if request.method == "HEAD":
+            return Response(status_code=200, media_type=media, headers={**headers, "Content-Length": str(digest.size)})
+        data = await _read(snapshot, key)
+        if data is None:
+            return PlainTextResponse(f"{key} is missing from the repository; run dandi-icechunk audit", 500)
+        if span is None:
+            return Response(data, media_type=media, headers=headers)
+        start, end = span
+        headers["Content-Range"] = f"bytes {start}-{end}/{digest.size}"
+        return Response(data[start : end + 1], status_code=206, media_type=media, headers=headers)
+
+    return Starlette(routes=[Route("/{path:path}", serve, methods=["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"])])
+
+
+async def _read(snapshot: _Snapshot, key: str) -> bytes | None:
+    if key in snapshot.index.documents:
+        return snapshot.index.documents[key]
+    target = snapshot.hierarchy.icechunk_key(key) if snapshot.hierarchy else None
+    buffer = await snapshot.store.get(target, default_buffer_prototype()) if target else None
+    return buffer.to_bytes() if buffer is not None else None
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """(first, last) byte of a single ``Range``, None for the whole file, "invalid" if unsatisfiable."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if not match or match.groups() == ("", ""):
+        return "invalid"
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start, end = int(first), min(size - 1, int(last)) if last else size - 1
+    return "invalid" if start > end or start >= size else (start, end)
+
+
+def _listing(snapshot: _Snapshot, directory: str, request: Request) -> Response:
+    prefix = f"{directory}/" if directory else ""
+    children = sorted(
+        {k[len(prefix):].split("/")[0] + ("/" if "/" in k[len(prefix):] else "") for k in snapshot.index.files if k.startswith(prefix)}
+    )
+    base = request.url.path if request.url.path.endswith("/") else request.url.path + "/"
+    links = "\n".join(f'<a href="{html.escape(base + c)}">{html.escape(c)}</a><br>' for c in children)
+    return HTMLResponse(f"<html><body>\n{links}\n</body></html>", headers={"Cache-Control": _IMMUTABLE})

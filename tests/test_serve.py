@@ -1,0 +1,135 @@
+"""The plain-Zarr HTTP view and the zarr-manifests export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+import zarr
+
+from dandi_icechunk.archive_hooks import publish_dandiset
+from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.manifest import snapshot_manifest
+from dandi_icechunk.read import open_zarr
+from dandi_icechunk.reference import SnapshotReference
+from dandi_icechunk.serve import create_app
+from dandi_icechunk.session import ZarrRepository
+from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2
+from dandi_icechunk.upload import upload_zarr
+
+from .conftest import reference_checksum, tree_bytes
+
+
+@pytest.fixture
+def published(location: StorageLocation, zarr_id: str, tmp_path: Path) -> tuple[Path, SnapshotReference]:
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr", separator=".")
+    upload_zarr(src, location, zarr_id)
+    repo = ZarrRepository.open(location, zarr_id)
+    info = repo.commit_info(repo.resolve())
+    assert info is not None
+    asset = draft_zarr_asset(zarr_id, src.name, info.zarr_checksum, info.size)
+    [record] = publish_dandiset("000123", "0.260101.1200", [asset], location=location)
+    return src, SnapshotReference.from_asset(record)
+
+
+@pytest.fixture
+def server(location: StorageLocation) -> Iterator[str]:
+    """The HTTP view on 127.0.0.1 (a free port), in a thread."""
+    config = uvicorn.Config(create_app(location), host="127.0.0.1", port=0, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not instance.started:
+        assert time.monotonic() < deadline, "the HTTP view did not start"
+        time.sleep(0.05)
+    port = instance.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def _get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
+    """Status, headers (case-insensitive) and body of one request."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def test_unmodified_zarr_python_reads_the_http_view_with_the_same_values(
+    published: tuple[Path, SnapshotReference], server: str, location: StorageLocation
+) -> None:
+    src, ref = published
+    base = f"{server}/{ref.zarr_id}/{ref.snapshot_id}/"
+    over_http = zarr.open_group(base, mode="r", zarr_format=2)
+    through_icechunk = open_zarr(ref, credentials=location.credentials)
+    assert over_http.attrs["multiscales"] == through_icechunk.attrs["multiscales"]
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(over_http[level][:], through_icechunk[level][:])
+    by_tag = zarr.open_group(f"{server}/{ref.zarr_id}/{ref.tag}/", mode="r", zarr_format=2)
+    np.testing.assert_array_equal(by_tag["0"][:], through_icechunk["0"][:])
+
+
+def test_files_come_back_as_uploaded_with_etags_ranges_and_listings(
+    published: tuple[Path, SnapshotReference], server: str
+) -> None:
+    src, ref = published
+    base = f"{server}/{ref.zarr_id}/{ref.snapshot_id}"
+    files = tree_bytes(src)
+    status, headers, body = _get(f"{base}/0/.zarray")
+    assert (status, body) == (200, files["0/.zarray"])  # v2 stays v2, byte for byte
+    assert headers["Content-Type"].startswith("application/json")
+    status, headers, body = _get(f"{base}/0/0.0.0")
+    assert (status, body) == (200, files["0/0.0.0"])
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert "immutable" in headers["Cache-Control"]
+    etag = headers["ETag"]
+    assert _get(f"{base}/0/0.0.0", headers={"If-None-Match": etag})[0] == 304
+
+    status, headers, body = _get(f"{base}/0/0.0.0", headers={"Range": "bytes=10-19"})
+    assert (status, body, headers["Content-Range"]) == (206, files["0/0.0.0"][10:20], f"bytes 10-19/{len(files['0/0.0.0'])}")
+    assert _get(f"{base}/0/0.0.0", headers={"Range": "bytes=-5"})[2] == files["0/0.0.0"][-5:]
+    assert _get(f"{base}/0/0.0.0", headers={"Range": "bytes=999999-"})[0] == 416
+
+    status, headers, body = _get(f"{base}/0/0.0.0", method="HEAD")
+    assert (status, headers["Content-Length"], body) == (200, str(len(files["0/0.0.0"])), b"")
+    assert _get(f"{base}/0/9.9.9")[0] == 404
+    assert _get(f"{server}/{ref.zarr_id}/AAAAAAAAAAAAAAAAAAAA/.zgroup")[0] == 404
+    assert _get(f"{server}/{uuid.uuid4()}/{ref.snapshot_id}/.zgroup")[0] == 404
+    for method in ("PUT", "POST", "DELETE"):
+        assert _get(f"{base}/0/0.0.0", method=method)[0] == 405
+
+    status, _, listing = _get(f"{base}/")
+    assert status == 200 and b'href="/' in listing and b">0/<" in listing and b">.zgroup<" in listing
+
+
+def test_manifest_lists_every_file_with_size_and_md5(
+    published: tuple[Path, SnapshotReference], location: StorageLocation, tmp_path: Path
+) -> None:
+    src, ref = published
+    document = snapshot_manifest(ZarrRepository.open(location, ref.zarr_id), ref.snapshot_id)
+    assert document["fields"] == ["versionId", "lastModified", "size", "ETag"]
+    files = tree_bytes(src)
+    assert document["statistics"]["entries"] == len(files)
+    assert document["statistics"]["zarrChecksum"] == reference_checksum(src)
+    for key, data in files.items():
+        node = document["entries"]
+        for part in key.split("/"):
+            node = node[part]
+        assert node[0] == ref.snapshot_id
+        assert node[2:] == [len(data), hashlib.md5(data).hexdigest()]
+    json.dumps(document)
