@@ -15,10 +15,11 @@ import pytest
 import xarray as xr
 import zarr
 
+from dandi_icechunk import open_dataset, open_session, open_zarr
 from dandi_icechunk.archive_hooks import publish_dandiset
 from dandi_icechunk.errors import RefNotFoundError, RepositoryNotFoundError
 from dandi_icechunk.location import StorageLocation
-from dandi_icechunk.read import AccessDeniedError, open_dataset, open_session, open_zarr
+from dandi_icechunk.read import AccessDeniedError
 from dandi_icechunk.reference import NotAZarrAssetError, SnapshotReference
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_ome_zarr_v2, make_zarr_v3
