@@ -33,7 +33,7 @@ from .conftest import UPLOADER, InterruptAfter, tree_bytes
 
 
 def _publish(location: StorageLocation, zarr_id: str, src: Path) -> Publication:
-    upload_zarr(src, location, zarr_id)
+    upload_zarr(src, location, zarr_id, dedup=False)  # its own repository, whatever other tests uploaded
     repo = ZarrRepository.open(location, zarr_id)
     info = repo.commit_info(repo.resolve())
     assert info is not None

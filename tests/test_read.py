@@ -27,7 +27,7 @@ from dandi_icechunk.upload import upload_zarr
 
 
 def _publish(location: StorageLocation, zarr_id: str, src: Path, version: str = "0.260101.1200") -> dict[str, Any]:
-    upload_zarr(src, location, zarr_id)
+    upload_zarr(src, location, zarr_id, dedup=False)  # its own repository, whatever other tests uploaded
     repo = ZarrRepository.open(location, zarr_id)
     info = repo.commit_info(repo.resolve())
     assert info is not None
@@ -146,7 +146,7 @@ def test_embargoed_zarrs_refuse_anonymous_reads_and_serve_their_owners(public_s3
     admin = public_s3_server.location()
     zid = str(uuid.uuid4())
     src = make_zarr_v3(tmp_path / "a.zarr")
-    upload_zarr(src, admin, zid, embargoed=True)
+    upload_zarr(src, admin, zid, embargoed=True, dedup=False)
     anonymous = dataclasses.replace(admin, credentials=None)
     with pytest.raises(AccessDeniedError, match="private"):
         open_dataset(zid, location=anonymous, anonymous=True)

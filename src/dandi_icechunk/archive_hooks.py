@@ -42,6 +42,7 @@ from .reference import (
     is_snapshot_resource,
     repository_http_url,
 )
+from .reuse import Attachment, attach_zarr, dandiset_branch
 from .session import DEFAULT_BRANCH, CommitInfo, ZarrRepository
 
 _DANDISET_ID = re.compile(r"\d{6}")
@@ -91,7 +92,7 @@ def publish_dandiset(
     if not _VERSION.fullmatch(version):
         raise PublishError(f"{version!r} is not a published version (0.YYMMDD.HHMM)")
     tag = publish_tag(dandiset_id, version)
-    plans, problems = _plan(assets, tag, location)
+    plans, problems = _plan(assets, tag, location, dandiset_id)
     if problems:
         raise PublishError(
             f"cannot publish Dandiset {dandiset_id} version {version}; nothing was tagged:\n  "
@@ -109,8 +110,18 @@ def publish_dandiset(
     return published
 
 
+def _draft_branch(repository: ZarrRepository, dandiset_id: str) -> str:
+    """The branch holding ``dandiset_id``'s draft of a Zarr: its own branch when the Zarr was
+    attached to it from another Dandiset, otherwise ``main``."""
+    branches = repository.icechunk.list_branches()
+    for embargoed in (False, True):
+        if (branch := dandiset_branch(dandiset_id, embargoed=embargoed)) in branches:
+            return branch
+    return DEFAULT_BRANCH
+
+
 def _plan(
-    assets: Sequence[Mapping[str, Any]], tag: str, location: StorageLocation
+    assets: Sequence[Mapping[str, Any]], tag: str, location: StorageLocation, dandiset_id: str
 ) -> tuple[list[_Plan], list[str]]:
     plans: list[_Plan] = []
     problems: list[str] = []
@@ -122,7 +133,7 @@ def _plan(
             zarr_id = asset_zarr_id(asset)
             repository = ZarrRepository.open(location, zarr_id)
             existing = _tagged_snapshot(repository, tag)
-            snapshot_id = existing or repository.resolve(branch=DEFAULT_BRANCH)
+            snapshot_id = existing or repository.resolve(branch=_draft_branch(repository, dandiset_id))
             info = repository.commit_info(snapshot_id)
         except DandiIcechunkError as exc:
             problems.append(f"{name}: {exc}")
@@ -235,3 +246,21 @@ def protect_published(zarr_ids: Iterable[str], *, location: StorageLocation) -> 
     """After a publish, put legal holds on the objects of the published Zarrs' repositories
     (see :func:`~dandi_icechunk.audit.protect_published_objects`)."""
     return [protect_published_objects(location, zarr_id) for zarr_id in zarr_ids]
+
+
+def attach_zarr_to_dandiset(
+    zarr_id: str,
+    dandiset_id: str,
+    *,
+    location: StorageLocation,
+    snapshot_id: str | None = None,
+    tag: str | None = None,
+    dandiset_embargoed: bool = False,
+) -> Attachment:
+    """Add an existing Zarr (at a published tag or snapshot; default: its newest) to another
+    Dandiset's draft without uploading it again (see :mod:`dandi_icechunk.reuse`). The new
+    asset's metadata uses the returned checksum and size and the Zarr's own ``zarr_id``."""
+    return attach_zarr(
+        location, zarr_id, dandiset_id, snapshot_id=snapshot_id, tag=tag,
+        dandiset_embargoed=dandiset_embargoed,
+    )

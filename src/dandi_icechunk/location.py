@@ -30,6 +30,7 @@ from .errors import InvalidZarrIdError, StorageLocationError
 STORAGE_ENV_VAR = "DANDI_ICECHUNK_STORAGE"
 PUBLIC_PREFIX = "zarr-icechunk"
 EMBARGOED_PREFIX = "zarr-icechunk-embargoed"
+CHECKSUMS_PREFIX = "zarr-icechunk-checksums"
 _S3_QUERY_KEYS = {"endpoint_url", "region"}
 
 
@@ -152,6 +153,11 @@ class StorageLocation:
         """Key prefix (inside the bucket) of the repository of ``zarr_id``."""
         area = EMBARGOED_PREFIX if embargoed else PUBLIC_PREFIX
         return "/".join(p for p in (self.prefix, area, validate_zarr_id(zarr_id)) if p)
+
+    def checksums_prefix(self, *, embargoed: bool = False) -> str:
+        """Key prefix of the checksum -> snapshot lookup (its embargoed half is private too)."""
+        area = f"{EMBARGOED_PREFIX}/_checksums" if embargoed else CHECKSUMS_PREFIX
+        return "/".join(p for p in (self.prefix, area) if p)
 
     def icechunk_storage(self, zarr_id: str, *, embargoed: bool = False) -> icechunk.Storage:
         """The Icechunk storage of the repository of ``zarr_id``."""

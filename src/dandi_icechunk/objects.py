@@ -202,11 +202,15 @@ def versioned_objects(
     return objects if status == "Enabled" else None
 
 
+def prefix_objects(location: StorageLocation, prefix: str) -> RepositoryObjects:
+    """Object access to ``prefix`` (a key prefix inside the bucket) at ``location``."""
+    if location.kind == "file":
+        return _LocalObjects(Path(location.bucket) / prefix)
+    return _S3Objects(location, prefix)
+
+
 def repository_objects(
     location: StorageLocation, zarr_id: str, *, embargoed: bool = False
 ) -> RepositoryObjects:
     """Object access to the repository prefix of ``zarr_id`` at ``location``."""
-    prefix = location.repository_prefix(zarr_id, embargoed=embargoed)
-    if location.kind == "file":
-        return _LocalObjects(Path(location.bucket) / prefix)
-    return _S3Objects(location, prefix)
+    return prefix_objects(location, location.repository_prefix(zarr_id, embargoed=embargoed))

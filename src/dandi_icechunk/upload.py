@@ -21,12 +21,13 @@ from typing import Any
 import icechunk
 from zarr.core.buffer import cpu
 
-from .errors import ConflictError, InvalidZarrError
+from .errors import ConflictError, InvalidZarrError, RepositoryNotFoundError
 from .hierarchy import Hierarchy, is_document
 from .index import DigestIndex, IndexDelta, store_index
 from .local_zarr import LocalZarr, read_file, scan_local_zarr
 from .location import StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress
+from .reuse import ReuseError, attach_zarr, find_by_checksum, is_embargoed_branch, register_checksum
 from .records import JsonRecord
 from .session import (
     DEFAULT_BRANCH,
@@ -56,6 +57,7 @@ class UploadResult(JsonRecord):
     files_written: int
     bytes_written: int
     files_deleted: int
+    reused: bool = False
 
 
 def upload_zarr(
@@ -70,6 +72,7 @@ def upload_zarr(
     user: str | None = None,
     jobs: int = DEFAULT_JOBS,
     progress: Progress | None = None,
+    dedup: bool = True,
 ) -> UploadResult:
     """Upload the Zarr directory ``path`` as one commit on ``branch`` of the repository of
     ``zarr_id`` at ``location`` (created, under the prefix ``embargoed`` selects, if new).
@@ -78,6 +81,10 @@ def upload_zarr(
     no commit is made. Bad input raises :class:`InvalidZarrError` before anything is written
     (not even a new repository); a concurrent upload that changed the same chunks raises
     :class:`ConflictError` and nothing is committed.
+
+    With ``dedup``, a Zarr not yet in the archive whose content is (same ``dandi-zarr-checksum``)
+    is not uploaded: the existing snapshot is attached to ``dandiset`` instead, and the result
+    names that Zarr (``reused`` is true, nothing is written).
 
     >>> upload_zarr("sample.ome.zarr", StorageLocation.resolve(), zarr_id).snapshot_id
     'YB0DXG4KM8HMTY0S0TJ0'
@@ -88,6 +95,17 @@ def upload_zarr(
     progress.start("hashing", local.file_count, local.size)
     new_index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance)
     progress.finish()
+    checksum = new_index.zarr_checksum()
+    if is_embargoed_branch(branch):
+        raise ReuseError(
+            f"branch {branch!r} is an embargoed Dandiset's view of a public Zarr: uploading to it "
+            "would put the embargoed Dandiset's new chunks under the public prefix. Upload to a "
+            "new Zarr of the embargoed Dandiset instead, or lift the embargo first"
+        )
+    if dedup and not _repository_exists(location, zarr_id):
+        found = find_by_checksum(location, checksum, embargoed=embargoed)
+        if found is not None:
+            return _reuse(location, found, dandiset, embargoed, new_index, checksum)
 
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy))
@@ -99,7 +117,6 @@ def upload_zarr(
     base_sid = session.snapshot_id
     base_index = writer.index(base_sid)
     delta = base_index.delta_to(new_index)
-    checksum = new_index.zarr_checksum()
     written_chunks = sorted(k for k in delta.written if not is_document(k))
     result = UploadResult(
         zarr_id=zarr_id,
@@ -114,6 +131,7 @@ def upload_zarr(
         files_deleted=len(delta.removed),
     )
     if not delta:
+        register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
         return result
 
     old_hierarchy = Hierarchy.from_documents(base_index.documents) if base_index.documents else None
@@ -147,6 +165,7 @@ def upload_zarr(
     )
     # After a rebase over a concurrent upload the snapshot holds both uploads' changes.
     info: CommitInfo = committed["info"]
+    register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
     return UploadResult(
         **{
             **result.to_json(),
@@ -156,6 +175,37 @@ def upload_zarr(
             "file_count": info.file_count,
             "size": info.size,
         }
+    )
+
+
+def _repository_exists(location: StorageLocation, zarr_id: str) -> bool:
+    try:
+        ZarrRepository.open(location, zarr_id)
+    except RepositoryNotFoundError:
+        return False
+    return True
+
+
+def _reuse(
+    location: StorageLocation,
+    found: tuple[str, str],
+    dandiset: str | None,
+    embargoed: bool,
+    index: DigestIndex,
+    checksum: str,
+) -> UploadResult:
+    """The result of an upload whose content the archive already holds: attach, write nothing."""
+    zarr_id, snapshot_id = found
+    repository = ZarrRepository.open(location, zarr_id)
+    if dandiset is not None:
+        attachment = attach_zarr(
+            location, zarr_id, dandiset, snapshot_id=snapshot_id, dandiset_embargoed=embargoed
+        )
+        snapshot_id = attachment.snapshot_id
+    return UploadResult(
+        zarr_id=zarr_id, repository=repository.url, snapshot_id=snapshot_id,
+        parent_snapshot_id=snapshot_id, zarr_checksum=checksum, file_count=index.file_count,
+        size=index.size, files_written=0, bytes_written=0, files_deleted=0, reused=True,
     )
 
 
