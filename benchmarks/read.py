@@ -27,7 +27,14 @@ import uvicorn
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Timer, get_files, local_files, make_chunked_v2, put_files_like_dandi_today, write_results  # noqa: E402
+from common import (  # noqa: E402
+    Timer,
+    get_files,
+    local_files,
+    make_chunked_v2,
+    put_files_like_dandi_today,
+    write_results,
+)
 
 from dandi_icechunk.read import open_zarr  # noqa: E402
 from dandi_icechunk.serve import create_app  # noqa: E402

@@ -183,3 +183,16 @@ def test_audit_exits_1_and_names_the_problem_when_a_published_chunk_is_corrupted
     output = run("audit", str(published), code=1)
     assert "PROBLEM" in output and "FAILED" in output
     assert "cannot repair: the bucket keeps no object versions" in run("audit", str(published), "--repair", code=1)
+
+
+def test_attach_and_unembargo_commands(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    up = json.loads(run("upload", str(src), "--zarr-id", zid, "--embargoed", "--json"))
+    assert "cannot be attached to the public Dandiset" in run("attach", zid, "--dandiset", "000002", code=1)
+    attached = json.loads(run("attach", zid, "--dandiset", "000002", "--embargoed-dandiset", "--json"))
+    assert attached["snapshot_id"] == up["snapshot_id"] and attached["branch"] == "dandiset/000002"
+    moved = json.loads(run("unembargo", zid, "--json"))
+    assert moved[0]["objects_moved"] > 0
+    assert json.loads(run("info", zid, "--json"))["embargoed"] is False
+    assert json.loads(run("attach", zid, "--dandiset", "000005", "--json"))["snapshot_id"] == up["snapshot_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import uuid
 from pathlib import Path
@@ -10,13 +11,20 @@ import numpy as np
 import pytest
 import zarr
 
-from dandi_icechunk.archive_hooks import attach_zarr_to_dandiset, publish_dandiset, publish_tag
+from dandi_icechunk import open_dataset
+from dandi_icechunk.archive_hooks import (
+    attach_zarr_to_dandiset,
+    publish_dandiset,
+    publish_tag,
+    unembargo_dandiset_zarrs,
+)
 from dandi_icechunk.export import export_snapshot
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.read import AccessDeniedError
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.reuse import ReuseError, find_by_checksum, register_checksum
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.testing import draft_zarr_asset, make_zarr_v3
+from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
 from .conftest import tree_bytes
@@ -124,3 +132,39 @@ def test_public_zarr_in_an_embargoed_dandiset_never_gets_its_new_chunks(
         upload_zarr(src, location, zarr_id, branch=attached.branch)
     assert _chunk_objects(location, zarr_id) == before
     assert ZarrRepository.open(location, zarr_id).resolve(branch=attached.branch) == attached.snapshot_id
+
+
+def test_unembargo_makes_the_same_snapshots_public_without_uploading_again(
+    public_s3_server: S3Server, tmp_path: Path
+) -> None:
+    admin = public_s3_server.location()
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    first = upload_zarr(src, admin, zid, embargoed=True, dedup=False)
+    anonymous = dataclasses.replace(admin, credentials=None, anonymous=True)
+    with pytest.raises(AccessDeniedError):
+        open_dataset(zid, location=anonymous, snapshot_id=first.snapshot_id, anonymous=True)
+
+    client = public_s3_server.client()
+    private = f"{admin.repository_prefix(zid, embargoed=True)}/"
+    stored = {o["Key"][len(private):]: o["ETag"] for o in client.list_objects_v2(Bucket=public_s3_server.bucket, Prefix=private)["Contents"]}
+    [result] = unembargo_dandiset_zarrs([zid], location=admin)
+    assert result.objects_moved == len(stored)
+    public = f"{admin.repository_prefix(zid)}/"
+    moved = {o["Key"][len(public):]: o["ETag"] for o in client.list_objects_v2(Bucket=public_s3_server.bucket, Prefix=public)["Contents"]}
+    assert moved == stored  # the same objects, byte for byte (ETags), nothing re-uploaded
+    assert client.list_objects_v2(Bucket=public_s3_server.bucket, Prefix=private)["KeyCount"] == 0
+
+    ds = open_dataset(zid, location=anonymous, snapshot_id=first.snapshot_id, anonymous=True)
+    np.testing.assert_array_equal(ds["data"].values, zarr.open_group(str(src), mode="r")["data"][:])
+    assert unembargo_dandiset_zarrs([zid], location=admin)[0].objects_moved == 0  # idempotent
+    assert find_by_checksum(admin, first.zarr_checksum) == (zid, first.snapshot_id)
+
+
+def test_unembargo_of_a_local_bucket_is_one_rename(zarr_id: str, tmp_path: Path) -> None:
+    location = StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
+    first = upload_zarr(make_zarr_v3(tmp_path / "a.zarr"), location, zarr_id, embargoed=True)
+    assert ZarrRepository.open(location, zarr_id).embargoed
+    unembargo_dandiset_zarrs([zarr_id], location=location)
+    repo = ZarrRepository.open(location, zarr_id)
+    assert not repo.embargoed and repo.resolve() == first.snapshot_id

@@ -32,6 +32,7 @@ from .audit import (
     audit_publications,
     protect_published_objects,
 )
+from .embargo import UnembargoResult, unembargo_zarr
 from .errors import DandiIcechunkError
 from .gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
 from .location import StorageLocation
@@ -264,3 +265,9 @@ def attach_zarr_to_dandiset(
         location, zarr_id, dandiset_id, snapshot_id=snapshot_id, tag=tag,
         dandiset_embargoed=dandiset_embargoed,
     )
+
+
+def unembargo_dandiset_zarrs(zarr_ids: Iterable[str], *, location: StorageLocation) -> list[UnembargoResult]:
+    """When a Dandiset's embargo is lifted: move each of its Zarrs' repositories to the public
+    prefix (server-side, no re-upload; snapshot IDs stay valid)."""
+    return [unembargo_zarr(location, zarr_id) for zarr_id in zarr_ids]

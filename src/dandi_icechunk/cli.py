@@ -14,7 +14,12 @@ from typing import Any
 import click
 
 from . import __version__
-from .archive_hooks import audit_published, publish_dandiset
+from .archive_hooks import (
+    attach_zarr_to_dandiset,
+    audit_published,
+    publish_dandiset,
+    unembargo_dandiset_zarrs,
+)
 from .audit import Publication
 from .errors import DandiIcechunkError
 from .export import export_snapshot, verify_snapshot
@@ -459,3 +464,52 @@ def manifest(ctx: click.Context, zarr_id: str, snapshot_id: str, output: Any) ->
         document = snapshot_manifest(_open(ctx, zarr_id), snapshot_id)
     json.dump(document, output, indent=1)
     output.write("\n")
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.option("--dandiset", "dandiset_id", required=True, help="The Dandiset to add the Zarr to.")
+@_ref_options
+@click.option("--embargoed-dandiset", is_flag=True, help="The target Dandiset is embargoed.")
+@json_option
+@click.pass_context
+def attach(
+    ctx: click.Context, zarr_id: str, dandiset_id: str, snapshot_id: str | None, tag: str | None,
+    branch: str | None, embargoed_dandiset: bool, as_json: bool,
+) -> None:
+    """Add an existing Zarr to another Dandiset without uploading it again.
+
+    The Dandiset gets a branch (dandiset/<DANDISET>) of the Zarr's repository at the chosen
+    snapshot or tag (default: the newest); its edits go there (upload --branch), copy-on-write.
+    """
+    _one_ref(snapshot_id, tag, branch)
+    if branch is not None:
+        raise click.UsageError("attach takes --snapshot or --tag (a fixed version), not --branch")
+    with _user_errors():
+        result = attach_zarr_to_dandiset(
+            zarr_id, dandiset_id, location=ctx.obj, snapshot_id=snapshot_id, tag=tag,
+            dandiset_embargoed=embargoed_dandiset,
+        )
+    _emit(as_json, result.to_json(), lambda: click.echo(
+        f"Zarr {result.zarr_id} is in Dandiset {dandiset_id} at snapshot {result.snapshot_id} "
+        f"(branch {result.branch}; checksum {result.zarr_checksum})"
+    ))
+
+
+@main.command()
+@click.argument("zarr_ids", nargs=-1, required=True)
+@json_option
+@click.pass_context
+def unembargo(ctx: click.Context, zarr_ids: tuple[str, ...], as_json: bool) -> None:
+    """Make embargoed Zarrs public: move their repositories to the public prefix, server-side.
+
+    No data is uploaded again; every snapshot ID and tag stays valid. Safe to run again.
+    """
+    with _user_errors():
+        results = unembargo_dandiset_zarrs(zarr_ids, location=ctx.obj)
+
+    def text() -> None:
+        for r in results:
+            click.echo(f"{r.zarr_id}: moved {r.objects_moved} objects ({_size(r.bytes_moved)}) in {r.seconds:.1f} s")
+
+    _emit(as_json, [r.to_json() for r in results], text)

@@ -27,8 +27,8 @@ from .index import DigestIndex, IndexDelta, store_index
 from .local_zarr import LocalZarr, read_file, scan_local_zarr
 from .location import StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress
-from .reuse import ReuseError, attach_zarr, find_by_checksum, is_embargoed_branch, register_checksum
 from .records import JsonRecord
+from .reuse import ReuseError, attach_zarr, find_by_checksum, is_embargoed_branch, register_checksum
 from .session import (
     DEFAULT_BRANCH,
     CommitInfo,

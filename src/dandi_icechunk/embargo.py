@@ -1,0 +1,54 @@
+"""Lift the embargo of a Zarr: its repository moves from the private prefix to the public one.
+
+The move is server-side (no byte is uploaded again) and keeps every object as it is, so every
+snapshot ID, tag and branch stays valid. The ``repo`` object moves last, so the public
+repository appears only once it is complete; running the move again after a crash finishes it.
+Time grows with the number of objects (one server-side copy and one delete each).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .location import StorageLocation
+from .objects import move_prefix
+from .records import JsonRecord
+from .reuse import register_checksum
+from .session import ZarrRepository
+
+REPO_OBJECT = "repo"
+
+
+@dataclass(frozen=True)
+class UnembargoResult(JsonRecord):
+    """What lifting the embargo of one Zarr moved."""
+
+    zarr_id: str
+    objects_moved: int
+    bytes_moved: int
+    seconds: float
+
+
+def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = 16) -> UnembargoResult:
+    """Make the repository of ``zarr_id`` public. Idempotent: a public Zarr moves nothing."""
+    start = time.perf_counter()
+    repo = ZarrRepository.open(location, zarr_id, embargoed=True)
+    moved = (0, 0)
+    if repo.embargoed:
+        moved = move_prefix(
+            location,
+            location.repository_prefix(repo.zarr_id, embargoed=True),
+            location.repository_prefix(repo.zarr_id, embargoed=False),
+            last=REPO_OBJECT,
+            jobs=jobs,
+        )
+    public = ZarrRepository.open(location, zarr_id)
+    tip = public.resolve()
+    info = public.commit_info(tip)
+    if info is not None:
+        register_checksum(location, info.zarr_checksum, public.zarr_id, tip, embargoed=False)
+    return UnembargoResult(
+        zarr_id=public.zarr_id, objects_moved=moved[0], bytes_moved=moved[1],
+        seconds=time.perf_counter() - start,
+    )
