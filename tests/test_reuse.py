@@ -139,8 +139,8 @@ def test_unembargo_makes_the_same_snapshots_public_without_uploading_again(
 ) -> None:
     admin = public_s3_server.location()
     zid = str(uuid.uuid4())
-    src = make_zarr_v3(tmp_path / "a.zarr")
-    first = upload_zarr(src, admin, zid, embargoed=True, dedup=False)
+    src = make_zarr_v3(tmp_path / "a.zarr", seed=uuid.UUID(zid).int % 1000 + 100)  # content of its own
+    first = upload_zarr(src, admin, zid, embargoed=True)
     anonymous = dataclasses.replace(admin, credentials=None, anonymous=True)
     with pytest.raises(AccessDeniedError):
         open_dataset(zid, location=anonymous, snapshot_id=first.snapshot_id, anonymous=True)
