@@ -124,3 +124,10 @@ def public_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Ser
         }
         server.client().put_bucket_policy(Bucket=server.bucket, Policy=json.dumps(policy))
         yield server
+
+
+@pytest.fixture(scope="session")
+def iam_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS with its IAM API writable, so the archive identity can vend credentials."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs-iam"), iam_writable=True) as server:
+        yield server

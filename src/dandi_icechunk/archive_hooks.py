@@ -32,6 +32,7 @@ from .audit import (
     audit_publications,
     protect_published_objects,
 )
+from .credentials import CredentialVendor, VendedCredentials
 from .embargo import UnembargoResult, unembargo_zarr
 from .errors import DandiIcechunkError
 from .gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
@@ -43,7 +44,7 @@ from .reference import (
     is_snapshot_resource,
     repository_http_url,
 )
-from .reuse import Attachment, attach_zarr, dandiset_branch
+from .reuse import Attachment, attach_zarr, dandiset_branch, register_checksum
 from .session import DEFAULT_BRANCH, CommitInfo, ZarrRepository
 
 _DANDISET_ID = re.compile(r"\d{6}")
@@ -271,3 +272,24 @@ def unembargo_dandiset_zarrs(zarr_ids: Iterable[str], *, location: StorageLocati
     """When a Dandiset's embargo is lifted: move each of its Zarrs' repositories to the public
     prefix (server-side, no re-upload; snapshot IDs stay valid)."""
     return [unembargo_zarr(location, zarr_id) for zarr_id in zarr_ids]
+
+
+def vend_upload_credentials(
+    zarr_id: str, *, location: StorageLocation, embargoed: bool = False, ttl: timedelta | None = None
+) -> VendedCredentials:
+    """Short-lived credentials to upload to the repository of ``zarr_id`` only (no delete).
+    Run :meth:`~dandi_icechunk.credentials.CredentialVendor.revoke_expired` periodically."""
+    vendor = CredentialVendor(location, ttl=ttl) if ttl else CredentialVendor(location)
+    return vendor.vend(zarr_id, embargoed=embargoed)
+
+
+def finalize_upload(zarr_id: str, *, location: StorageLocation) -> CommitInfo:
+    """After an upload with vended credentials: enter the new tip in the checksum lookup (which
+    uploaders cannot write) and return its commit metadata, for the asset's digest and size."""
+    repository = ZarrRepository.open(location, zarr_id)
+    tip = repository.resolve()
+    info = repository.commit_info(tip)
+    if info is None:
+        raise DandiIcechunkError(f"Zarr {zarr_id} has no uploaded snapshot to finalize")
+    register_checksum(location, info.zarr_checksum, repository.zarr_id, tip, embargoed=repository.embargoed)
+    return info

@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -52,11 +54,33 @@ def default_bucket_dir() -> Path:
 
 @dataclass(frozen=True)
 class S3Credentials:
-    """Static S3 credentials (``session_token`` for STS-style temporary ones)."""
+    """S3 credentials (``session_token`` and ``expires_at`` for temporary ones)."""
 
     access_key_id: str
     secret_access_key: str
     session_token: str | None = None
+    expires_at: datetime | None = None
+
+
+CredentialsProvider = Callable[[], S3Credentials]
+"""Called for fresh credentials whenever the previous ones are about to expire. Icechunk
+pickles it, so it must be picklable (a module-level class instance, not a closure)."""
+
+
+class _IcechunkCredentials:
+    """Adapts a :data:`CredentialsProvider` to Icechunk's refreshable credentials (picklable)."""
+
+    def __init__(self, provider: CredentialsProvider) -> None:
+        self.provider = provider
+
+    def __call__(self) -> icechunk.S3StaticCredentials:
+        fresh = self.provider()
+        return icechunk.S3StaticCredentials(
+            access_key_id=fresh.access_key_id,
+            secret_access_key=fresh.secret_access_key,
+            session_token=fresh.session_token,
+            expires_after=fresh.expires_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -64,8 +88,9 @@ class StorageLocation:
     """A bucket holding one Icechunk repository per Zarr asset.
 
     ``kind`` is ``"s3"`` (``bucket`` is the bucket name) or ``"file"`` (``bucket`` is an absolute
-    directory). Credentials for S3 come from ``credentials`` when given, otherwise from the usual
-    AWS sources (environment, config files); ``anonymous`` reads without signing.
+    directory). Credentials for S3 come from ``credentials_provider`` (refreshable, e.g. vended
+    upload credentials), else ``credentials``, else the usual AWS sources (environment, config
+    files); ``anonymous`` reads without signing.
     """
 
     kind: Literal["s3", "file"]
@@ -75,6 +100,7 @@ class StorageLocation:
     region: str | None = None
     credentials: S3Credentials | None = None
     anonymous: bool = False
+    credentials_provider: CredentialsProvider | None = None
 
     @classmethod
     def parse(cls, url: str) -> StorageLocation:
@@ -164,14 +190,20 @@ class StorageLocation:
         prefix = self.repository_prefix(zarr_id, embargoed=embargoed)
         if self.kind == "file":
             return icechunk.local_filesystem_storage(str(Path(self.bucket) / prefix))
+        common: dict[str, object] = {
+            "bucket": self.bucket,
+            "prefix": prefix,
+            "region": self.region or "us-east-1",
+            "endpoint_url": self.endpoint_url,
+            "allow_http": bool(self.endpoint_url and self.endpoint_url.startswith("http://")),
+            "force_path_style": self.endpoint_url is not None,
+        }
+        if self.credentials_provider is not None:
+            refresh = _IcechunkCredentials(self.credentials_provider)
+            return icechunk.s3_storage(**common, get_credentials=refresh)  # type: ignore[arg-type]
         creds = self.credentials
         return icechunk.s3_storage(
-            bucket=self.bucket,
-            prefix=prefix,
-            region=self.region or "us-east-1",
-            endpoint_url=self.endpoint_url,
-            allow_http=bool(self.endpoint_url and self.endpoint_url.startswith("http://")),
-            force_path_style=self.endpoint_url is not None,
+            **common,  # type: ignore[arg-type]
             access_key_id=creds.access_key_id if creds else None,
             secret_access_key=creds.secret_access_key if creds else None,
             session_token=creds.session_token if creds else None,

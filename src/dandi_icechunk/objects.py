@@ -12,16 +12,18 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
+from botocore.credentials import RefreshableCredentials
 
 from .errors import StorageLocationError
-from .location import StorageLocation
+from .location import CredentialsProvider, StorageLocation
 
 
 class RepositoryObjects(Protocol):
@@ -112,16 +114,47 @@ class _LocalObjects:
         (self._root / key).unlink(missing_ok=True)
 
 
+def _refreshing_session(provider: CredentialsProvider | None) -> botocore.session.Session:
+    """A botocore session whose credentials come from ``provider``, refreshed before expiry."""
+    session = botocore.session.get_session()
+    if provider is None:
+        return session
+
+    def fetch() -> dict[str, str]:
+        fresh = provider()
+        expiry = fresh.expires_at or datetime.now(UTC) + timedelta(hours=12)
+        return {
+            "access_key": fresh.access_key_id,
+            "secret_key": fresh.secret_access_key,
+            "token": fresh.session_token or "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    session._credentials = _VendedCredentials.create_from_metadata(  # noqa: SLF001
+        metadata=fetch(), refresh_using=fetch, method="dandi-icechunk-vended"
+    )
+    return session
+
+
+class _VendedCredentials(RefreshableCredentials):
+    """Refresh when the provider's credentials expire, not 10-15 minutes before (botocore's
+    default margins), which vended credentials of a few minutes would never get out of."""
+
+    _advisory_refresh_timeout = 2
+    _mandatory_refresh_timeout = 1
+
+
 class _S3Objects:
     def __init__(self, location: StorageLocation, prefix: str) -> None:
-        creds = location.credentials
+        creds = None if location.credentials_provider else location.credentials
         config = botocore.config.Config(
             max_pool_connections=32,
             retries={"max_attempts": 3, "mode": "standard"},
             s3={"addressing_style": "path"} if location.endpoint_url else None,
             signature_version=botocore.UNSIGNED if location.anonymous else None,
         )
-        self._client = boto3.client(
+        session = boto3.Session(botocore_session=_refreshing_session(location.credentials_provider))
+        self._client = session.client(
             "s3",
             endpoint_url=location.endpoint_url,
             region_name=location.region or "us-east-1",

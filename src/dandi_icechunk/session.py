@@ -125,6 +125,17 @@ def _icechunk_errors(what: str) -> Iterator[None]:
         raise RefNotFoundError(f"{what}: {_first_line(exc)}") from None
 
 
+def _exists(storage: icechunk.Storage, *, may_be_forbidden: bool) -> bool:
+    """Whether a repository exists; where credentials may not reach (the other prefix, for
+    credentials scoped to one repository), a refusal counts as "not there"."""
+    try:
+        return icechunk.Repository.exists(storage)
+    except icechunk.IcechunkError:
+        if may_be_forbidden:
+            return False
+        raise
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -179,7 +190,7 @@ class ZarrRepository:
         try:
             for area in (embargoed, not embargoed):
                 storage = location.icechunk_storage(zarr_id, embargoed=area)
-                if icechunk.Repository.exists(storage):
+                if _exists(storage, may_be_forbidden=area != embargoed):
                     repo = icechunk.Repository.open(storage, config=config)
                     return cls(location, zarr_id, repo, embargoed=area)
             if not create:

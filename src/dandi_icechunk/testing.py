@@ -155,11 +155,13 @@ def run_seaweedfs(
     bucket: str = "dandiarchive",
     object_lock: bool = False,
     identities: list[dict[str, Any]] | None = None,
+    iam_writable: bool = False,
 ) -> Iterator[S3Server]:
     """Start SeaweedFS (``weed mini``) on 127.0.0.1 with free ports, make ``bucket``, stop after.
 
     ``object_lock`` makes the bucket with Object Lock (and so versioning) enabled; ``identities``
-    adds SeaweedFS identities (``{"name", "credentials", "actions"}``) beside the admin one.
+    adds SeaweedFS identities (``{"name", "credentials", "actions"}``) beside the admin one;
+    ``iam_writable`` lets the admin create IAM users and policies (credential vending).
     Every listener is bound to loopback and telemetry is off; nothing leaves the machine.
     """
     weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
@@ -179,6 +181,7 @@ def run_seaweedfs(
         "-admin.ui=false", "-master.telemetry=false", f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         *(f"-{name}.port={port}" for name, port in ports.items()),
+        *(["-s3.iam.readOnly=false"] if iam_writable else []),
     ]
     (data / "store").mkdir(exist_ok=True)
     log = open(data / "weed.log", "wb")

@@ -9,11 +9,12 @@ interrupted upload leaves the previous snapshot in place and can simply be run a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import icechunk
 from zarr.core.buffer import cpu
 
-from .errors import ConflictError, InvalidZarrError, RepositoryNotFoundError
+from .errors import ConflictError, InvalidZarrError, RepositoryNotFoundError, StorageLocationError
 from .hierarchy import Hierarchy, is_document
 from .index import DigestIndex, IndexDelta, store_index
 from .local_zarr import LocalZarr, read_file, scan_local_zarr
@@ -84,7 +85,9 @@ def upload_zarr(
 
     With ``dedup``, a Zarr not yet in the archive whose content is (same ``dandi-zarr-checksum``)
     is not uploaded: the existing snapshot is attached to ``dandiset`` instead, and the result
-    names that Zarr (``reused`` is true, nothing is written).
+    names that Zarr (``reused`` is true, nothing is written); and the new snapshot is entered in
+    the checksum lookup. Uploads with vended credentials (one prefix only) pass ``dedup=False``:
+    the archive does both (:func:`~dandi_icechunk.archive_hooks.finalize_upload`).
 
     >>> upload_zarr("sample.ome.zarr", StorageLocation.resolve(), zarr_id).snapshot_id
     'YB0DXG4KM8HMTY0S0TJ0'
@@ -131,13 +134,15 @@ def upload_zarr(
         files_deleted=len(delta.removed),
     )
     if not delta:
-        register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
+        if dedup:
+            register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
         return result
 
     old_hierarchy = Hierarchy.from_documents(base_index.documents) if base_index.documents else None
-    removed_nodes = _write_changes(
-        session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
-    )
+    with _storage_errors(writer.zarr_id):
+        removed_nodes = _write_changes(
+            session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
+        )
 
     committed: dict[str, Any] = {}
 
@@ -160,12 +165,14 @@ def upload_zarr(
     summary = f"{len(delta.written)} written, {len(delta.removed)} deleted"
     if removed_nodes:
         summary += f", {removed_nodes} node(s) removed"
-    snapshot_id = writer.commit(
-        session, message or f"Upload {local.root.name} ({summary})", commit_info_for
-    )
+    with _storage_errors(writer.zarr_id):
+        snapshot_id = writer.commit(
+            session, message or f"Upload {local.root.name} ({summary})", commit_info_for
+        )
     # After a rebase over a concurrent upload the snapshot holds both uploads' changes.
     info: CommitInfo = committed["info"]
-    register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
+    if dedup:
+        register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
     return UploadResult(
         **{
             **result.to_json(),
@@ -176,6 +183,21 @@ def upload_zarr(
             "size": info.size,
         }
     )
+
+
+@contextlib.contextmanager
+def _storage_errors(zarr_id: str) -> Iterator[None]:
+    """Storage refusing a write (expired or revoked credentials, no rights) is our error."""
+    try:
+        yield
+    except icechunk.IcechunkError as exc:
+        if isinstance(exc, icechunk.ConflictError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageLocationError(
+            f"writing to the repository of {zarr_id} failed ({first}); nothing was committed. "
+            "If your upload credentials expired or were revoked, get new ones and run again"
+        ) from None
 
 
 def _repository_exists(location: StorageLocation, zarr_id: str) -> bool:

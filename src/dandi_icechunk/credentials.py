@@ -1,0 +1,191 @@
+"""Short-lived upload credentials scoped to one repository, vended by the archive.
+
+Uploaders never hold bucket-wide credentials. For each upload the archive calls
+:meth:`CredentialVendor.vend`, which makes an IAM user whose only policy allows GetObject,
+PutObject and ListBucket on that repository's prefix (no DeleteObject: an uploader cannot
+destroy anything), with an expiry the archive enforces by calling
+:meth:`CredentialVendor.revoke_expired` (deleting expired users and keys). On AWS the same
+policy would be an STS session policy; SeaweedFS implements IAM users and policies but not
+STS for arbitrary roles, so this is the closest it supports. Clients pass a
+``credentials_provider`` that asks again before expiry (Icechunk's refreshable credentials),
+so a long upload survives the expiry of each key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+
+from .errors import DandiIcechunkError
+from .location import S3Credentials, StorageLocation, validate_zarr_id
+from .objects import RepositoryObjects, prefix_objects
+
+DEFAULT_TTL = timedelta(hours=1)
+_USER_PREFIX = "dandi-upload-"
+_RECORDS = "zarr-icechunk-credentials"
+
+
+class CredentialError(DandiIcechunkError):
+    """Credentials could not be vended or revoked."""
+
+
+@dataclass(frozen=True)
+class VendedCredentials:
+    """Credentials for one repository prefix, valid until ``credentials.expires_at``."""
+
+    zarr_id: str
+    prefix: str
+    user: str
+    credentials: S3Credentials
+
+
+def repository_policy(bucket: str, prefix: str) -> dict[str, Any]:
+    """The IAM policy of upload credentials: read, write and list one prefix; nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+            },
+        ],
+    }
+
+
+class VendingProvider:
+    """A picklable credentials provider for one repository: it hands out the current vended
+    credentials until half their lifetime is left, then vends new ones.
+
+    Icechunk keeps the provider pickled and unpickles it for each refresh, so the current
+    credentials are shared between copies in this process (``_CURRENT``), not kept on the copy.
+    """
+
+    def __init__(self, vendor: CredentialVendor, zarr_id: str, embargoed: bool = False) -> None:
+        self.vendor, self.zarr_id, self.embargoed = vendor, zarr_id, embargoed
+
+    def __call__(self) -> S3Credentials:
+        location = self.vendor.location
+        key = (location.endpoint_url, location.bucket, location.prefix, self.zarr_id, self.embargoed)
+        with _CURRENT_LOCK:
+            current = _CURRENT.get(key)
+            now = datetime.now(UTC)
+            if current is None or current.expires_at is None or current.expires_at - now < self.vendor.ttl / 2:
+                current = _CURRENT[key] = self.vendor.vend(self.zarr_id, embargoed=self.embargoed).credentials
+            return current
+
+
+_CURRENT: dict[tuple[Any, ...], S3Credentials] = {}
+_CURRENT_LOCK = threading.Lock()
+
+
+class CredentialVendor:
+    """Vends and revokes upload credentials, with the archive's own (admin) credentials.
+
+    >>> vendor = CredentialVendor(archive_location)
+    >>> upload_location = vendor.upload_location(zarr_id)   # refreshes itself before expiry
+    """
+
+    def __init__(self, location: StorageLocation, *, ttl: timedelta = DEFAULT_TTL) -> None:
+        if location.kind != "s3":
+            raise CredentialError("credentials are vended only for S3 buckets")
+        self.location = location
+        self.ttl = ttl
+        self._clients: tuple[Any, RepositoryObjects] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location, "ttl": self.ttl}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["location"], ttl=state["ttl"])  # type: ignore[misc]
+
+    @property
+    def _iam(self) -> Any:
+        return self._connect()[0]
+
+    @property
+    def _records(self) -> RepositoryObjects:
+        return self._connect()[1]
+
+    def _connect(self) -> tuple[Any, RepositoryObjects]:
+        if self._clients is not None:
+            return self._clients
+        location, creds = self.location, self.location.credentials
+        iam = boto3.client(
+            "iam",
+            endpoint_url=location.endpoint_url,
+            region_name=location.region or "us-east-1",
+            aws_access_key_id=creds.access_key_id if creds else None,
+            aws_secret_access_key=creds.secret_access_key if creds else None,
+        )
+        records = prefix_objects(location, "/".join(p for p in (location.prefix, _RECORDS) if p))
+        self._clients = (iam, records)
+        return self._clients
+
+    def vend(self, zarr_id: str, *, embargoed: bool = False) -> VendedCredentials:
+        """New credentials for uploading to the repository of ``zarr_id`` (and only that)."""
+        zarr_id = validate_zarr_id(zarr_id)
+        prefix = self.location.repository_prefix(zarr_id, embargoed=embargoed)
+        user = f"{_USER_PREFIX}{zarr_id[:8]}-{uuid.uuid4().hex[:12]}"
+        expires_at = datetime.now(UTC) + self.ttl
+        try:
+            self._iam.create_user(UserName=user)
+            self._iam.put_user_policy(
+                UserName=user, PolicyName="repository",
+                PolicyDocument=json.dumps(repository_policy(self.location.bucket, prefix)),
+            )
+            key = self._iam.create_access_key(UserName=user)["AccessKey"]
+        except Exception as exc:  # botocore raises ClientError and connection errors
+            raise CredentialError(f"cannot vend credentials for {zarr_id}: {exc}") from None
+        record = {"user": user, "zarr_id": zarr_id, "expires_at": expires_at.isoformat()}
+        self._records.put_if_absent(f"{user}.json", json.dumps(record).encode())
+        return VendedCredentials(
+            zarr_id=zarr_id, prefix=prefix, user=user,
+            credentials=S3Credentials(key["AccessKeyId"], key["SecretAccessKey"], expires_at=expires_at),
+        )
+
+    def upload_location(self, zarr_id: str, *, embargoed: bool = False) -> StorageLocation:
+        """A storage location for the uploader: vended credentials, renewed before they expire."""
+        return StorageLocation(
+            kind="s3", bucket=self.location.bucket, prefix=self.location.prefix,
+            endpoint_url=self.location.endpoint_url, region=self.location.region,
+            credentials_provider=VendingProvider(self, zarr_id, embargoed),
+        )
+
+    def revoke_expired(self, now: datetime | None = None) -> int:
+        """Delete every vended user whose credentials have expired; return how many."""
+        now = now or datetime.now(UTC)
+        revoked = 0
+        for key, _, _ in list(self._records.list_with_times("")):
+            data = self._records.get(key)
+            if data is None:
+                continue
+            record = json.loads(data)
+            if datetime.fromisoformat(record["expires_at"]) > now:
+                continue
+            self.revoke(record["user"])
+            self._records.delete(key)
+            revoked += 1
+        return revoked
+
+    def revoke(self, user: str) -> None:
+        """Delete one vended user, its keys and its policy, at once."""
+        try:
+            for key in self._iam.list_access_keys(UserName=user)["AccessKeyMetadata"]:
+                self._iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+            self._iam.delete_user_policy(UserName=user, PolicyName="repository")
+            self._iam.delete_user(UserName=user)
+        except self._iam.exceptions.NoSuchEntityException:
+            pass
