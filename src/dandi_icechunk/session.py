@@ -126,8 +126,9 @@ def _icechunk_errors(what: str) -> Iterator[None]:
 
 
 def _exists(storage: icechunk.Storage, *, may_be_forbidden: bool) -> bool:
-    """Whether a repository exists; where credentials may not reach (the other prefix, for
-    credentials scoped to one repository), a refusal counts as "not there"."""
+    """Whether a repository exists. When creating, a refusal to look under the other prefix
+    (credentials scoped to one repository cannot) counts as "not there"; when reading, it is
+    reported, so that a private repository says so."""
     try:
         return icechunk.Repository.exists(storage)
     except icechunk.IcechunkError:
@@ -190,7 +191,7 @@ class ZarrRepository:
         try:
             for area in (embargoed, not embargoed):
                 storage = location.icechunk_storage(zarr_id, embargoed=area)
-                if _exists(storage, may_be_forbidden=area != embargoed):
+                if _exists(storage, may_be_forbidden=create and area != embargoed):
                     repo = icechunk.Repository.open(storage, config=config)
                     return cls(location, zarr_id, repo, embargoed=area)
             if not create:
