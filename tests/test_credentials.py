@@ -105,3 +105,19 @@ def test_expired_credentials_fail_clearly_and_change_nothing(iam_s3_server: S3Se
     with pytest.raises(DandiIcechunkError, match="credentials|cannot open"):
         upload_zarr(src, _static(iam_s3_server, vended.credentials), zid, dedup=False)
     assert ZarrRepository.open(admin, zid).resolve() == first.snapshot_id
+
+
+def test_the_owners_vended_credentials_read_their_embargoed_zarr(iam_s3_server: S3Server, tmp_path: Path) -> None:
+    from dandi_icechunk import open_dataset
+    from dandi_icechunk.read import AccessDeniedError
+
+    admin = iam_s3_server.location()
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr", seed=16)
+    upload_zarr(src, admin, zid, embargoed=True, dedup=False)
+    owner = vend_upload_credentials(zid, location=admin, embargoed=True).credentials
+    stranger = vend_upload_credentials(str(uuid.uuid4()), location=admin).credentials
+    ds = open_dataset(zid, location=_static(iam_s3_server, owner))
+    assert ds["data"].shape == (16, 64, 64)
+    with pytest.raises(AccessDeniedError):
+        open_dataset(zid, location=_static(iam_s3_server, stranger))

@@ -168,3 +168,16 @@ def test_unembargo_of_a_local_bucket_is_one_rename(zarr_id: str, tmp_path: Path)
     unembargo_dandiset_zarrs([zarr_id], location=location)
     repo = ZarrRepository.open(location, zarr_id)
     assert not repo.embargoed and repo.resolve() == first.snapshot_id
+
+
+def test_attaching_an_unknown_zarr_or_snapshot_says_so(location: StorageLocation, zarr_id: str, tmp_path: Path) -> None:
+    from dandi_icechunk.errors import RefNotFoundError, RepositoryNotFoundError
+
+    with pytest.raises(RepositoryNotFoundError):
+        attach_zarr_to_dandiset(str(uuid.uuid4()), "000002", location=location)
+    upload_zarr(make_zarr_v3(tmp_path / "a.zarr"), location, zarr_id)
+    with pytest.raises(RefNotFoundError, match="does not exist"):
+        attach_zarr_to_dandiset(zarr_id, "000002", location=location, snapshot_id="AAAAAAAAAAAAAAAAAAAA")
+    with pytest.raises(RefNotFoundError, match="tag 'nope'"):
+        attach_zarr_to_dandiset(zarr_id, "000002", location=location, tag="nope")
+    assert ZarrRepository.open(location, zarr_id).icechunk.list_branches() == {"main"}

@@ -173,6 +173,10 @@ def _no_credentials_configured() -> bool:
 
 
 def _access_error(exc: DandiIcechunkError, repository: str) -> DandiIcechunkError:
+    if isinstance(exc, RefNotFoundError):
+        # The repository opened, so the reader may read it: S3 answers 403, not 404, for a
+        # missing key to a reader without list rights.
+        return exc
     text = str(exc)
     if any(marker in text for marker in ("403", "AccessDenied", "Forbidden", "Access Denied")):
         return AccessDeniedError(

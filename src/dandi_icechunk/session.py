@@ -125,18 +125,6 @@ def _icechunk_errors(what: str) -> Iterator[None]:
         raise RefNotFoundError(f"{what}: {_first_line(exc)}") from None
 
 
-def _exists(storage: icechunk.Storage, *, may_be_forbidden: bool) -> bool:
-    """Whether a repository exists. When creating, a refusal to look under the other prefix
-    (credentials scoped to one repository cannot) counts as "not there"; when reading, it is
-    reported, so that a private repository says so."""
-    try:
-        return icechunk.Repository.exists(storage)
-    except icechunk.IcechunkError:
-        if may_be_forbidden:
-            return False
-        raise
-
-
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -189,11 +177,19 @@ class ZarrRepository:
         zarr_id = validate_zarr_id(zarr_id)
         location.check_reachable()
         try:
+            refused: icechunk.IcechunkError | None = None
             for area in (embargoed, not embargoed):
                 storage = location.icechunk_storage(zarr_id, embargoed=area)
-                if _exists(storage, may_be_forbidden=create and area != embargoed):
+                try:
+                    found = icechunk.Repository.exists(storage)
+                except icechunk.IcechunkError as exc:
+                    # Credentials scoped to one repository may not look under the other prefix.
+                    refused, found = refused or exc, False
+                if found:
                     repo = icechunk.Repository.open(storage, config=config)
                     return cls(location, zarr_id, repo, embargoed=area)
+            if refused is not None and not create:
+                raise refused  # reported as the refusal it is: the repository may be private
             if not create:
                 raise RepositoryNotFoundError(
                     f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "
