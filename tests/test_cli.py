@@ -196,3 +196,12 @@ def test_attach_and_unembargo_commands(run, tmp_path: Path) -> None:  # type: ig
     assert moved[0]["objects_moved"] > 0
     assert json.loads(run("info", zid, "--json"))["embargoed"] is False
     assert json.loads(run("attach", zid, "--dandiset", "000005", "--json"))["snapshot_id"] == up["snapshot_id"]
+
+
+def test_upload_of_content_already_there_attaches_it_unless_no_dedup(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    first = json.loads(run("upload", str(src), "--zarr-id", str(uuid.uuid4()), "--json"))
+    again = run("upload", str(src), "--zarr-id", str(uuid.uuid4()), "--dandiset", "000009")
+    assert "already holds this content" in again and first["zarr_id"] in again
+    forced = json.loads(run("upload", str(src), "--zarr-id", str(uuid.uuid4()), "--no-dedup", "--json"))
+    assert not forced["reused"] and forced["files_written"] == forced["file_count"]

@@ -121,6 +121,10 @@ def main(ctx: click.Context, storage: str | None) -> None:
 @click.option("--message", "-m", help="Commit message.")
 @click.option("--branch", default=DEFAULT_BRANCH, show_default=True, help="Branch to commit on.")
 @click.option("--embargoed", is_flag=True, help="Create new repositories under the private prefix.")
+@click.option(
+    "--no-dedup", is_flag=True,
+    help="Upload even if the archive holds the same content already (needed with credentials for one repository).",
+)
 @jobs_option
 @json_option
 @click.pass_context
@@ -132,6 +136,7 @@ def upload(
     message: str | None,
     branch: str,
     embargoed: bool,
+    no_dedup: bool,
     jobs: int,
     as_json: bool,
 ) -> None:
@@ -159,7 +164,7 @@ def upload(
         for filepath, target_id, asset_path in targets:
             result = upload_zarr(
                 filepath, ctx.obj, target_id, embargoed=embargoed, branch=branch, message=message, dandiset=dandiset,
-                jobs=jobs, progress=_progress(as_json),
+                jobs=jobs, progress=_progress(as_json), dedup=not no_dedup,
             )
             results.append(result)
             if not as_json:
@@ -174,6 +179,12 @@ def upload(
 
 
 def _print_upload(name: str, result: UploadResult) -> None:
+    if result.reused:
+        click.echo(
+            f"{name}: the archive already holds this content (Zarr {result.zarr_id}, snapshot "
+            f"{result.snapshot_id}); attached it, uploaded nothing"
+        )
+        return
     if result.snapshot_id is None:
         click.echo(
             f"{name}: no change since snapshot {result.parent_snapshot_id}; nothing committed "
