@@ -8,7 +8,7 @@ export PATH="$root/.venv/bin:$PATH"
 work="$(mktemp -d)"
 zarr_id="$(python -c 'import uuid; print(uuid.uuid4())')"
 sample="$work/sample.ome.zarr"
-python -c "from dandi_icechunk.testing import make_ome_zarr_v2; make_ome_zarr_v2('$sample')"
+python -c "import random; from dandi_icechunk.testing import make_ome_zarr_v2; make_ome_zarr_v2('$sample', seed=random.randrange(10**9))"
 
 echo "== upload $sample as zarr_id $zarr_id"
 dandi-icechunk upload "$sample" --zarr-id "$zarr_id" --dandiset 000123 -m "first upload"
@@ -39,4 +39,7 @@ repo = icechunk.Repository.open(icechunk.local_filesystem_storage(urlparse(sys.a
 group = zarr.open_group(repo.readonly_session(branch="main").store, mode="r")
 print("level 0:", group["0"].shape, group["0"].dtype, "mean", float(group["0"][:].mean()))
 PY
+echo "== upload an identical copy as a new Zarr: the archive already holds it, nothing is uploaded"
+cp -r "$sample" "$work/copy.ome.zarr"
+dandi-icechunk upload "$work/copy.ome.zarr" --zarr-id "$(python -c 'import uuid; print(uuid.uuid4())')" --dandiset 000456
 rm -rf "$work"
