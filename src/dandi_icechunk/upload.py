@@ -93,18 +93,18 @@ def upload_zarr(
     'YB0DXG4KM8HMTY0S0TJ0'
     """
     zarr_id = validate_zarr_id(zarr_id)
-    progress = progress or NoProgress()
-    local = scan_local_zarr(path)
-    progress.start("hashing", local.file_count, local.size)
-    new_index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance)
-    progress.finish()
-    checksum = new_index.zarr_checksum()
     if is_embargoed_branch(branch):
         raise ReuseError(
             f"branch {branch!r} is an embargoed Dandiset's view of a public Zarr: uploading to it "
             "would put the embargoed Dandiset's new chunks under the public prefix. Upload to a "
             "new Zarr of the embargoed Dandiset instead, or lift the embargo first"
         )
+    progress = progress or NoProgress()
+    local = scan_local_zarr(path)
+    progress.start("hashing", local.file_count, local.size)
+    new_index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance)
+    progress.finish()
+    checksum = new_index.zarr_checksum()
     if dedup and not _repository_exists(location, zarr_id):
         found = find_by_checksum(location, checksum, embargoed=embargoed)
         if found is not None:
