@@ -253,3 +253,24 @@ def test_interrupted_upload_leaves_previous_snapshot_and_rerun_completes(
     assert done.parent_snapshot_id == first.snapshot_id
     assert done.zarr_checksum == reference_checksum(src)
     assert verify_snapshot(ZarrRepository.open(location, zarr_id)).ok
+
+
+def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dandi_icechunk import local_zarr
+    from dandi_icechunk.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    upload_zarr(src, location, zarr_id, digest_cache=cache)
+    hashed: list[str] = []
+    real_hash = local_zarr.hash_file
+    monkeypatch.setattr(local_zarr, "hash_file", lambda path, key: hashed.append(key) or real_hash(path, key))
+
+    noise = np.random.default_rng(7).integers(0, 4096, (4, 16, 16), dtype=np.uint16)
+    zarr.open_group(str(src), mode="r+")["data"][0:4, 0:16, 0:16] = noise
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert hashed == ["data/c/0/0/0"]
+    assert result.files_written == 1
+    assert result.zarr_checksum == reference_checksum(src)

@@ -21,6 +21,7 @@ from .archive_hooks import (
     unembargo_dandiset_zarrs,
 )
 from .audit import Publication
+from .digest_cache import DigestCache
 from .errors import DandiIcechunkError
 from .export import export_snapshot, verify_snapshot
 from .gc import DEFAULT_RESTORE_WINDOW, collect_garbage
@@ -122,6 +123,10 @@ def main(ctx: click.Context, storage: str | None) -> None:
 @click.option("--branch", default=DEFAULT_BRANCH, show_default=True, help="Branch to commit on.")
 @click.option("--embargoed", is_flag=True, help="Create new repositories under the private prefix.")
 @click.option(
+    "--no-cache", is_flag=True,
+    help="Hash every local file again (by default unchanged files keep their cached MD5).",
+)
+@click.option(
     "--no-dedup", is_flag=True,
     help="Upload even if the archive holds the same content already (needed with credentials for one repository).",
 )
@@ -136,6 +141,7 @@ def upload(
     message: str | None,
     branch: str,
     embargoed: bool,
+    no_cache: bool,
     no_dedup: bool,
     jobs: int,
     as_json: bool,
@@ -165,6 +171,7 @@ def upload(
             result = upload_zarr(
                 filepath, ctx.obj, target_id, embargoed=embargoed, branch=branch, message=message, dandiset=dandiset,
                 jobs=jobs, progress=_progress(as_json), dedup=not no_dedup,
+                digest_cache=None if no_cache else DigestCache.default(),
             )
             results.append(result)
             if not as_json:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest_cache import DigestCache, FileStat
 from .errors import InvalidZarrError
 from .hierarchy import Hierarchy, check_key, is_document
 from .index import DigestIndex, FileDigest
@@ -35,22 +36,33 @@ class LocalZarr:
     chunk_files: dict[str, Path]  # logical key -> file
     icechunk_keys: dict[str, str]  # logical chunk key -> Icechunk key
     size: int  # total bytes of all files, as listed
+    stats: dict[str, FileStat]  # chunk key -> (size, mtime ns, inode) when listed
 
     @property
     def file_count(self) -> int:
         """Number of files (documents and chunks)."""
         return len(self.documents) + len(self.chunk_files)
 
-    def digest_index(self, workers: int = 2, progress: ProgressCallback | None = None) -> DigestIndex:
+    def digest_index(
+        self,
+        workers: int = 2,
+        progress: ProgressCallback | None = None,
+        cache: DigestCache | None = None,
+    ) -> DigestIndex:
         """MD5 and size of every file.
 
         Files are hashed in batches; threads only pay off for larger files (MD5 releases the
-        GIL on big buffers, while many small reads mostly contend for it).
+        GIL on big buffers, while many small reads mostly contend for it). With ``cache``,
+        files unchanged since they were last hashed (size, mtime, inode) are not read.
         """
         files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
+        cached = cache.load(self.root) if cache else {}
+        for key, (seen, md5) in cached.items():
+            if key in self.chunk_files and self.stats.get(key) == seen:
+                files[key] = FileDigest(md5, seen[0])
         if progress:
             progress(len(files), sum(d.size for d in files.values()))
-        items = list(self.chunk_files.items())
+        items = [(k, p) for k, p in self.chunk_files.items() if k not in files]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
 
         def batch(part: list[tuple[str, Path]]) -> list[tuple[str, FileDigest]]:
@@ -67,6 +79,8 @@ class LocalZarr:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for digests in pool.map(batch, batches):
                     files.update(digests)
+        if cache:
+            cache.save(self.root, {k: (self.stats[k], files[k].md5) for k in self.chunk_files})
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
 
@@ -108,24 +122,26 @@ def scan_local_zarr(path: str | Path) -> LocalZarr:
         raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
     documents: dict[str, bytes] = {}
     chunk_files: dict[str, Path] = {}
+    stats: dict[str, FileStat] = {}
     size = 0
-    for key, file, file_size in _walk(root):
+    for key, file, st in _walk(root):
         check_key(key)
-        size += file_size
+        size += st.st_size
         if is_document(key):
             documents[key] = read_file(file, key)
         else:
             chunk_files[key] = file
+            stats[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
     try:
         hierarchy = Hierarchy.from_documents(documents)
         icechunk_keys = hierarchy.check_keys(chunk_files)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
-    return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size)
+    return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size, stats)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path, int]]:
-    """Yield (key, path, size) of every file under ``root``, following symlinks, refusing loops."""
+def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """Yield (key, path, stat) of every file under ``root``, following symlinks, refusing loops."""
     root_stat = root.stat()
     stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
         (root, "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))
@@ -156,6 +172,6 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, int]]:
                     )
                 stack.append((Path(entry.path), key + "/", ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):
-                yield key, Path(entry.path), st.st_size
+                yield key, Path(entry.path), st
             else:
                 raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")

@@ -22,6 +22,7 @@ from typing import Any
 import icechunk
 from zarr.core.buffer import cpu
 
+from .digest_cache import DigestCache
 from .errors import ConflictError, InvalidZarrError, RepositoryNotFoundError, StorageLocationError
 from .hierarchy import Hierarchy, is_document
 from .index import DigestIndex, IndexDelta, store_index
@@ -74,6 +75,7 @@ def upload_zarr(
     jobs: int = DEFAULT_JOBS,
     progress: Progress | None = None,
     dedup: bool = True,
+    digest_cache: DigestCache | None = None,
 ) -> UploadResult:
     """Upload the Zarr directory ``path`` as one commit on ``branch`` of the repository of
     ``zarr_id`` at ``location`` (created, under the prefix ``embargoed`` selects, if new).
@@ -88,6 +90,7 @@ def upload_zarr(
     names that Zarr (``reused`` is true, nothing is written); and the new snapshot is entered in
     the checksum lookup. Uploads with vended credentials (one prefix only) pass ``dedup=False``:
     the archive does both (:func:`~dandi_icechunk.archive_hooks.finalize_upload`).
+    With ``digest_cache``, local files unchanged since the last upload are not hashed again.
 
     >>> upload_zarr("sample.ome.zarr", StorageLocation.resolve(), zarr_id).snapshot_id
     'YB0DXG4KM8HMTY0S0TJ0'
@@ -102,7 +105,9 @@ def upload_zarr(
     progress = progress or NoProgress()
     local = scan_local_zarr(path)
     progress.start("hashing", local.file_count, local.size)
-    new_index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance)
+    new_index = local.digest_index(
+        workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache
+    )
     progress.finish()
     checksum = new_index.zarr_checksum()
     if dedup and not _repository_exists(location, zarr_id):
