@@ -54,7 +54,6 @@ class ObjectVersion:
     version_id: str
     is_latest: bool
     is_delete_marker: bool
-    last_modified: datetime
     size: int = 0
 
 
@@ -201,7 +200,7 @@ class _S3Objects:
             for entry, is_marker in entries:
                 yield ObjectVersion(
                     entry["Key"][strip:], entry["VersionId"], entry["IsLatest"], is_marker,
-                    entry["LastModified"], entry.get("Size", 0),
+                    entry.get("Size", 0),
                 )
 
     def restore(self, key: str, version_id: str) -> None:
@@ -271,21 +270,24 @@ def move_prefix(
         return count, size
     objects = _S3Objects(location, source)
     client, bucket = objects._client, location.bucket
-    keys = list(objects.list_with_times(""))
-    ordered = [k for k in keys if k[0] != last] + [k for k in keys if k[0] == last]
+    listed = list(objects.list_with_times(""))
+    keys = [key for key, _, _ in listed]
+    rest = [key for key in keys if key != last]
 
-    def copy(item: tuple[str, int, datetime]) -> None:
+    def copy(key: str) -> None:
         client.copy_object(
-            Bucket=bucket, Key=f"{destination}/{item[0]}",
-            CopySource={"Bucket": bucket, "Key": f"{source}/{item[0]}"},
+            Bucket=bucket, Key=f"{destination}/{key}",
+            CopySource={"Bucket": bucket, "Key": f"{source}/{key}"},
         )
 
+    def delete(key: str) -> None:
+        client.delete_object(Bucket=bucket, Key=f"{source}/{key}")
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(copy, ordered[:-1] if ordered and ordered[-1][0] == last else ordered))
-    if ordered and ordered[-1][0] == last:
-        copy(ordered[-1])
-        client.delete_object(Bucket=bucket, Key=f"{source}/{last}")
+        list(pool.map(copy, rest))
+    if last in keys:
+        copy(last)
+        delete(last)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(lambda k: client.delete_object(Bucket=bucket, Key=f"{source}/{k[0]}"),
-                      [k for k in ordered if k[0] != last]))
-    return len(keys), sum(k[1] for k in keys)
+        list(pool.map(delete, rest))
+    return len(keys), sum(size for _, size, _ in listed)

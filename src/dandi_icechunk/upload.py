@@ -110,17 +110,21 @@ def upload_zarr(
     )
     progress.finish()
     checksum = new_index.zarr_checksum()
-    if dedup and not _repository_exists(location, zarr_id):
-        found = find_by_checksum(location, checksum, embargoed=embargoed)
-        if found is not None:
-            return _reuse(location, found, dandiset, embargoed, new_index, checksum)
-
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy))
     )
-    writer = ZarrRepository.open(
-        location, zarr_id, create=True, embargoed=embargoed, config=config
-    )
+    writer: ZarrRepository | None = None
+    if dedup:
+        try:
+            writer = ZarrRepository.open(location, zarr_id, config=config)
+        except RepositoryNotFoundError:  # a Zarr new to the archive: is its content there?
+            found = find_by_checksum(location, checksum, embargoed=embargoed)
+            if found is not None:
+                return _reuse(location, found, dandiset, embargoed, new_index, checksum)
+    if writer is None:
+        writer = ZarrRepository.open(
+            location, zarr_id, create=True, embargoed=embargoed, config=config
+        )
     session = writer.writable_session(branch)
     base_sid = session.snapshot_id
     base_index = writer.index(base_sid)
@@ -203,14 +207,6 @@ def _storage_errors(zarr_id: str) -> Iterator[None]:
             f"writing to the repository of {zarr_id} failed ({first}); nothing was committed. "
             "If your upload credentials expired or were revoked, get new ones and run again"
         ) from None
-
-
-def _repository_exists(location: StorageLocation, zarr_id: str) -> bool:
-    try:
-        ZarrRepository.open(location, zarr_id)
-    except RepositoryNotFoundError:
-        return False
-    return True
 
 
 def _reuse(
