@@ -15,12 +15,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Literal
 
-from zarr_checksum import compute_zarr_checksum
-from zarr_checksum.generators import ZarrArchiveFile
-
+from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
 from .objects import RepositoryObjects
 
@@ -71,13 +68,8 @@ class DigestIndex:
         return sum(d.size for d in self.files.values())
 
     def zarr_checksum(self) -> str:
-        """The ``dandi-zarr-checksum`` of these files, as the ``zarr_checksum`` package computes it."""
-        return str(
-            compute_zarr_checksum(
-                ZarrArchiveFile(path=PurePosixPath(k), size=d.size, digest=d.md5)  # type: ignore[arg-type]
-                for k, d in self.files.items()
-            )
-        )
+        """The ``dandi-zarr-checksum`` of these files."""
+        return dandi_zarr_checksum((k, d.md5, d.size) for k, d in self.files.items())
 
     def delta_to(self, newer: DigestIndex) -> IndexDelta:
         """The keys to write and remove to turn this index's files into ``newer``'s."""

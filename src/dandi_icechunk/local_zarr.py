@@ -33,7 +33,7 @@ class LocalZarr:
     root: Path
     hierarchy: Hierarchy
     documents: dict[str, bytes]
-    chunk_files: dict[str, Path]  # logical key -> file
+    chunk_files: dict[str, str]  # logical key -> file path
     icechunk_keys: dict[str, str]  # logical chunk key -> Icechunk key
     size: int  # total bytes of all files, as listed
     stats: dict[str, FileStat]  # chunk key -> (size, mtime ns, inode) when listed
@@ -65,7 +65,7 @@ class LocalZarr:
         items = [(k, p) for k, p in self.chunk_files.items() if k not in files]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
 
-        def batch(part: list[tuple[str, Path]]) -> list[tuple[str, FileDigest]]:
+        def batch(part: list[tuple[str, str]]) -> list[tuple[str, FileDigest]]:
             digests = [(key, hash_file(path, key)) for key, path in part]
             if progress:
                 progress(len(digests), sum(d.size for _, d in digests))
@@ -84,17 +84,18 @@ class LocalZarr:
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
 
-def read_file(path: Path, key: str) -> bytes:
+def read_file(path: str | Path, key: str) -> bytes:
     """The bytes of ``path``; unreadable files raise :class:`InvalidZarrError` naming ``key``."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as exc:
         raise InvalidZarrError(
             f"cannot read {key} ({exc.strerror or exc}); fix its permissions or remove it"
         ) from None
 
 
-def hash_file(path: Path, key: str) -> FileDigest:
+def hash_file(path: str | Path, key: str) -> FileDigest:
     """MD5 and size of ``path``, read in blocks."""
     md5 = hashlib.md5()
     size = 0
@@ -121,7 +122,7 @@ def scan_local_zarr(path: str | Path) -> LocalZarr:
     if not root.is_dir():
         raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
     documents: dict[str, bytes] = {}
-    chunk_files: dict[str, Path] = {}
+    chunk_files: dict[str, str] = {}
     stats: dict[str, FileStat] = {}
     size = 0
     for key, file, st in _walk(root):
@@ -140,11 +141,11 @@ def scan_local_zarr(path: str | Path) -> LocalZarr:
     return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size, stats)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
     """Yield (key, path, stat) of every file under ``root``, following symlinks, refusing loops."""
     root_stat = root.stat()
-    stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
-        (root, "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        (str(root), "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))
     ]
     while stack:
         directory, prefix, ancestors = stack.pop()
@@ -170,8 +171,8 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
                         f"symlink loop at {key} (it leads back to a directory above it); "
                         "remove the link"
                     )
-                stack.append((Path(entry.path), key + "/", ancestors | {ident}))
+                stack.append((entry.path, key + "/", ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):
-                yield key, Path(entry.path), st
+                yield key, entry.path, st
             else:
                 raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")

@@ -16,6 +16,7 @@ repository and snapshot the manifest describes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .session import ZarrRepository
@@ -29,25 +30,40 @@ def snapshot_manifest(repository: ZarrRepository, snapshot_id: str) -> dict[str,
     snapshot = repository.icechunk.lookup_snapshot(sid)
     index = repository.index(sid)
     modified = snapshot.written_at.replace(microsecond=0).isoformat()
-    entries: dict[str, Any] = {}
-    depth = 0
-    for key, digest in sorted(index.files.items()):
+    document = manifest_document(
+        ((key, sid, modified, d.size, d.md5) for key, d in index.files.items()),
+        zarr_checksum=index.zarr_checksum(),
+    )
+    document["icechunk"] = {"repository": repository.url, "zarrId": repository.zarr_id, "snapshotId": sid}
+    return document
+
+
+def manifest_document(
+    entries: Iterable[tuple[str, str, str, int, str]], *, zarr_checksum: str
+) -> dict[str, Any]:
+    """A zarr-manifests v2 document from ``(key, versionId, lastModified, size, ETag)`` entries."""
+    tree: dict[str, Any] = {}
+    depth = count = total = 0
+    latest = ""
+    for key, version_id, modified, size, etag in sorted(entries):
         *dirs, name = key.split("/")
         depth = max(depth, len(dirs))
-        node = entries
+        node = tree
         for part in dirs:
             node = node.setdefault(part, {})
-        node[name] = [sid, modified, digest.size, digest.md5]
+        node[name] = [version_id, modified, size, etag]
+        count += 1
+        total += size
+        latest = max(latest, modified)
     return {
         "schemaVersion": 2,
         "fields": FIELDS,
         "statistics": {
-            "entries": index.file_count,
+            "entries": count,
             "depth": depth,
-            "totalSize": index.size,
-            "lastModified": modified,
-            "zarrChecksum": index.zarr_checksum(),
+            "totalSize": total,
+            "lastModified": latest,
+            "zarrChecksum": zarr_checksum,
         },
-        "entries": entries,
-        "icechunk": {"repository": repository.url, "zarrId": repository.zarr_id, "snapshotId": sid},
+        "entries": tree,
     }

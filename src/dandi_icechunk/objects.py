@@ -19,6 +19,7 @@ from typing import Protocol
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
 import botocore.session
 from botocore.credentials import RefreshableCredentials
 
@@ -113,9 +114,15 @@ class _LocalObjects:
         (self._root / key).unlink(missing_ok=True)
 
 
+# Loading botocore's S3 service model took ~0.1 s per client; the loader caches the parsed
+# (read-only) model files, so all our clients share one.
+_SERVICE_MODELS = botocore.loaders.create_loader()
+
+
 def _refreshing_session(provider: CredentialsProvider | None) -> botocore.session.Session:
     """A botocore session whose credentials come from ``provider``, refreshed before expiry."""
     session = botocore.session.get_session()
+    session.register_component("data_loader", _SERVICE_MODELS)
     if provider is None:
         return session
 

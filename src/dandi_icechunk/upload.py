@@ -302,6 +302,7 @@ def _write_changes(
             if key is not None and await store.exists(key):
                 await store.delete(key)
         await _write_chunks(store, local, new_index, written_chunks, jobs, progress)
+        await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
 
     progress.start("uploading", len(written_chunks), sum(new_index.files[k].size for k in written_chunks))
     try:

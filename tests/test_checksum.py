@@ -1,0 +1,46 @@
+"""Our one-pass dandi-zarr-checksum gives exactly what the zarr_checksum package gives."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import PurePosixPath
+
+import pytest
+from zarr_checksum import compute_zarr_checksum
+from zarr_checksum.generators import ZarrArchiveFile
+
+from dandi_icechunk.checksum import dandi_zarr_checksum
+
+NAMES = ["a", "b", "0", "1", "10", "2", "c0", ".zarray", ".zattrs", "zarr.json", "é", "A"]
+
+
+def _random_tree(rng: random.Random) -> dict[str, tuple[str, int]]:
+    keys = {"/".join(rng.choice(NAMES) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 40))}
+    # a name cannot be both a file and a directory
+    files = [k for k in keys if not any(other.startswith(k + "/") for other in keys)]
+    return {k: (hashlib.md5(k.encode()).hexdigest(), rng.randint(0, 10**9)) for k in files}
+
+
+def _reference(files: dict[str, tuple[str, int]]) -> str:
+    return str(compute_zarr_checksum(
+        ZarrArchiveFile(path=PurePosixPath(k), size=size, digest=md5)  # type: ignore[arg-type]
+        for k, (md5, size) in files.items()
+    ))
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_checksum_matches_zarr_checksum_package_on_random_trees(seed: int) -> None:
+    files = _random_tree(random.Random(seed))
+    assert dandi_zarr_checksum((k, md5, size) for k, (md5, size) in files.items()) == _reference(files)
+
+
+def test_checksum_of_no_files_is_the_packages_empty_checksum() -> None:
+    assert dandi_zarr_checksum([]) == _reference({})
+
+
+def test_checksum_changes_when_one_file_changes() -> None:
+    files = {f"{i}/0": (hashlib.md5(str(i).encode()).hexdigest(), 100) for i in range(1000)}
+    before = dandi_zarr_checksum((k, m, s) for k, (m, s) in files.items())
+    files["500/0"] = (hashlib.md5(b"changed").hexdigest(), 100)
+    assert dandi_zarr_checksum((k, m, s) for k, (m, s) in files.items()) != before
