@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from dandi_icechunk.errors import ConflictError
+from dandi_icechunk.errors import ConflictError, InvalidZarrError
 from dandi_icechunk.export import export_snapshot, verify_snapshot
 from dandi_icechunk.history import diff_snapshots
 from dandi_icechunk.location import StorageLocation
@@ -274,3 +274,36 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert hashed == ["data/c/0/0/0"]
     assert result.files_written == 1
     assert result.zarr_checksum == reference_checksum(src)
+
+
+class _RewriteWhenUploadStarts:
+    """A Progress that rewrites one chunk file after hashing, as the uploading phase begins:
+    a writer still busy with the Zarr while it is uploaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def start(self, label: str, files: int, nbytes: int) -> None:
+        if label == "uploading":
+            self.path.write_bytes(os.urandom(self.path.stat().st_size))
+
+    def advance(self, files: int, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
+    location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    first = upload_zarr(src, location, zarr_id)
+    zarr.open_group(str(src), mode="r+")["data"][:] = 7
+    victim = src / "data" / "c" / "0" / "0" / "0"
+    with pytest.raises(InvalidZarrError, match=r"data/c/0/0/0 changed while it was being uploaded"):
+        upload_zarr(src, location, zarr_id, progress=_RewriteWhenUploadStarts(victim))
+    assert ZarrRepository.open(location, zarr_id).resolve() == first.snapshot_id
+
+    done = upload_zarr(src, location, zarr_id)  # once the writer is done, the upload goes through
+    assert done.zarr_checksum == reference_checksum(src)

@@ -45,7 +45,7 @@ def _directory_digest(
     files.sort()
     # the compact JSON of {"directories": [...], "files": [...]}, spelled out because
     # json.dumps on a dict per entry dominated the time
-    body = '{"directories":[%s],"files":[%s]}' % (_entries(directories), _entries(files))
+    body = f'{{"directories":[{_entries(directories)}],"files":[{_entries(files)}]}}'
     md5 = hashlib.md5(body.encode()).hexdigest()
     size = sum(e[2] for e in directories) + sum(e[2] for e in files)
     count = sum(e[3] for e in directories) + len(files)
@@ -54,5 +54,5 @@ def _directory_digest(
 
 def _entries(entries: list[tuple[str, str, int, int]]) -> str:
     return ",".join(
-        '{"digest":"%s","name":%s,"size":%d}' % (d, json.dumps(n), s) for n, d, s, _ in entries
+        f'{{"digest":"{d}","name":{json.dumps(n)},"size":{s}}}' for n, d, s, _ in entries
     )

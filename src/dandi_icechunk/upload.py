@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import posixpath
 import uuid
@@ -26,7 +25,7 @@ from .digest_cache import DigestCache
 from .errors import ConflictError, InvalidZarrError, RepositoryNotFoundError, StorageLocationError
 from .hierarchy import Hierarchy, is_document
 from .index import DigestIndex, IndexDelta, store_index
-from .local_zarr import LocalZarr, read_file, scan_local_zarr
+from .local_zarr import LocalZarr, scan_local_zarr
 from .location import StorageLocation, validate_zarr_id
 from .progress import NoProgress, Progress
 from .records import JsonRecord
@@ -322,22 +321,13 @@ async def _write_chunks(
 ) -> None:
     semaphore = asyncio.Semaphore(jobs)
 
-    def read_checked(key: str) -> bytes:
-        data = read_file(local.chunk_files[key], key)
-        if hashlib.md5(data).hexdigest() != index.files[key].md5:
-            raise InvalidZarrError(
-                f"{key} changed while it was being uploaded; nothing was committed. "
-                "Wait until whatever writes the Zarr has finished, then run the upload again"
-            )
-        return data
-
     async def one(key: str) -> None:
         async with semaphore:
             # A thread hop costs more than reading and hashing a small chunk in place.
             if index.files[key].size <= _INLINE_READ_MAX:
-                data = read_checked(key)
+                data = local.read_unchanged(key)
             else:
-                data = await asyncio.to_thread(read_checked, key)
+                data = await asyncio.to_thread(local.read_unchanged, key)
             await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
             progress.advance(1, len(data))
 
