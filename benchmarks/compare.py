@@ -65,7 +65,9 @@ class Worker:
         self.process.join()
 
 
-def _serve(conn: multiprocessing.connection.Connection, key: str, cfg: dict[str, Any], workload: Workload) -> None:
+def _serve(
+    conn: multiprocessing.connection.Connection, key: str, cfg: dict[str, Any], workload: Workload
+) -> None:
     icechunk.set_logs_filter("error")
     contender = CONTENDERS[key](cfg, key, workload)
     while (message := conn.recv()) is not None:
@@ -90,15 +92,21 @@ def _peak_rss_mb() -> float:
 
 
 def run_workload(workload: Workload, work: Path, postgres: str, jobs: int) -> dict[str, Any]:
-    print(f"== {workload.name}: {workload.nbytes / 1e6:.0f} MB, {workload.versions} versions", flush=True)
+    print(
+        f"== {workload.name}: {workload.nbytes / 1e6:.0f} MB, {workload.versions} versions",
+        flush=True,
+    )
     src = work / f"{workload.name}.zarr"
     workload.make(src)
     file_bytes = workload.nbytes // workload.files
     with run_seaweedfs(work / f"s3-{workload.name}") as server:
         cfg = {
-            "endpoint_url": server.endpoint_url, "access_key_id": server.access_key_id,
-            "secret_access_key": server.secret_access_key, "postgres": postgres,
-            "jobs": jobs, "work": str(work),
+            "endpoint_url": server.endpoint_url,
+            "access_key_id": server.access_key_id,
+            "secret_access_key": server.secret_access_key,
+            "postgres": postgres,
+            "jobs": jobs,
+            "work": str(work),
         }
         limits = physical_limits(cfg, src)
         print(f"   limits: {limits}", flush=True)
@@ -111,7 +119,10 @@ def run_workload(workload: Workload, work: Path, postgres: str, jobs: int) -> di
                 changed = workload.change(src, version) if version > 1 else []
                 if version in read_versions:
                     expected[version] = array_digest(zarr.open_array(str(src), mode="r")[...])
-                order = list(workers)[version % len(workers):] + list(workers)[: version % len(workers)]
+                order = (
+                    list(workers)[version % len(workers) :]
+                    + list(workers)[: version % len(workers)]
+                )
                 for key in order:  # a different contender goes first each time, to spread noise
                     step = workers[key].call("upload", src, version, changed)
                     step["stored"] = workers[key].call("storage")
@@ -119,17 +130,30 @@ def run_workload(workload: Workload, work: Path, postgres: str, jobs: int) -> di
                     if version in PUBLISHED_VERSIONS or version == workload.versions:
                         step["publish_s"] = workers[key].call("publish", version)
                     history[key].append(step)
-                print(f"   v{version}: " + ", ".join(f"{k} {history[k][-1]['s']:.2f}s" for k in workers), flush=True)
+                print(
+                    f"   v{version}: "
+                    + ", ".join(f"{k} {history[k][-1]['s']:.2f}s" for k in workers),
+                    flush=True,
+                )
             peak_upload = {key: w.call("peak_rss_MB") for key, w in workers.items()}
-            reads = {key: {str(v): _checked_read(w, v, expected[v]) for v in read_versions} for key, w in workers.items()}
+            reads = {
+                key: {str(v): _checked_read(w, v, expected[v]) for v in read_versions}
+                for key, w in workers.items()
+            }
             peak_read = {key: w.call("peak_rss_MB") for key, w in workers.items()}
         finally:
             for w in workers.values():
                 w.close()
     return {
-        "workload": workload.name, "kind": workload.kind, "files": workload.files,
-        "bytes": workload.nbytes, "file_bytes": file_bytes, "versions": workload.versions,
-        "limits": limits, "history": history, "reads": reads,
+        "workload": workload.name,
+        "kind": workload.kind,
+        "files": workload.files,
+        "bytes": workload.nbytes,
+        "file_bytes": file_bytes,
+        "versions": workload.versions,
+        "limits": limits,
+        "history": history,
+        "reads": reads,
         "peak_rss_MB": {"upload": peak_upload, "read": peak_read},
     }
 
@@ -150,14 +174,22 @@ def main() -> None:
     icechunk.set_logs_filter("error")
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "quick": args.quick, "jobs": args.jobs,
-        "machine": {"cpus": multiprocessing.cpu_count(), "python": platform.python_version(),
-                    "icechunk": icechunk.__version__, "zarr": zarr.__version__},
+        "quick": args.quick,
+        "jobs": args.jobs,
+        "machine": {
+            "cpus": multiprocessing.cpu_count(),
+            "python": platform.python_version(),
+            "icechunk": icechunk.__version__,
+            "zarr": zarr.__version__,
+        },
         "md5_one_core_MBps": md5_rate_one_core(),
         "workloads": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dandi-icechunk-compare-") as tmp, run_postgres() as postgres:
+    with (
+        tempfile.TemporaryDirectory(prefix="dandi-icechunk-compare-") as tmp,
+        run_postgres() as postgres,
+    ):
         for workload in workloads(args.quick):
             results["workloads"].append(run_workload(workload, Path(tmp), postgres, args.jobs))
             results["seconds"] = time.perf_counter() - started

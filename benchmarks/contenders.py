@@ -66,8 +66,11 @@ class Contender:
         self.jobs: int = cfg["jobs"]
         self.zarr_id = str(uuid.uuid4())
         self.client = boto3.client(
-            "s3", endpoint_url=cfg["endpoint_url"], region_name="us-east-1",
-            aws_access_key_id=cfg["access_key_id"], aws_secret_access_key=cfg["secret_access_key"],
+            "s3",
+            endpoint_url=cfg["endpoint_url"],
+            region_name="us-east-1",
+            aws_access_key_id=cfg["access_key_id"],
+            aws_secret_access_key=cfg["secret_access_key"],
         )
         self.client.create_bucket(Bucket=bucket)
         # SeaweedFS allocates a bucket's volumes on its first write: do that before any timing
@@ -76,9 +79,11 @@ class Contender:
 
     def obstore(self, prefix: str) -> S3Store:
         return S3Store(
-            self.bucket, prefix=prefix,
+            self.bucket,
+            prefix=prefix,
             config={
-                "endpoint": self.cfg["endpoint_url"], "region": "us-east-1",
+                "endpoint": self.cfg["endpoint_url"],
+                "region": "us-east-1",
                 "access_key_id": self.cfg["access_key_id"],
                 "secret_access_key": self.cfg["secret_access_key"],
                 "virtual_hosted_style_request": False,
@@ -113,7 +118,9 @@ class Contender:
 
     def _bucket_bytes(self, prefix: str = "") -> int:
         total = 0
-        for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in self.client.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
             total += sum(v["Size"] for v in page.get("Versions", []))
         return total
 
@@ -123,7 +130,9 @@ class DandiToday(Contender):
 
     def __init__(self, cfg: dict[str, Any], bucket: str, workload: Workload) -> None:
         super().__init__(cfg, bucket, workload)
-        self.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        self.client.put_bucket_versioning(
+            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
         self.prefix = f"zarr/{self.zarr_id}"
         self.latest = 0
 
@@ -137,9 +146,16 @@ class DandiToday(Contender):
         files = local_files(src)
         if self.latest:  # an update: hash locally, compare with the remote ETags, PUT what differs
             with ThreadPoolExecutor(self.jobs) as pool:
-                local = dict(zip([k for k, _ in files], pool.map(lambda f: hashlib.md5(f[1].read_bytes()).hexdigest(), files)))
+                local = dict(
+                    zip(
+                        [k for k, _ in files],
+                        pool.map(lambda f: hashlib.md5(f[1].read_bytes()).hexdigest(), files),
+                    )
+                )
             remote = {}
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/"
+            ):
                 for obj in page.get("Contents", []):
                     remote[obj["Key"][len(self.prefix) + 1 :]] = obj["ETag"].strip('"')
             files = [(k, p) for k, p in files if remote.get(k) != local[k]]
@@ -147,7 +163,9 @@ class DandiToday(Contender):
 
     def open_array(self, version: int) -> zarr.Array | None:
         if version != self.latest:
-            return None  # overwritten in place: older states exist as object versions nobody can name
+            return (
+                None  # overwritten in place: older states exist as object versions nobody can name
+            )
         return zarr.open_array(ObjectStore(self.obstore(self.prefix), read_only=True), mode="r")
 
 
@@ -159,7 +177,9 @@ class _VersionedObjectStore(ObjectStore):
         super().__init__(store, read_only=True)
         self._versions = versions
 
-    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
         version = self._versions.get(key)
         if version is None:
             return None
@@ -209,14 +229,24 @@ class DandiProposal(DandiToday):
 
     def _finalize(self, version: int) -> None:
         latest: list[tuple[str, str, str, int, str]] = []
-        for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/"):
+        for page in self.client.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/"
+        ):
             for v in page.get("Versions", []):
                 if v["IsLatest"]:
-                    latest.append((v["Key"][len(self.prefix) + 1 :], v["VersionId"],
-                                   v["LastModified"].isoformat(), v["Size"], v["ETag"].strip('"')))
+                    latest.append(
+                        (
+                            v["Key"][len(self.prefix) + 1 :],
+                            v["VersionId"],
+                            v["LastModified"].isoformat(),
+                            v["Size"],
+                            v["ETag"].strip('"'),
+                        )
+                    )
         with self.db.transaction():
             (row_id,) = self.db.execute(
-                "INSERT INTO zarr_version (zarr_id, version) VALUES (%s, %s) RETURNING id", (self.zarr_id, version)
+                "INSERT INTO zarr_version (zarr_id, version) VALUES (%s, %s) RETURNING id",
+                (self.zarr_id, version),
             ).fetchone()
             with self.db.cursor().copy(
                 "COPY zarr_file_version (zarr_version_id, key, s3_version_id, size, etag) FROM STDIN"
@@ -225,7 +255,8 @@ class DandiProposal(DandiToday):
                     copy.write_row((row_id, key, version_id, size, etag))
         manifest = manifest_document(latest, zarr_checksum="")
         self.client.put_object(
-            Bucket=self.bucket, Key=f"zarr-manifests-v2/{self.zarr_id}/{version}.json",
+            Bucket=self.bucket,
+            Key=f"zarr-manifests-v2/{self.zarr_id}/{version}.json",
             Body=json.dumps(manifest, separators=(",", ":")).encode(),
         )
 
@@ -235,9 +266,12 @@ class DandiProposal(DandiToday):
     def open_array(self, version: int) -> zarr.Array | None:
         rows = self.db.execute(
             "SELECT f.key, f.s3_version_id FROM zarr_file_version f JOIN zarr_version v"
-            " ON v.id = f.zarr_version_id WHERE v.zarr_id = %s AND v.version = %s", (self.zarr_id, version),
+            " ON v.id = f.zarr_version_id WHERE v.zarr_id = %s AND v.version = %s",
+            (self.zarr_id, version),
         ).fetchall()
-        return zarr.open_array(_VersionedObjectStore(self.obstore(self.prefix), dict(rows)), mode="r")
+        return zarr.open_array(
+            _VersionedObjectStore(self.obstore(self.prefix), dict(rows)), mode="r"
+        )
 
     def storage(self) -> dict[str, int]:
         (database,) = self.db.execute(
@@ -265,8 +299,14 @@ class IcechunkDirect(Contender):
             session = self.repo.writable_session("main")
             if version == 1:
                 target = zarr.create_array(
-                    session.store, shape=source.shape, chunks=source.chunks, shards=source.shards,
-                    dtype=source.dtype, fill_value=source.fill_value, compressors=None, zarr_format=3,
+                    session.store,
+                    shape=source.shape,
+                    chunks=source.chunks,
+                    shards=source.shards,
+                    dtype=source.dtype,
+                    fill_value=source.fill_value,
+                    compressors=None,
+                    zarr_format=3,
                 )
                 rows = self._slab_rows(source)
                 regions = [slice(i, i + rows) for i in range(0, source.shape[0], rows)]
@@ -281,7 +321,10 @@ class IcechunkDirect(Contender):
     def _slab_rows(self, source: zarr.Array) -> int:
         """Copy in slabs of whole shards of about 64 MB, not the whole array at once."""
         row_bytes = source.nbytes // source.shape[0]
-        return max(self.workload.shard_rows, (64 * 2**20 // row_bytes) // self.workload.shard_rows * self.workload.shard_rows)
+        return max(
+            self.workload.shard_rows,
+            (64 * 2**20 // row_bytes) // self.workload.shard_rows * self.workload.shard_rows,
+        )
 
     def publish(self, version: int) -> float | None:
         with Timer() as t:
@@ -304,36 +347,55 @@ class DandiIcechunk(Contender):
         # The archive's server process has dandischema's JSON schema loaded long before a
         # publish; load it here too (0.6 s, once per process) so publish times are steady-state.
         with contextlib.suppress(Exception):
-            validate(draft_zarr_asset(self.zarr_id, "x.zarr", "", 0), schema_key="PublishedAsset", json_validation=True)
+            validate(
+                draft_zarr_asset(self.zarr_id, "x.zarr", "", 0),
+                schema_key="PublishedAsset",
+                json_validation=True,
+            )
 
     def upload(self, src: Path, version: int, changed: list[int]) -> dict[str, float]:
         with Timer() as t:
             self.uploads[version] = upload_zarr(
-                src, self.location, self.zarr_id, jobs=self.jobs, digest_cache=self.cache, dandiset=DANDISET
+                src,
+                self.location,
+                self.zarr_id,
+                jobs=self.jobs,
+                digest_cache=self.cache,
+                dandiset=DANDISET,
             )
         return {"s": t.seconds}
 
     def publish(self, version: int) -> float | None:
         result = self.uploads[version]
-        asset = draft_zarr_asset(self.zarr_id, "sample.zarr", result.zarr_checksum, result.size, dandiset_id=DANDISET)
+        asset = draft_zarr_asset(
+            self.zarr_id, "sample.zarr", result.zarr_checksum, result.size, dandiset_id=DANDISET
+        )
         with Timer() as t:
             publish_dandiset(DANDISET, f"0.2611{version:02d}.1200", [asset], location=self.location)
         return t.seconds
 
     def open_array(self, version: int) -> zarr.Array | None:
-        array = open_zarr(self.zarr_id, location=self.location, snapshot_id=self.uploads[version].snapshot_id)
+        array = open_zarr(
+            self.zarr_id, location=self.location, snapshot_id=self.uploads[version].snapshot_id
+        )
         assert isinstance(array, zarr.Array)
         return array
 
 
 CONTENDERS: dict[str, type[Contender]] = {
-    "today": DandiToday, "proposal": DandiProposal, "direct": IcechunkDirect, "ours": DandiIcechunk,
+    "today": DandiToday,
+    "proposal": DandiProposal,
+    "direct": IcechunkDirect,
+    "ours": DandiIcechunk,
 }
 
 
 def _location(cfg: dict[str, Any], bucket: str) -> StorageLocation:
     return StorageLocation(
-        kind="s3", bucket=bucket, prefix="", endpoint_url=cfg["endpoint_url"],
+        kind="s3",
+        bucket=bucket,
+        prefix="",
+        endpoint_url=cfg["endpoint_url"],
         credentials=S3Credentials(cfg["access_key_id"], cfg["secret_access_key"]),
     )
 
@@ -365,4 +427,7 @@ def physical_limits(cfg: dict[str, Any], src: Path) -> dict[str, float]:
         asyncio.run(transfer(put, files))
     with Timer() as get_time:
         asyncio.run(transfer(get, [k for k, _ in files]))
-    return {"put_MBps": nbytes / 1e6 / put_time.seconds, "get_MBps": nbytes / 1e6 / get_time.seconds}
+    return {
+        "put_MBps": nbytes / 1e6 / put_time.seconds,
+        "get_MBps": nbytes / 1e6 / get_time.seconds,
+    }

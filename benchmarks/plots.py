@@ -16,8 +16,15 @@ COLORS = {"today": "tab:gray", "proposal": "tab:orange", "direct": "tab:blue", "
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    return [p for p in (_time_vs_chunks(results, out), _storage_vs_versions(results, out),
-                        _throughput(results, out)) if p is not None]
+    return [
+        p
+        for p in (
+            _time_vs_chunks(results, out),
+            _storage_vs_versions(results, out),
+            _throughput(results, out),
+        )
+        if p is not None
+    ]
 
 
 def _time_vs_chunks(results: dict[str, Any], out: Path) -> Path | None:
@@ -31,12 +38,27 @@ def _time_vs_chunks(results: dict[str, Any], out: Path) -> Path | None:
         if all(p is not None for p in g["publish_s"]):
             publish.plot(chunks, g["publish_s"], "o-", color=COLORS[key], label=label)
             if "publish_fit_1M_s" in g:
-                publish.plot([chunks[-1], 1_000_000], [g["publish_s"][-1], g["publish_fit_1M_s"]], ":",
-                             color=COLORS[key])
+                publish.plot(
+                    [chunks[-1], 1_000_000],
+                    [g["publish_s"][-1], g["publish_fit_1M_s"]],
+                    ":",
+                    color=COLORS[key],
+                )
         upload.plot(chunks, g["first_s"], "o-", color=COLORS[key], label=label)
-    publish.set(xscale="log", yscale="log", xlabel="chunks", ylabel="seconds",
-                title="Publish / finalize one version (dotted: linear fit to 1 M)")
-    upload.set(xscale="log", yscale="log", xlabel="chunks (64 KiB each)", ylabel="seconds", title="First upload")
+    publish.set(
+        xscale="log",
+        yscale="log",
+        xlabel="chunks",
+        ylabel="seconds",
+        title="Publish / finalize one version (dotted: linear fit to 1 M)",
+    )
+    upload.set(
+        xscale="log",
+        yscale="log",
+        xlabel="chunks (64 KiB each)",
+        ylabel="seconds",
+        title="First upload",
+    )
     for ax in (publish, upload):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -53,8 +75,11 @@ def _storage_vs_versions(results: dict[str, Any], out: Path) -> Path | None:
             ratios = summarize(w, key)["storage_by_version"]
             ax.plot(range(1, len(ratios) + 1), ratios, "o-", color=COLORS[key], label=label)
         ax.axhline(1.12, color="black", linestyle="--", linewidth=0.8, label="target 1.12x")
-        ax.set(xlabel="versions (1% of chunk files rewritten each)", ylabel="bytes stored / bytes of one version",
-               title=w["workload"])
+        ax.set(
+            xlabel="versions (1% of chunk files rewritten each)",
+            ylabel="bytes stored / bytes of one version",
+            title=w["workload"],
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, out / "storage_vs_versions.png")
@@ -71,12 +96,36 @@ def _throughput(results: dict[str, Any], out: Path) -> Path | None:
         last = str(w["versions"])
         width = 0.38
         xs = range(len(keys))
-        ax.bar([x - width / 2 for x in xs], [s[k]["first_MBps"] for k in keys], width, label="first upload",
-               color=[COLORS[k] for k in keys])
-        ax.bar([x + width / 2 for x in xs], [s[k]["read"].get(last) or 0 for k in keys], width,
-               label=f"read v{last}", color=[COLORS[k] for k in keys], hatch="//", alpha=0.6)
-        ax.axhline(w["limits"]["put_MBps"], color="black", linestyle="--", linewidth=0.8, label="raw parallel PUT")
-        ax.axhline(w["limits"]["get_MBps"], color="black", linestyle=":", linewidth=0.8, label="raw parallel GET")
+        ax.bar(
+            [x - width / 2 for x in xs],
+            [s[k]["first_MBps"] for k in keys],
+            width,
+            label="first upload",
+            color=[COLORS[k] for k in keys],
+        )
+        ax.bar(
+            [x + width / 2 for x in xs],
+            [s[k]["read"].get(last) or 0 for k in keys],
+            width,
+            label=f"read v{last}",
+            color=[COLORS[k] for k in keys],
+            hatch="//",
+            alpha=0.6,
+        )
+        ax.axhline(
+            w["limits"]["put_MBps"],
+            color="black",
+            linestyle="--",
+            linewidth=0.8,
+            label="raw parallel PUT",
+        )
+        ax.axhline(
+            w["limits"]["get_MBps"],
+            color="black",
+            linestyle=":",
+            linewidth=0.8,
+            label="raw parallel GET",
+        )
         ax.set_xticks(list(xs), [LABELS[k] for k in keys], rotation=15, fontsize=8)
         ax.set(ylabel="MB/s", title=f"{w['workload']}: throughput (solid upload, hatched read)")
         ax.legend(fontsize=8)
@@ -90,7 +139,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-if __name__ == "__main__":  # redraw from a saved run: python benchmarks/plots.py results/compare.json
+if (
+    __name__ == "__main__"
+):  # redraw from a saved run: python benchmarks/plots.py results/compare.json
     import json
     import sys
 

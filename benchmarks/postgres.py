@@ -54,8 +54,17 @@ def run_postgres() -> Iterator[str]:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=tmp)
 
         run(_bin("initdb"), "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8")
-        run(_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(Path(tmp) / "log"), "-o",
-            f"-h 127.0.0.1 -p {port} -k {tmp} -c fsync=on -c shared_buffers=256MB", "start")
+        run(
+            _bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(Path(tmp) / "log"),
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {tmp} -c fsync=on -c shared_buffers=256MB",
+            "start",
+        )
         try:
             yield f"host=127.0.0.1 port={port} user=bench dbname=postgres"
         finally:

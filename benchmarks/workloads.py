@@ -43,8 +43,13 @@ class Workload:
             make_chunked_v2(path, total_bytes=self.nbytes, chunk_bytes=ROW_VALUES * 2)
             return
         array = zarr.create_array(
-            str(path), shape=(self.rows, ROW_VALUES), chunks=(1, ROW_VALUES),
-            shards=(self.shard_rows, ROW_VALUES), dtype="<u2", fill_value=0, compressors=None,
+            str(path),
+            shape=(self.rows, ROW_VALUES),
+            chunks=(1, ROW_VALUES),
+            shards=(self.shard_rows, ROW_VALUES),
+            dtype="<u2",
+            fill_value=0,
+            compressors=None,
             zarr_format=3,
         )
         rng = np.random.default_rng(0)
@@ -58,7 +63,9 @@ class Workload:
             keys = change_chunks(path, self.files, 0.01, seed=version)
             return [int(k.split("/")[0]) for k in keys]
         rng = np.random.default_rng(version)
-        picked = sorted(int(i) for i in rng.choice(self.files, size=max(1, self.files // 100), replace=False))
+        picked = sorted(
+            int(i) for i in rng.choice(self.files, size=max(1, self.files // 100), replace=False)
+        )
         array = zarr.open_array(str(path), mode="r+")
         for shard in picked:
             self._write_shard(array, shard, rng)
@@ -82,7 +89,13 @@ def workloads(quick: bool) -> list[Workload]:
     """The workloads of a run: the first classic one and the sharded one carry the 10-version
     history; the larger classic one measures how first upload, update and publish grow."""
     if quick:
-        return [Workload("classic", 1_000, 10), Workload("sharded", 150, 10, shard_rows=8),
-                Workload("classic", 10_000, 2)]
-    return [Workload("classic", 10_000, 10), Workload("sharded", 150, 10, shard_rows=64),
-            Workload("classic", 100_000, 2)]
+        return [
+            Workload("classic", 1_000, 10),
+            Workload("sharded", 150, 10, shard_rows=8),
+            Workload("classic", 10_000, 2),
+        ]
+    return [
+        Workload("classic", 10_000, 10),
+        Workload("sharded", 150, 10, shard_rows=64),
+        Workload("classic", 100_000, 2),
+    ]
