@@ -22,8 +22,14 @@ def make_chunked_v2(path: Path, *, total_bytes: int, chunk_bytes: int, seed: int
     plane = chunk_bytes // 2  # uint16 values per chunk
     n_chunks = max(1, total_bytes // chunk_bytes)
     zarr.create_array(
-        str(path), shape=(n_chunks, plane), chunks=(1, plane), dtype="<u2", fill_value=0,
-        compressors=None, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"},
+        str(path),
+        shape=(n_chunks, plane),
+        chunks=(1, plane),
+        dtype="<u2",
+        fill_value=0,
+        compressors=None,
+        zarr_format=2,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
     )
     rng = np.random.default_rng(seed)
     for i in range(n_chunks):
@@ -49,10 +55,12 @@ def local_files(path: Path) -> list[tuple[str, Path]]:
     return sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
 
 
-def put_files_like_dandi_today(client: Any, bucket: str, prefix: str,
-                               files: Iterable[tuple[str, Path]], jobs: int) -> int:
+def put_files_like_dandi_today(
+    client: Any, bucket: str, prefix: str, files: Iterable[tuple[str, Path]], jobs: int
+) -> int:
     """One PUT per file with its Content-MD5, ``jobs`` at a time: DANDI's presigned-PUT upload
     path without the API round trips. Returns bytes sent."""
+
     def put(item: tuple[str, Path]) -> int:
         key, path = item
         data = path.read_bytes()
@@ -64,8 +72,26 @@ def put_files_like_dandi_today(client: Any, bucket: str, prefix: str,
         return sum(pool.map(put, list(files)))
 
 
+def update_like_dandi_today(client: Any, bucket: str, prefix: str, src: Path, jobs: int) -> int:
+    """DANDI's re-upload of a changed Zarr: hash every local file, list the remote ETags, PUT
+    the files that differ (overwriting in place). Returns the number of files PUT."""
+    files = local_files(src)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        local = list(pool.map(lambda item: hashlib.md5(item[1].read_bytes()).hexdigest(), files))
+    remote = {}
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/"
+    ):
+        for obj in page.get("Contents", []):
+            remote[obj["Key"][len(prefix) + 1 :]] = obj["ETag"].strip('"')
+    todo = [(key, path) for (key, path), md5 in zip(files, local) if remote.get(key) != md5]
+    put_files_like_dandi_today(client, bucket, prefix, todo, jobs)
+    return len(todo)
+
+
 def get_files(client: Any, bucket: str, keys: list[str], jobs: int) -> int:
     """GET every key, ``jobs`` at a time. Returns bytes received."""
+
     def get(key: str) -> int:
         return len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
 

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import boto3
 import icechunk
 import obstore
 import zarr
-from common import Timer, local_files, put_files_like_dandi_today
+from common import Timer, local_files, put_files_like_dandi_today, update_like_dandi_today
 from dandischema.metadata import validate
 from obstore.store import S3Store
 from workloads import Workload, array_digest
@@ -143,23 +141,12 @@ class DandiToday(Contender):
         return {"s": t.seconds}
 
     def _sync(self, src: Path) -> None:
-        files = local_files(src)
-        if self.latest:  # an update: hash locally, compare with the remote ETags, PUT what differs
-            with ThreadPoolExecutor(self.jobs) as pool:
-                local = dict(
-                    zip(
-                        [k for k, _ in files],
-                        pool.map(lambda f: hashlib.md5(f[1].read_bytes()).hexdigest(), files),
-                    )
-                )
-            remote = {}
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=f"{self.prefix}/"
-            ):
-                for obj in page.get("Contents", []):
-                    remote[obj["Key"][len(self.prefix) + 1 :]] = obj["ETag"].strip('"')
-            files = [(k, p) for k, p in files if remote.get(k) != local[k]]
-        put_files_like_dandi_today(self.client, self.bucket, self.prefix, files, self.jobs)
+        if self.latest:
+            update_like_dandi_today(self.client, self.bucket, self.prefix, src, self.jobs)
+        else:
+            put_files_like_dandi_today(
+                self.client, self.bucket, self.prefix, local_files(src), self.jobs
+            )
 
     def open_array(self, version: int) -> zarr.Array | None:
         if version != self.latest:

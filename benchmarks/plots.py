@@ -50,7 +50,7 @@ def _time_vs_chunks(results: dict[str, Any], out: Path) -> Path | None:
         yscale="log",
         xlabel="chunks",
         ylabel="seconds",
-        title="Publish / finalize one version (dotted: linear fit to 1 M)",
+        title="Publish / finalize one version (dotted: fit t ~ chunks^k to 1 M)",
     )
     upload.set(
         xscale="log",

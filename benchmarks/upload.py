@@ -14,7 +14,6 @@ compares with its digest index and commits only changed chunks.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import resource
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from common import (  # noqa: E402
     md5_rate_one_core,
     prefix_usage,
     put_files_like_dandi_today,
+    update_like_dandi_today,
     write_results,
 )
 
@@ -74,15 +74,7 @@ def main() -> None:
             changed = change_chunks(src, n_chunks, args.changed)
             changed_bytes = sum((src / k).stat().st_size for k in changed)
             with Timer() as raw_update:
-                local = {k: hashlib.md5(p.read_bytes()).hexdigest() for k, p in local_files(src)}
-                remote = {}
-                for page in client.get_paginator("list_objects_v2").paginate(
-                    Bucket=server.bucket, Prefix=f"zarr/{zarr_id}/"
-                ):
-                    for obj in page.get("Contents", []):
-                        remote[obj["Key"].split("/", 2)[2]] = obj["ETag"].strip('"')
-                todo = [(k, src / k) for k, md5 in local.items() if remote.get(k) != md5]
-                put_files_like_dandi_today(client, server.bucket, f"zarr/{zarr_id}", todo, args.jobs)
+                files_put = update_like_dandi_today(client, server.bucket, f"zarr/{zarr_id}", src, args.jobs)
             with Timer() as ours_update:
                 second = upload_zarr(src, location, zarr_id, jobs=args.jobs, digest_cache=cache)
             _, stored_second = prefix_usage(client, server.bucket, repo_prefix)
@@ -99,7 +91,7 @@ def main() -> None:
         },
         "update": {
             "changed_files": len(changed), "changed_bytes": changed_bytes,
-            "dandi_today_s": raw_update.seconds, "dandi_today_files_put": len(todo),
+            "dandi_today_s": raw_update.seconds, "dandi_today_files_put": files_put,
             "dandi_icechunk_s": ours_update.seconds,
             "dandi_icechunk_files_written": second.files_written,
             "dandi_icechunk_bytes_written": stored_second - stored_first,
