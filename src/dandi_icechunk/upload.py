@@ -13,7 +13,8 @@ import contextlib
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ def upload_zarr(
         workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache
     )
     progress.finish()
-    checksum = new_index.zarr_checksum()
+    # CPU work that the storage round trips below (open, base index, writes) hide
+    checksum_job = _in_background(new_index.zarr_checksum)
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy))
     )
@@ -117,6 +119,7 @@ def upload_zarr(
         try:
             writer = ZarrRepository.open(location, zarr_id, config=config)
         except RepositoryNotFoundError:  # a Zarr new to the archive: is its content there?
+            checksum = checksum_job.result()
             found = find_by_checksum(location, checksum, embargoed=embargoed)
             if found is not None:
                 return _reuse(location, found, dandiset, embargoed, new_index, checksum)
@@ -129,6 +132,16 @@ def upload_zarr(
     base_index = writer.index(base_sid)
     delta = base_index.delta_to(new_index)
     written_chunks = sorted(k for k in delta.written if not is_document(k))
+    removed_nodes = 0
+    if delta:
+        old_hierarchy = (
+            Hierarchy.from_documents(base_index.documents) if base_index.documents else None
+        )
+        with _storage_errors(writer.zarr_id):
+            removed_nodes = _write_changes(
+                session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
+            )
+    checksum = checksum_job.result()
     result = UploadResult(
         zarr_id=zarr_id,
         repository=writer.url,
@@ -145,12 +158,6 @@ def upload_zarr(
         if dedup:
             register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
         return result
-
-    old_hierarchy = Hierarchy.from_documents(base_index.documents) if base_index.documents else None
-    with _storage_errors(writer.zarr_id):
-        removed_nodes = _write_changes(
-            session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
-        )
 
     committed: dict[str, Any] = {}
 
@@ -191,6 +198,14 @@ def upload_zarr(
             "size": info.size,
         }
     )
+
+
+def _in_background[T](work: Callable[[], T]) -> Future[T]:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(work)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with the work
 
 
 @contextlib.contextmanager
