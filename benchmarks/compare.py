@@ -5,9 +5,9 @@ For each workload (a classic chunked Zarr, a sharded one, and a larger classic o
 one SeaweedFS server on 127.0.0.1 holds a bucket per contender; each contender runs in its own
 process. Every version of the workload (1% of the chunk files rewritten each time) is uploaded
 by every contender in turn; versions 1, 5 and the last are published; at the end each contender
-reads the whole array at the first and the last version (checked against the local data) and
-reports the bytes it stores. The physical limits (raw parallel PUT/GET with a Rust client, MD5 on
-one core) are measured in the same run. Writes ``results/compare.json``, ``results/compare.md``
+reads the whole array at the first and the last version (best of 3 rounds, each checked
+against the local data) and reports the bytes it stores. The physical limits (raw parallel
+PUT/GET with a Rust client, MD5 on one core) are measured in the same run. Writes ``results/compare.json``, ``results/compare.md``
 and PNG plots.
 
     python benchmarks/compare.py [--quick] [--jobs 16]
@@ -41,6 +41,7 @@ from workloads import Workload, array_digest, workloads  # noqa: E402
 from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 
 PUBLISHED_VERSIONS = (1, 5, 10)
+READ_ROUNDS = 3
 
 
 class Worker:
@@ -136,10 +137,7 @@ def run_workload(workload: Workload, work: Path, postgres: str, jobs: int) -> di
                     flush=True,
                 )
             peak_upload = {key: w.call("peak_rss_MB") for key, w in workers.items()}
-            reads = {
-                key: {str(v): _checked_read(w, v, expected[v]) for v in read_versions}
-                for key, w in workers.items()
-            }
+            reads = _best_reads(workers, read_versions, expected)
             peak_read = {key: w.call("peak_rss_MB") for key, w in workers.items()}
         finally:
             for w in workers.values():
@@ -158,11 +156,22 @@ def run_workload(workload: Workload, work: Path, postgres: str, jobs: int) -> di
     }
 
 
-def _checked_read(worker: Worker, version: int, expected: str) -> dict[str, Any] | None:
-    result = worker.call("read", version)
-    if result is not None and result["digest"] != expected:
-        raise RuntimeError(f"{worker.key} read wrong data at version {version}")
-    return result
+def _best_reads(
+    workers: dict[str, Worker], versions: tuple[int, ...], expected: dict[int, str]
+) -> dict[str, dict[str, Any]]:
+    """The fastest of READ_ROUNDS interleaved reads of each version by each contender (single
+    reads on this 2-core machine vary by +-40%), each checked against the local data."""
+    best: dict[str, dict[str, Any]] = {key: {} for key in workers}
+    for _ in range(READ_ROUNDS):
+        for key, worker in workers.items():
+            for version in versions:
+                result = worker.call("read", version)
+                if result is not None and result["digest"] != expected[version]:
+                    raise RuntimeError(f"{key} read wrong data at version {version}")
+                kept = best[key].get(str(version))
+                if kept is None or (result is not None and result["MBps"] > kept["MBps"]):
+                    best[key][str(version)] = result
+    return best
 
 
 def main() -> None:
