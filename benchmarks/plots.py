@@ -65,12 +65,16 @@ def _time_vs_chunks(results: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "time_vs_chunks.png")
 
 
-def _storage_vs_versions(results: dict[str, Any], out: Path) -> Path | None:
+def _history_panels(results: dict[str, Any], width: float) -> tuple[Any, list[tuple[Any, Any]]]:
+    """A figure with one panel per workload that has a version history, paired with it."""
     history = [w for w in results["workloads"] if w["versions"] > 2]
-    if not history:
-        return None
-    fig, axes = plt.subplots(1, len(history), figsize=(5.5 * len(history), 4.2), squeeze=False)
-    for ax, w in zip(axes[0], history):
+    fig, axes = plt.subplots(1, len(history), figsize=(width * len(history), 4.2), squeeze=False)
+    return fig, list(zip(axes[0], history))
+
+
+def _storage_vs_versions(results: dict[str, Any], out: Path) -> Path:
+    fig, panels = _history_panels(results, 5.5)
+    for ax, w in panels:
         for key, label in LABELS.items():
             ratios = summarize(w, key)["storage_by_version"]
             ax.plot(range(1, len(ratios) + 1), ratios, "o-", color=COLORS[key], label=label)
@@ -85,12 +89,9 @@ def _storage_vs_versions(results: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "storage_vs_versions.png")
 
 
-def _throughput(results: dict[str, Any], out: Path) -> Path | None:
-    history = [w for w in results["workloads"] if w["versions"] > 2]
-    if not history:
-        return None
-    fig, axes = plt.subplots(1, len(history), figsize=(6 * len(history), 4.2), squeeze=False)
-    for ax, w in zip(axes[0], history):
+def _throughput(results: dict[str, Any], out: Path) -> Path:
+    fig, panels = _history_panels(results, 6)
+    for ax, w in panels:
         keys = list(LABELS)
         s = {key: summarize(w, key) for key in keys}
         last = str(w["versions"])

@@ -15,6 +15,7 @@ import zarr
 from dandi_icechunk.errors import ConflictError, InvalidZarrError
 from dandi_icechunk.export import export_snapshot, verify_snapshot
 from dandi_icechunk.history import diff_snapshots
+from dandi_icechunk.progress import NoProgress
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.session import MANIFEST_TARGET_REFS, ZarrRepository
 from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
@@ -276,7 +277,7 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert result.zarr_checksum == reference_checksum(src)
 
 
-class _RewriteWhenUploadStarts:
+class _RewriteWhenUploadStarts(NoProgress):
     """A Progress that rewrites one chunk file after hashing, as the uploading phase begins:
     a writer still busy with the Zarr while it is uploaded."""
 
@@ -286,12 +287,6 @@ class _RewriteWhenUploadStarts:
     def start(self, label: str, files: int, nbytes: int) -> None:
         if label == "uploading":
             self.path.write_bytes(os.urandom(self.path.stat().st_size))
-
-    def advance(self, files: int, nbytes: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
