@@ -338,7 +338,7 @@ async def _write_chunks(
 
     async def one(key: str) -> None:
         async with semaphore:
-            # A thread hop costs more than reading and hashing a small chunk in place.
+            # A thread hop costs more than reading a small chunk in place.
             if index.files[key].size <= _INLINE_READ_MAX:
                 data = local.read_unchanged(key)
             else:
