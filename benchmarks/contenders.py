@@ -42,12 +42,12 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import ObjectStore
 
 from dandi_icechunk.archive_hooks import publish_dandiset
-from dandi_icechunk.digest_cache import DigestCache
 from dandi_icechunk.location import S3Credentials, StorageLocation
-from dandi_icechunk.manifest import manifest_document
 from dandi_icechunk.read import open_zarr
+from dandi_icechunk.read.manifest import manifest_document
 from dandi_icechunk.testing import draft_zarr_asset
 from dandi_icechunk.upload import upload_zarr
+from dandi_icechunk.upload.digest_cache import DigestCache
 
 DANDISET = "000123"
 

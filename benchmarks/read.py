@@ -37,7 +37,7 @@ from common import (  # noqa: E402
 )
 
 from dandi_icechunk.read import open_zarr  # noqa: E402
-from dandi_icechunk.serve import create_app  # noqa: E402
+from dandi_icechunk.read.serve import create_app  # noqa: E402
 from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 from dandi_icechunk.upload import upload_zarr  # noqa: E402
 

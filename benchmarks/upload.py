@@ -35,9 +35,9 @@ from common import (  # noqa: E402
     write_results,
 )
 
-from dandi_icechunk.digest_cache import DigestCache  # noqa: E402
 from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 from dandi_icechunk.upload import upload_zarr  # noqa: E402
+from dandi_icechunk.upload.digest_cache import DigestCache  # noqa: E402
 
 
 def main() -> None:

@@ -17,9 +17,10 @@ from dandi_icechunk.errors import (
     RepositoryNotFoundError,
     StorageLocationError,
 )
-from dandi_icechunk.export import export_snapshot, verify_snapshot
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import ZarrRepository
+from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 

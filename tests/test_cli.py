@@ -113,7 +113,8 @@ def test_dandiset_directory_uploads_each_zarr_found_like_dandi_upload(run, tmp_p
 
 _KILL_MID_UPLOAD = """
 import os, signal, sys
-import dandi_icechunk.cli as cli
+import dandi_icechunk.cli.upload as upload_cli
+from dandi_icechunk.cli import main
 
 class KillAfter:
     done = 0
@@ -127,9 +128,9 @@ class KillAfter:
     def finish(self):
         pass
 
-cli._progress = lambda as_json: KillAfter()
+upload_cli.progress_for = lambda as_json: KillAfter()
 sys.argv[0] = "dandi-icechunk"
-cli.main()
+main()
 """
 
 

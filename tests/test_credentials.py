@@ -11,11 +11,11 @@ import boto3
 import botocore.exceptions
 import pytest
 
+from dandi_icechunk.archive.credentials import CredentialVendor
 from dandi_icechunk.archive_hooks import finalize_upload, vend_upload_credentials
-from dandi_icechunk.credentials import CredentialVendor
 from dandi_icechunk.errors import DandiIcechunkError
-from dandi_icechunk.export import export_snapshot
 from dandi_icechunk.location import S3Credentials, StorageLocation
+from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.reuse import find_by_checksum
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import S3Server, make_zarr_v3

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from dandischema.metadata import validate
 from dandischema.models import PublishedAsset
 
-from dandi_icechunk import archive_hooks
+from dandi_icechunk.archive import publish as publish_module
 from dandi_icechunk.archive_hooks import PublishError, publish_dandiset, publish_tag
 from dandi_icechunk.cli import main
-from dandi_icechunk.export import export_snapshot
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2, make_zarr_v3
@@ -134,7 +134,7 @@ def test_crash_between_steps_then_retry_gives_the_same_result_and_no_second_tag(
     crash_after_tags: int,
 ) -> None:
     assets = _assets(location, two_zarrs)
-    real_create_tag = archive_hooks._create_tag
+    real_create_tag = publish_module._create_tag
     made = []
 
     def crashing(plan: Any, tag: str) -> None:
@@ -143,10 +143,10 @@ def test_crash_between_steps_then_retry_gives_the_same_result_and_no_second_tag(
         real_create_tag(plan, tag)
         made.append(tag)
 
-    monkeypatch.setattr(archive_hooks, "_create_tag", crashing)
+    monkeypatch.setattr(publish_module, "_create_tag", crashing)
     with pytest.raises(RuntimeError):
         publish_dandiset("000123", "0.260101.1200", assets, location=location)
-    monkeypatch.setattr(archive_hooks, "_create_tag", real_create_tag)
+    monkeypatch.setattr(publish_module, "_create_tag", real_create_tag)
 
     retried = publish_dandiset("000123", "0.260101.1200", assets, location=location)
     again = publish_dandiset("000123", "0.260101.1200", assets, location=location)

@@ -19,13 +19,14 @@ import botocore.exceptions
 import pytest
 import zarr
 
+from dandi_icechunk.archive.audit import Publication, audit_publications
+from dandi_icechunk.archive.gc import GarbageCollectionError, collect_garbage
 from dandi_icechunk.archive_hooks import protect_published, publish_dandiset
-from dandi_icechunk.audit import Publication, audit_publications
 from dandi_icechunk.errors import DandiIcechunkError
-from dandi_icechunk.export import export_snapshot, verify_snapshot
-from dandi_icechunk.gc import GarbageCollectionError, collect_garbage
 from dandi_icechunk.location import S3Credentials, StorageLocation
+from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import ZarrRepository
+from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 

@@ -18,9 +18,9 @@ from dandi_icechunk.archive_hooks import (
     publish_tag,
     unembargo_dandiset_zarrs,
 )
-from dandi_icechunk.export import export_snapshot
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read import AccessDeniedError
+from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.reuse import ReuseError, find_by_checksum, register_checksum
 from dandi_icechunk.session import ZarrRepository

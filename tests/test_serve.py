@@ -20,10 +20,10 @@ import zarr
 
 from dandi_icechunk.archive_hooks import publish_dandiset
 from dandi_icechunk.location import StorageLocation
-from dandi_icechunk.manifest import snapshot_manifest
 from dandi_icechunk.read import open_zarr
+from dandi_icechunk.read.manifest import snapshot_manifest
+from dandi_icechunk.read.serve import create_app
 from dandi_icechunk.reference import SnapshotReference
-from dandi_icechunk.serve import create_app
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2
 from dandi_icechunk.upload import upload_zarr

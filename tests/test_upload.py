@@ -13,11 +13,12 @@ import xarray as xr
 import zarr
 
 from dandi_icechunk.errors import ConflictError, InvalidZarrError
-from dandi_icechunk.export import export_snapshot, verify_snapshot
-from dandi_icechunk.history import diff_snapshots
-from dandi_icechunk.progress import NoProgress
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.progress import NoProgress
+from dandi_icechunk.read.export import export_snapshot
+from dandi_icechunk.read.history import diff_snapshots
 from dandi_icechunk.session import MANIFEST_TARGET_REFS, ZarrRepository
+from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
@@ -259,8 +260,8 @@ def test_interrupted_upload_leaves_previous_snapshot_and_rerun_completes(
 def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dandi_icechunk import local_zarr
-    from dandi_icechunk.digest_cache import DigestCache
+    from dandi_icechunk.upload import local_zarr
+    from dandi_icechunk.upload.digest_cache import DigestCache
 
     cache = DigestCache(tmp_path / "cache")
     src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))

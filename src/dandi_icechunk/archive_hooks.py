@@ -6,210 +6,53 @@ what it returns (same length, same order)::
 
     published = publish_dandiset("000123", "0.260101.1200", assets, location=location)
 
-For every Zarr asset the hook checks that the newest snapshot of its repository is what the
-draft metadata says (checksum and size), tags it ``dandiset/<dandiset>/<version>``, and records
-the snapshot in the returned metadata (see :mod:`dandi_icechunk.reference`). Every check runs
-before the first tag, so a refusal publishes nothing. The hook is idempotent: after a crash at
-any point, the archive retries and gets the same result without a second tag.
+(see :mod:`dandi_icechunk.archive.publish`). The other hooks, by when the archive calls them:
+
+- an upload begins: :func:`vend_upload_credentials`; it ends: :func:`finalize_upload`;
+- a Zarr joins another Dandiset: :func:`attach_zarr_to_dandiset`;
+- a Dandiset is published: :func:`publish_dandiset`, then :func:`protect_published`;
+- an embargo is lifted: :func:`unembargo_dandiset_zarrs`;
+- on a schedule: :func:`audit_published` and :func:`collect_zarr_garbage`.
+
+Everything here is a thin call into :mod:`dandi_icechunk.archive`; this module is the whole API
+the archive depends on.
 """
 
 from __future__ import annotations
 
-import copy
-import re
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-import icechunk
-
-from .audit import (
+from .archive.audit import (
     AuditReport,
     ProtectResult,
     Publication,
     audit_publications,
     protect_published_objects,
 )
-from .credentials import CredentialVendor, VendedCredentials
-from .embargo import UnembargoResult, unembargo_zarr
+from .archive.credentials import CredentialVendor, VendedCredentials
+from .archive.embargo import UnembargoResult, unembargo_zarr
+from .archive.gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
+from .archive.publish import PublishError, publish_dandiset
 from .errors import DandiIcechunkError
-from .gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
 from .location import StorageLocation
-from .reference import (
-    ZARR_MEDIA_TYPE,
-    SnapshotReference,
-    asset_zarr_id,
-    is_snapshot_resource,
-    repository_http_url,
-)
-from .reuse import Attachment, attach_zarr, dandiset_branch, register_checksum
-from .session import DEFAULT_BRANCH, CommitInfo, ZarrRepository
+from .reference import ZARR_MEDIA_TYPE
+from .reuse import Attachment, attach_zarr, register_checksum
+from .session import CommitInfo, ZarrRepository, publish_tag
 
-_DANDISET_ID = re.compile(r"\d{6}")
-_VERSION = re.compile(r"0\.\d{6}\.\d{4}")
-CHECKSUM_KEY = "dandi:dandi-zarr-checksum"
-
-
-class PublishError(DandiIcechunkError):
-    """Publishing was refused; nothing was tagged and no metadata was produced."""
-
-
-def publish_tag(dandiset_id: str, version: str) -> str:
-    """The tag a publish makes: ``dandiset/<dandiset_id>/<version>``.
-
-    Versions are unique per Dandiset and Icechunk never lets a deleted tag name be used again,
-    so a tag name always means one snapshot.
-    """
-    return f"dandiset/{dandiset_id}/{version}"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """One Zarr asset to publish: where it is in the list, its repository, and its snapshot."""
-
-    position: int
-    repository: ZarrRepository
-    snapshot_id: str
-    info: CommitInfo
-    tagged: bool  # the tag already exists (a retry)
-
-
-def publish_dandiset(
-    dandiset_id: str,
-    version: str,
-    assets: Sequence[Mapping[str, Any]],
-    *,
-    location: StorageLocation,
-) -> list[dict[str, Any]]:
-    """Publish the Zarr assets among ``assets`` and return the published metadata of every asset.
-
-    Non-Zarr assets are returned unchanged. Raises :class:`PublishError` naming every problem
-    (no snapshot, snapshot not matching the draft's digest/contentSize, unreadable repository,
-    invalid metadata) before anything is tagged.
-    """
-    if not _DANDISET_ID.fullmatch(dandiset_id):
-        raise PublishError(f"{dandiset_id!r} is not a Dandiset ID (six digits, e.g. 000123)")
-    if not _VERSION.fullmatch(version):
-        raise PublishError(f"{version!r} is not a published version (0.YYMMDD.HHMM)")
-    tag = publish_tag(dandiset_id, version)
-    plans, problems = _plan(assets, tag, location, dandiset_id)
-    if problems:
-        raise PublishError(
-            f"cannot publish Dandiset {dandiset_id} version {version}; nothing was tagged:\n  "
-            + "\n  ".join(problems)
-        )
-    published = [dict(copy.deepcopy(a)) for a in assets]
-    for plan in plans:
-        published[plan.position] = _published_asset(assets[plan.position], plan, tag, location)
-    problems = [p for i, a in enumerate(published) if (p := _schema_problem(a, assets[i]))]
-    if problems:
-        raise PublishError("published metadata would not validate:\n  " + "\n  ".join(problems))
-    for plan in plans:
-        if not plan.tagged:
-            _create_tag(plan, tag)
-    return published
-
-
-def _draft_branch(repository: ZarrRepository, dandiset_id: str) -> str:
-    """The branch holding ``dandiset_id``'s draft of a Zarr: its own branch when the Zarr was
-    attached to it from another Dandiset, otherwise ``main``."""
-    branches = repository.icechunk.list_branches()
-    for embargoed in (False, True):
-        if (branch := dandiset_branch(dandiset_id, embargoed=embargoed)) in branches:
-            return branch
-    return DEFAULT_BRANCH
-
-
-def _plan(
-    assets: Sequence[Mapping[str, Any]], tag: str, location: StorageLocation, dandiset_id: str
-) -> tuple[list[_Plan], list[str]]:
-    plans: list[_Plan] = []
-    problems: list[str] = []
-    for position, asset in enumerate(assets):
-        if asset.get("encodingFormat") != ZARR_MEDIA_TYPE:
-            continue
-        name = asset.get("path") or asset.get("id") or f"asset #{position}"
-        try:
-            zarr_id = asset_zarr_id(asset)
-            repository = ZarrRepository.open(location, zarr_id)
-            existing = _tagged_snapshot(repository, tag)
-            snapshot_id = existing or repository.resolve(branch=_draft_branch(repository, dandiset_id))
-            info = repository.commit_info(snapshot_id)
-        except DandiIcechunkError as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        if info is None:
-            problems.append(f"{name}: Zarr {zarr_id} has no uploaded snapshot; upload it first")
-            continue
-        expected = (asset.get("digest") or {}).get(CHECKSUM_KEY)
-        if expected != info.zarr_checksum or asset.get("contentSize") != info.size:
-            problems.append(
-                f"{name}: the draft says checksum {expected} and size {asset.get('contentSize')}, "
-                f"but {'the tagged' if existing else 'the newest'} snapshot {snapshot_id} of Zarr "
-                f"{zarr_id} has {info.zarr_checksum} and {info.size}; wait for the upload to "
-                "finish and the draft metadata to be updated"
-            )
-            continue
-        plans.append(_Plan(position, repository, snapshot_id, info, tagged=existing is not None))
-    return plans, problems
-
-
-def _tagged_snapshot(repository: ZarrRepository, tag: str) -> str | None:
-    return repository.icechunk.lookup_tag(tag) if tag in repository.icechunk.list_tags() else None
-
-
-def _create_tag(plan: _Plan, tag: str) -> None:
-    try:
-        plan.repository.icechunk.create_tag(tag, plan.snapshot_id)
-    except icechunk.IcechunkError as exc:
-        # A concurrent retry may have made the same tag: that is success, anything else is not.
-        if _tagged_snapshot(plan.repository, tag) != plan.snapshot_id:
-            raise PublishError(
-                f"cannot tag snapshot {plan.snapshot_id} of {plan.repository.zarr_id} as {tag}: {exc}"
-            ) from None
-
-
-def _published_asset(
-    asset: Mapping[str, Any], plan: _Plan, tag: str, location: StorageLocation
-) -> dict[str, Any]:
-    repository = plan.repository
-    prefix = location.repository_prefix(repository.zarr_id, embargoed=repository.embargoed)
-    reference = SnapshotReference(
-        repository=repository.url,
-        zarr_id=repository.zarr_id,
-        snapshot_id=plan.snapshot_id,
-        tag=tag,
-        url=repository_http_url(location, prefix),
-    )
-    published = copy.deepcopy(dict(asset))
-    published["digest"] = {**(asset.get("digest") or {}), CHECKSUM_KEY: plan.info.zarr_checksum}
-    published["contentSize"] = plan.info.size
-    published["relatedResource"] = [
-        r for r in asset.get("relatedResource") or [] if not is_snapshot_resource(r)
-    ] + [reference.to_resource()]
-    return published
-
-
-def _schema_problem(published: Mapping[str, Any], draft: Mapping[str, Any]) -> str | None:
-    """Why ``published`` fails dandischema validation or its round trip (None when fine)."""
-    if published.get("encodingFormat") != ZARR_MEDIA_TYPE:
-        return None
-    from dandischema.metadata import validate
-    from dandischema.models import PublishedAsset
-
-    name = published.get("path") or published.get("id")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            validate(dict(published), schema_key="PublishedAsset", json_validation=True)
-            round_trip = PublishedAsset(**published).model_dump(mode="json", exclude_none=True)
-    except Exception as exc:  # dandischema raises pydantic and jsonschema errors
-        return f"{name}: {exc}"
-    if SnapshotReference.from_asset(round_trip) != SnapshotReference.from_asset(published):
-        return f"{name}: the snapshot reference does not survive the dandischema model"
-    return None
+__all__ = [
+    "PublishError",
+    "attach_zarr_to_dandiset",
+    "audit_published",
+    "collect_zarr_garbage",
+    "finalize_upload",
+    "protect_published",
+    "publish_dandiset",
+    "publish_tag",
+    "unembargo_dandiset_zarrs",
+    "vend_upload_credentials",
+]
 
 
 def audit_published(

@@ -37,3 +37,27 @@ class ConflictError(DandiIcechunkError):
 
 class IntegrityError(DandiIcechunkError):
     """Stored data does not match the checksum or digests recorded for it."""
+
+
+class NotAZarrAssetError(DandiIcechunkError):
+    """Asset metadata that does not describe a Zarr asset, or names no snapshot."""
+
+
+class AccessDeniedError(DandiIcechunkError):
+    """The storage refused the read: the repository is private (embargoed) to these credentials."""
+
+
+class ReuseError(DandiIcechunkError):
+    """A Zarr cannot be reused as asked; nothing was changed."""
+
+
+class PublishError(DandiIcechunkError):
+    """Publishing was refused; nothing was tagged and no metadata was produced."""
+
+
+class GarbageCollectionError(DandiIcechunkError):
+    """Garbage collection was refused; nothing was deleted."""
+
+
+class CredentialError(DandiIcechunkError):
+    """Credentials could not be vended or revoked."""

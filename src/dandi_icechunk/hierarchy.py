@@ -38,6 +38,11 @@ def is_document(key: str) -> bool:
     return posixpath.basename(key) in DOCUMENT_NAMES
 
 
+def node_key(path: str) -> str:
+    """The key of the ``zarr.json`` Icechunk stores for the node at ``path`` ("" is the root)."""
+    return f"{path}/zarr.json" if path else "zarr.json"
+
+
 def check_key(key: str) -> None:
     """Raise :class:`InvalidZarrError` unless ``key`` is a valid Zarr store key."""
     for part in key.split("/"):

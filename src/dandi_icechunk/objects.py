@@ -26,6 +26,9 @@ from botocore.credentials import RefreshableCredentials
 from .errors import StorageLocationError
 from .location import CredentialsProvider, StorageLocation
 
+DEFAULT_JOBS = 16
+"""Parallel transfers to storage, unless told otherwise (``-J``)."""
+
 
 class RepositoryObjects(Protocol):
     """Write-once objects under one repository prefix; keys are relative to that prefix."""
@@ -257,7 +260,7 @@ def repository_objects(
 
 
 def move_prefix(
-    location: StorageLocation, source: str, destination: str, *, last: str, jobs: int = 16
+    location: StorageLocation, source: str, destination: str, *, last: str, jobs: int = DEFAULT_JOBS
 ) -> tuple[int, int]:
     """Move every object from ``source/`` to ``destination/`` inside the bucket, server-side
     (nothing passes through this machine); ``last`` (a key relative to the prefix) is copied

@@ -24,17 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import DandiIcechunkError
+from .errors import NotAZarrAssetError
 from .location import StorageLocation
 
 ZARR_MEDIA_TYPE = "application/x-zarr"
 _IDENTIFIER_PREFIX = "icechunk:snapshot/"
 _LEGACY_ZARR_URL = re.compile(r"/zarr/([0-9a-fA-F-]{36})/?$")
 _REPOSITORY_URL = re.compile(r"/zarr-icechunk(?:-embargoed)?/([0-9a-fA-F-]{36})/?$")
-
-
-class NotAZarrAssetError(DandiIcechunkError):
-    """Asset metadata that does not describe a Zarr asset, or names no snapshot."""
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,18 @@
 """One Zarr in many Dandisets: attach an existing snapshot instead of uploading it again.
 
-- :func:`attach_zarr` makes the Zarr part of another Dandiset by reference: a branch of that
-  Dandiset (``dandiset/<id>``) in the same repository, starting at the chosen snapshot. Edits
-  made for that Dandiset are commits on its branch: only changed chunks are new objects, and
-  the Zarr's own branch and tags (other Dandisets' drafts and published versions) never move.
-- :func:`find_by_checksum` / :func:`register_checksum` keep a lookup from ``dandi-zarr-checksum``
-  to a snapshot holding exactly that content, so an upload of content already in the archive
-  attaches it in seconds. Entries are write-once objects named by the checksum: two uploads of
-  the same content at once cannot leave entries that disagree, and a crash leaves at most a
-  missing entry (the next upload of that content registers it).
+:func:`attach_zarr` makes the Zarr part of another Dandiset by reference: a branch of that
+Dandiset (``dandiset/<id>``) in the same repository, starting at the chosen snapshot. Edits made
+for that Dandiset are commits on its branch: only changed chunks are new objects, and the Zarr's
+own branch and tags (other Dandisets' drafts and published versions) never move.
+
+:func:`find_by_checksum` / :func:`register_checksum` keep a lookup from ``dandi-zarr-checksum`` to
+a snapshot holding exactly that content, so an upload of content already in the archive attaches
+it in seconds. Entries are write-once objects named by the checksum (uploaders with vended
+credentials cannot write them; the archive registers at finalize): two uploads of the same
+content at once cannot leave entries that disagree, and a crash leaves at most a missing entry
+(the next upload or finalize of that content registers it).
+
+Both the uploader (dedup) and the archive (attach, finalize, unembargo) use this module.
 """
 
 from __future__ import annotations
@@ -16,31 +20,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .errors import DandiIcechunkError
+from .errors import DandiIcechunkError, ReuseError
 from .location import StorageLocation
 from .objects import prefix_objects
 from .records import JsonRecord
-from .session import ZarrRepository
-
-_EMBARGO_MARK = "embargoed/"
-
-
-class ReuseError(DandiIcechunkError):
-    """A Zarr cannot be reused as asked; nothing was changed."""
-
-
-def dandiset_branch(dandiset_id: str, *, embargoed: bool = False) -> str:
-    """The branch a Dandiset's edits of a reused Zarr go to.
-
-    A public Zarr attached to an embargoed Dandiset gets an ``embargoed/`` branch, which uploads
-    refuse: new chunks would land under the public prefix.
-    """
-    return f"{_EMBARGO_MARK if embargoed else ''}dandiset/{dandiset_id}"
-
-
-def is_embargoed_branch(branch: str) -> bool:
-    """Whether ``branch`` belongs to an embargoed Dandiset (see :func:`dandiset_branch`)."""
-    return branch.startswith(_EMBARGO_MARK)
+from .session import ZarrRepository, dandiset_branch
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,30 @@ MANIFEST_TARGET_REFS = 10_000
 """Most chunk references per manifest: a 1-chunk change rewrites at most ~0.2 MB of manifest."""
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
+_EMBARGO_MARK = "embargoed/"
+
+
+def dandiset_branch(dandiset_id: str, *, embargoed: bool = False) -> str:
+    """The branch a Dandiset's edits of a reused Zarr go to.
+
+    A public Zarr attached to an embargoed Dandiset gets an ``embargoed/`` branch, which uploads
+    refuse: new chunks would land under the public prefix.
+    """
+    return f"{_EMBARGO_MARK if embargoed else ''}dandiset/{dandiset_id}"
+
+
+def is_embargoed_branch(branch: str) -> bool:
+    """Whether ``branch`` belongs to an embargoed Dandiset (see :func:`dandiset_branch`)."""
+    return branch.startswith(_EMBARGO_MARK)
+
+
+def publish_tag(dandiset_id: str, version: str) -> str:
+    """The tag a publish makes: ``dandiset/<dandiset_id>/<version>``.
+
+    Versions are unique per Dandiset and Icechunk never lets a deleted tag name be used again,
+    so a tag name always means one snapshot.
+    """
+    return f"dandiset/{dandiset_id}/{version}"
 
 
 @dataclass(frozen=True)

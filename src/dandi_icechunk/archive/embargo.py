@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .location import StorageLocation
-from .objects import move_prefix
-from .records import JsonRecord
-from .reuse import register_checksum
-from .session import ZarrRepository
+from ..location import StorageLocation
+from ..objects import DEFAULT_JOBS, move_prefix
+from ..records import JsonRecord
+from ..reuse import register_checksum
+from ..session import ZarrRepository
 
 REPO_OBJECT = "repo"
 
@@ -30,7 +30,7 @@ class UnembargoResult(JsonRecord):
     seconds: float
 
 
-def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = 16) -> UnembargoResult:
+def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = DEFAULT_JOBS) -> UnembargoResult:
     """Make the repository of ``zarr_id`` public. Idempotent: a public Zarr moves nothing."""
     start = time.perf_counter()
     repo = ZarrRepository.open(location, zarr_id, embargoed=True)

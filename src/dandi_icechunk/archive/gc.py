@@ -15,18 +15,14 @@ from datetime import UTC, datetime, timedelta
 
 import icechunk
 
-from .errors import DandiIcechunkError
-from .index import INDEX_PREFIX
-from .location import StorageLocation
-from .records import JsonRecord
-from .session import ZarrRepository
+from ..errors import GarbageCollectionError
+from ..index import INDEX_PREFIX
+from ..location import StorageLocation
+from ..records import JsonRecord
+from ..session import ZarrRepository
 
 PUBLISH_TAG_PREFIX = "dandiset/"
 DEFAULT_RESTORE_WINDOW = timedelta(days=30)
-
-
-class GarbageCollectionError(DandiIcechunkError):
-    """Garbage collection was refused; nothing was deleted."""
 
 
 @dataclass(frozen=True)

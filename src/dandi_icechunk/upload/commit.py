@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import posixpath
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,27 +20,27 @@ from typing import Any
 import icechunk
 from zarr.core.buffer import cpu
 
-from .digest_cache import DigestCache
-from .errors import ConflictError, InvalidZarrError, RepositoryNotFoundError, StorageLocationError
-from .hierarchy import Hierarchy, is_document
-from .index import DigestIndex, IndexDelta, store_index
-from .local_zarr import LocalZarr, scan_local_zarr
-from .location import StorageLocation, validate_zarr_id
-from .progress import NoProgress, Progress
-from .records import JsonRecord
-from .reuse import ReuseError, attach_zarr, find_by_checksum, is_embargoed_branch, register_checksum
-from .session import (
+from ..aio import run_bounded
+from ..errors import ConflictError, RepositoryNotFoundError, StorageLocationError
+from ..hierarchy import Hierarchy, is_document, node_key
+from ..index import DigestIndex, IndexDelta, store_index
+from ..location import StorageLocation, validate_zarr_id
+from ..objects import DEFAULT_JOBS
+from ..progress import NoProgress, Progress
+from ..records import JsonRecord
+from ..reuse import ReuseError, attach_zarr, find_by_checksum, register_checksum
+from ..session import (
     DEFAULT_BRANCH,
     CommitInfo,
     ZarrRepository,
     current_user,
+    is_embargoed_branch,
     manifest_splitting,
 )
+from .digest_cache import DigestCache
+from .local_zarr import LocalZarr, scan_local_zarr
 
-DEFAULT_JOBS = 16
 _INLINE_READ_MAX = 1024 * 1024
-_ZARR_SUFFIXES = (".zarr", ".ngff")
-_DANDISET_ZARR_NAMESPACE = uuid.UUID("6f1c6f7e-0c1b-4a8f-9a3e-2d8f3b1e7c55")
 
 
 @dataclass(frozen=True)
@@ -309,9 +307,9 @@ def _write_changes(
 
     async def run() -> None:
         for path in sorted(gone, key=lambda p: -p.count("/") - len(p)):
-            await store.delete(_node_key(path))
+            await store.delete(node_key(path))
         for path in sorted(changed, key=lambda p: (p.count("/"), p) if p else (-1, p)):
-            await store.set(_node_key(path), cpu.Buffer.from_bytes(new_nodes[path].icechunk_document))
+            await store.set(node_key(path), cpu.Buffer.from_bytes(new_nodes[path].icechunk_document))
         for key in removed_chunks:
             if key is not None and await store.exists(key):
                 await store.delete(key)
@@ -334,67 +332,13 @@ async def _write_chunks(
     jobs: int,
     progress: Progress,
 ) -> None:
-    semaphore = asyncio.Semaphore(jobs)
-
     async def one(key: str) -> None:
-        async with semaphore:
-            # A thread hop costs more than reading a small chunk in place.
-            if index.files[key].size <= _INLINE_READ_MAX:
-                data = local.read_unchanged(key)
-            else:
-                data = await asyncio.to_thread(local.read_unchanged, key)
-            await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
-            progress.advance(1, len(data))
+        # A thread hop costs more than reading a small chunk in place.
+        if index.files[key].size <= _INLINE_READ_MAX:
+            data = local.read_unchanged(key)
+        else:
+            data = await asyncio.to_thread(local.read_unchanged, key)
+        await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
+        progress.advance(1, len(data))
 
-    tasks = [asyncio.create_task(one(k)) for k in keys]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _node_key(path: str) -> str:
-    return posixpath.join(path, "zarr.json") if path else "zarr.json"
-
-
-@dataclass(frozen=True)
-class DandisetZarr:
-    """A Zarr asset found in a Dandiset directory."""
-
-    asset_path: str
-    filepath: Path
-    zarr_id: str
-
-
-def find_dandiset_zarrs(dandiset_dir: str | Path) -> tuple[str, list[DandisetZarr]]:
-    """The Dandiset ID and the Zarr assets in a Dandiset directory, found as ``dandi upload`` does.
-
-    Without an archive to assign them, each Zarr's ``zarr_id`` is derived from the Dandiset ID
-    and the asset path (UUID5), so running again maps each Zarr to the same repository.
-    """
-    from dandi.dandiset import Dandiset
-    from dandi.files import ZarrAsset, find_dandi_files
-
-    root = Path(dandiset_dir)
-    try:
-        dandiset_id = Dandiset(root).identifier
-    except Exception as exc:  # dandi raises ValueError and YAML errors for a broken dandiset.yaml
-        raise InvalidZarrError(f"{root}/dandiset.yaml cannot be read as Dandiset metadata: {exc}")
-    zarrs = [
-        DandisetZarr(
-            asset_path=f.path,
-            filepath=f.filepath,
-            zarr_id=str(uuid.uuid5(_DANDISET_ZARR_NAMESPACE, f"{dandiset_id}/{f.path}")),
-        )
-        for f in find_dandi_files(root, dandiset_path=root)
-        if isinstance(f, ZarrAsset)
-    ]
-    if not zarrs:
-        raise InvalidZarrError(
-            f"the Dandiset directory {root} holds no Zarr asset (a directory ending in "
-            f"{' or '.join(_ZARR_SUFFIXES)})"
-        )
-    return dandiset_id, sorted(zarrs, key=lambda z: z.asset_path)
+    await run_bounded(one, keys, jobs)

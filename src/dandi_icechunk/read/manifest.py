@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .session import ZarrRepository
+from ..session import ZarrRepository
 
 FIELDS = ["versionId", "lastModified", "size", "ETag"]
 

@@ -24,20 +24,21 @@ import icechunk
 import xarray as xr
 import zarr
 
-from .errors import DandiIcechunkError, RefNotFoundError, RepositoryNotFoundError
-from .location import S3Credentials, StorageLocation, validate_zarr_id
-from .reference import SnapshotReference
-from .session import ZarrRepository
+from ..errors import (
+    AccessDeniedError,
+    DandiIcechunkError,
+    RefNotFoundError,
+    RepositoryNotFoundError,
+)
+from ..location import S3Credentials, StorageLocation, validate_zarr_id
+from ..reference import SnapshotReference
+from ..session import ZarrRepository
 
 Source = Mapping[str, Any] | SnapshotReference | str | os.PathLike[str]
 """Published asset metadata (dict, JSON file, or its http(s) URL), a snapshot reference, a
 repository URL (``s3://``, ``file://``, or ``https://`` of the repository root) or a ``zarr_id``."""
 
 _REPOSITORY_PATH = re.compile(r"/zarr-icechunk(-embargoed)?/[0-9a-fA-F-]{36}/?$")
-
-
-class AccessDeniedError(DandiIcechunkError):
-    """The storage refused the read: the repository is private (embargoed) to these credentials."""
 
 
 def open_session(

@@ -1,7 +1,8 @@
-"""Read a snapshot back as the files that were uploaded: export to a directory, or verify.
+"""A snapshot's files as they were uploaded: read every one back, and verify them.
 
 Chunk bytes come from Icechunk (stored unchanged), metadata documents from the digest index
-(kept verbatim), so a Zarr v2 upload comes back as the same Zarr v2 files.
+(kept verbatim), so a Zarr v2 upload comes back as the same Zarr v2 files. Readers export them
+(:mod:`dandi_icechunk.read.export`); the archive's audit and ``dandi-icechunk verify`` check them.
 """
 
 from __future__ import annotations
@@ -9,36 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import icechunk
 from zarr.core.buffer import default_buffer_prototype
 
-from .errors import DandiIcechunkError, IntegrityError
-from .hierarchy import Hierarchy
+from .aio import run_bounded
+from .hierarchy import Hierarchy, node_key
 from .index import DigestIndex, FileDigest
+from .objects import DEFAULT_JOBS
 from .progress import NoProgress, Progress
 from .records import JsonRecord
 from .session import ZarrRepository
-
-DEFAULT_JOBS = 16
-
-
-@dataclass(frozen=True)
-class ExportResult(JsonRecord):
-    """What an export wrote."""
-
-    zarr_id: str
-    snapshot_id: str
-    destination: str
-    file_count: int
-    size: int
-    zarr_checksum: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +46,7 @@ class VerifyResult(JsonRecord):
         return {**super().to_json(), "ok": self.ok}
 
 
-def _read_snapshot(
+def read_snapshot_files(
     repository: ZarrRepository,
     snapshot_id: str,
     index: DigestIndex,
@@ -78,29 +63,16 @@ def _read_snapshot(
     hierarchy = Hierarchy.from_documents(index.documents) if index.documents else None
     progress.start("reading", index.file_count, index.size)
 
-    async def run() -> None:
-        semaphore = asyncio.Semaphore(jobs)
-
-        async def one(key: str) -> None:
-            async with semaphore:
-                if key in index.documents:
-                    data: bytes | None = index.documents[key]
-                else:
-                    data = await _get_chunk(store, hierarchy, key)
-                await asyncio.to_thread(handle, key, data)
-                progress.advance(1, len(data or b""))
-
-        tasks = [asyncio.create_task(one(k)) for k in sorted(index.files)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+    async def one(key: str) -> None:
+        if key in index.documents:
+            data: bytes | None = index.documents[key]
+        else:
+            data = await _get_chunk(store, hierarchy, key)
+        await asyncio.to_thread(handle, key, data)
+        progress.advance(1, len(data or b""))
 
     try:
-        asyncio.run(run())
+        asyncio.run(run_bounded(one, sorted(index.files), jobs))
     finally:
         progress.finish()
 
@@ -115,56 +87,6 @@ async def _get_chunk(store: Any, hierarchy: Hierarchy | None, key: str) -> bytes
     except icechunk.IcechunkError:  # the chunk object is gone from storage
         return None
     return buffer.to_bytes() if buffer is not None else None
-
-
-def export_snapshot(
-    repository: ZarrRepository,
-    destination: str | Path,
-    *,
-    snapshot_id: str | None = None,
-    tag: str | None = None,
-    branch: str | None = None,
-    jobs: int = DEFAULT_JOBS,
-    progress: Progress | None = None,
-) -> ExportResult:
-    """Write one snapshot (default: tip of ``main``) to ``destination`` as the uploaded files.
-
-    ``destination`` must not exist. Files are written to ``destination.partial`` and renamed
-    at the end, so an interrupted export never leaves a half-written Zarr under its name.
-    """
-    dest = Path(destination)
-    if dest.exists():
-        raise DandiIcechunkError(f"{dest} already exists; give a new directory to export into")
-    sid = repository.resolve(snapshot_id=snapshot_id, tag=tag, branch=branch)
-    index = repository.index(sid)
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    missing: list[str] = []
-
-    def write(key: str, data: bytes | None) -> None:
-        if data is None:
-            missing.append(key)
-            return
-        path = partial / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-    _read_snapshot(repository, sid, index, write, jobs, progress or NoProgress())
-    if missing:
-        raise IntegrityError(
-            f"snapshot {sid} of {repository.zarr_id} lacks {len(missing)} chunk(s) "
-            f"(first: {sorted(missing)[0]}); nothing was exported. Run `dandi-icechunk verify`"
-        )
-    os.replace(partial, dest)
-    return ExportResult(
-        zarr_id=repository.zarr_id,
-        snapshot_id=sid,
-        destination=str(dest),
-        file_count=index.file_count,
-        size=index.size,
-        zarr_checksum=index.zarr_checksum(),
-    )
 
 
 def verify_snapshot(
@@ -194,7 +116,7 @@ def verify_snapshot(
         if digest != index.files[key]:
             problems.append(f"{key}: stored bytes do not match the uploaded file's MD5/size")
 
-    _read_snapshot(repository, sid, index, check, jobs, progress or NoProgress())
+    read_snapshot_files(repository, sid, index, check, jobs, progress or NoProgress())
     problems.extend(_check_nodes(repository, sid, index))
     return VerifyResult(
         zarr_id=repository.zarr_id,
@@ -215,7 +137,7 @@ def _check_nodes(repository: ZarrRepository, snapshot_id: str, index: DigestInde
     async def run() -> list[str]:
         problems = []
         for path, node in nodes.items():
-            key = f"{path}/zarr.json" if path else "zarr.json"
+            key = node_key(path)
             stored = await store.get(key, prototype)
             if stored is None:
                 problems.append(f"{key}: node missing from the repository")

@@ -17,13 +17,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DandiIcechunkError
-from .export import verify_snapshot
-from .location import StorageLocation
-from .objects import VersionedObjects, versioned_objects
-from .records import JsonRecord
-from .reference import SnapshotReference
-from .session import ZarrRepository
+from ..errors import DandiIcechunkError
+from ..location import StorageLocation
+from ..objects import DEFAULT_JOBS, VersionedObjects, versioned_objects
+from ..records import JsonRecord
+from ..reference import SnapshotReference
+from ..session import ZarrRepository
+from ..snapshot_files import verify_snapshot
 
 WRITE_ONCE_PREFIXES = ("chunks/", "manifests/", "snapshots/", "transactions/", "dandi/index/")
 REPO_OBJECT = "repo"
@@ -77,7 +77,7 @@ def audit_publications(
     location: StorageLocation,
     *,
     repair: bool = False,
-    jobs: int = 16,
+    jobs: int = DEFAULT_JOBS,
 ) -> AuditReport:
     """Check every publication; with ``repair``, restore what can be restored, then check again."""
     by_zarr: dict[str, list[Publication]] = defaultdict(list)

@@ -12,8 +12,8 @@ from typing import Any
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from .read import open_dataset
-from .reference import SnapshotReference
+from ..reference import SnapshotReference
+from .open import open_dataset
 
 
 class DandiIcechunkBackend(BackendEntrypoint):

@@ -25,11 +25,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from zarr.core.buffer import default_buffer_prototype
 
-from .errors import DandiIcechunkError
-from .hierarchy import Hierarchy, is_document
-from .index import DigestIndex
-from .location import StorageLocation
-from .session import ZarrRepository
+from ..errors import DandiIcechunkError
+from ..hierarchy import Hierarchy, is_document
+from ..index import DigestIndex
+from ..location import StorageLocation
+from ..session import ZarrRepository
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")

@@ -22,17 +22,13 @@ from typing import Any
 
 import boto3
 
-from .errors import DandiIcechunkError
-from .location import S3Credentials, StorageLocation, validate_zarr_id
-from .objects import RepositoryObjects, prefix_objects
+from ..errors import CredentialError
+from ..location import S3Credentials, StorageLocation, validate_zarr_id
+from ..objects import RepositoryObjects, prefix_objects
 
 DEFAULT_TTL = timedelta(hours=1)
 _USER_PREFIX = "dandi-upload-"
 _RECORDS = "zarr-icechunk-credentials"
-
-
-class CredentialError(DandiIcechunkError):
-    """Credentials could not be vended or revoked."""
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .hierarchy import Hierarchy
-from .records import JsonRecord
-from .session import DEFAULT_BRANCH, ZarrRepository
+from ..hierarchy import Hierarchy
+from ..records import JsonRecord
+from ..session import DEFAULT_BRANCH, ZarrRepository
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import zarr
 from dandischema.consts import DANDI_SCHEMA_VERSION
 from numcodecs import Blosc
 
-from .location import S3Credentials, StorageLocation
+from ..location import S3Credentials, StorageLocation
 
 
 def _pattern(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InvalidZarrError
+from ..hierarchy import Hierarchy, check_key, is_document
+from ..index import DigestIndex, FileDigest
 from .digest_cache import DigestCache, FileStat
-from .errors import InvalidZarrError
-from .hierarchy import Hierarchy, check_key, is_document
-from .index import DigestIndex, FileDigest
 
 _READ_BLOCK = 8 * 1024 * 1024
 _HASH_BATCH = 256
