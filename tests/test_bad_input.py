@@ -45,26 +45,12 @@ def _dangling_symlink(z: Path) -> None:
     os.symlink(z / "nowhere", z / "0" / "0" / "0" / "9")
 
 
-def _stray_file(z: Path) -> None:
-    (z / "notes.txt").write_text("my notes")
-
-
-def _stray_hidden_file(z: Path) -> None:
-    (z / "0" / ".DS_Store").write_bytes(b"\0")
-
-
 def _invalid_key(z: Path) -> None:
     (z / "0" / "0" / "0" / "a\\b").write_bytes(b"x")
 
 
 def _reserved_key(z: Path) -> None:
     (z / "__private").write_bytes(b"x")
-
-
-def _chunk_outside_grid(z: Path) -> None:
-    (z / "0" / "7").mkdir()
-    (z / "0" / "7" / "0").mkdir()
-    (z / "0" / "7" / "0" / "0").write_bytes(b"x")
 
 
 def _zarr_format_wrong(z: Path) -> None:
@@ -83,11 +69,8 @@ BREAKERS: dict[str, tuple[Callable[[Path], None], str]] = {
     "mixed v2 and v3": (_mixed_v2_v3, "mixed Zarr v2 and v3 metadata"),
     "symlink loop": (_symlink_loop, "symlink loop at 0/loop"),
     "unreadable (dangling symlink)": (_dangling_symlink, "cannot read 0/0/0/9"),
-    "stray file": (_stray_file, "neither Zarr metadata nor a chunk of an array: notes.txt"),
-    "stray hidden file": (_stray_hidden_file, r"0/\.DS_Store"),
     "invalid key": (_invalid_key, "is not a valid Zarr key"),
     "reserved key": (_reserved_key, "__private' is not a valid Zarr key"),
-    "chunk outside the grid": (_chunk_outside_grid, "0/7/0/0"),
     "wrong zarr_format": (_zarr_format_wrong, "zarr_format is 3, expected 2"),
     "special file": (_fifo, "not a regular file"),
 }
@@ -110,7 +93,7 @@ def test_bad_zarr_is_refused_with_the_reason_and_changes_nothing(
 
 def test_bad_zarr_does_not_even_create_a_repository(location: StorageLocation, zarr_id: str, tmp_path: Path) -> None:
     src = make_ome_zarr_v2(tmp_path / "s.ome.zarr")
-    _stray_file(src)
+    _mixed_v2_v3(src)
     with pytest.raises(InvalidZarrError):
         upload_zarr(src, location, zarr_id)
     with pytest.raises(RepositoryNotFoundError, match="no repository for zarr_id"):

@@ -89,8 +89,9 @@ def test_errors_are_one_line_with_exit_1(run, tmp_path: Path) -> None:  # type: 
     assert "is not a zarr_id" in run("upload", str(src), "--zarr-id", "nope", code=1)
     assert "no repository for zarr_id" in run("log", str(uuid.uuid4()), code=1)
     assert "--zarr-id is required" in run("upload", str(src), code=2)
-    (src / "README.txt").write_text("hi")
-    assert "README.txt" in run("upload", str(src), "--zarr-id", str(uuid.uuid4()), code=1)
+    (src / "zarr.json").write_text("{")
+    assert "zarr.json is not valid JSON" in run("upload", str(src), "--zarr-id", str(uuid.uuid4()), code=1)
+    assert "--jobs" in run("upload", str(src), "--zarr-id", str(uuid.uuid4()), "--jobs", "0", code=2)
 
 
 def test_dandiset_directory_uploads_each_zarr_found_like_dandi_upload(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

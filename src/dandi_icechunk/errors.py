@@ -15,6 +15,10 @@ class InvalidZarrError(DandiIcechunkError):
     """A local directory is not a Zarr that can be uploaded as it is."""
 
 
+class InvalidArgumentError(DandiIcechunkError, ValueError):
+    """An option is out of its range (for example ``jobs`` below 1)."""
+
+
 class InvalidZarrIdError(DandiIcechunkError, ValueError):
     """A ``zarr_id`` is not a UUID."""
 

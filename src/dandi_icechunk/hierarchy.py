@@ -104,7 +104,9 @@ class Hierarchy:
 
     @classmethod
     def from_documents(cls, documents: Mapping[str, bytes]) -> Hierarchy:
-        """Build the hierarchy of ``documents`` (key -> bytes), validating every document."""
+        """Build the hierarchy of the metadata documents among ``documents`` (key -> bytes),
+        validating every one; other files kept verbatim beside them are not part of it."""
+        documents = {k: v for k, v in documents.items() if is_document(k)}
         names = {posixpath.basename(k) for k in documents}
         has_v2, has_v3 = bool(names & V2_DOCUMENTS), bool(names & V3_DOCUMENTS)
         if has_v2 and has_v3:
@@ -148,8 +150,9 @@ class Hierarchy:
         relative = key[len(grid.path) + 1 :] if grid.path else key
         return grid.icechunk_key(relative)
 
-    def check_keys(self, keys: Iterable[str]) -> dict[str, str]:
-        """Map every chunk key to its Icechunk key; raise naming any key that is no chunk."""
+    def chunk_keys(self, keys: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+        """Map every chunk key among ``keys`` to its Icechunk key; also return, sorted, the keys
+        that are no chunk of any array (files such as ``OME/METADATA.ome.xml``)."""
         mapping: dict[str, str] = {}
         stray: list[str] = []
         for key in keys:
@@ -158,15 +161,7 @@ class Hierarchy:
                 stray.append(key)
             else:
                 mapping[key] = target
-        if stray:
-            stray.sort()
-            shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
-            raise InvalidZarrError(
-                f"{len(stray)} file(s) are neither Zarr metadata nor a chunk of an array: {shown}. "
-                "They would not be readable as Zarr; move them out of the Zarr directory "
-                "(or fix their names) and run again"
-            )
-        return mapping
+        return mapping, sorted(stray)
 
 
 def _parse_json(key: str, data: bytes) -> dict[str, Any]:

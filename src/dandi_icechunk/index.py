@@ -10,6 +10,7 @@ commit that names them: a crash leaves at most an unreferenced index, never a wr
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -19,6 +20,7 @@ from typing import Literal
 
 from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
+from .hierarchy import is_document
 from .objects import RepositoryObjects
 
 INDEX_PREFIX = "dandi/index/"
@@ -46,7 +48,12 @@ class IndexDelta:
 
 @dataclass(frozen=True)
 class DigestIndex:
-    """The logical files of one snapshot (keys as uploaded, relative to the Zarr root)."""
+    """The logical files of one snapshot (keys as uploaded, relative to the Zarr root).
+
+    ``documents`` holds the files kept verbatim in the index rather than in Icechunk: the
+    metadata documents, and what Icechunk cannot hold (zero-byte chunks, and files that are no
+    part of an array, such as ``OME/METADATA.ome.xml``).
+    """
 
     zarr_format: Literal[2, 3] | None
     files: Mapping[str, FileDigest]
@@ -89,12 +96,15 @@ class DigestIndex:
 
     def to_bytes(self) -> bytes:
         """Deterministic serialization (gzip-compressed JSON, keys sorted)."""
-        body = {
+        body: dict[str, object] = {
             "format": _FORMAT,
             "zarr_format": self.zarr_format,
             "files": {k: [d.md5, d.size] for k, d in sorted(self.files.items())},
-            "documents": {k: v.decode() for k, v in sorted(self.documents.items())},
+            "documents": {k: v.decode() for k, v in sorted(self.documents.items()) if is_document(k)},
         }
+        extras = {k: v for k, v in sorted(self.documents.items()) if not is_document(k)}
+        if extras:  # absent otherwise, so an index without them keeps its bytes (and ID)
+            body["extras"] = {k: base64.b64encode(v).decode() for k, v in extras.items()}
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         return gzip.compress(raw, compresslevel=6, mtime=0)
 
@@ -107,7 +117,10 @@ class DigestIndex:
         return cls(
             zarr_format=body["zarr_format"],
             files={k: FileDigest(md5, size) for k, (md5, size) in body["files"].items()},
-            documents={k: v.encode() for k, v in body["documents"].items()},
+            documents={
+                **{k: v.encode() for k, v in body["documents"].items()},
+                **{k: base64.b64decode(v) for k, v in body.get("extras", {}).items()},
+            },
         )
 
 

@@ -7,6 +7,7 @@ credential covers both. Objects are written once and never changed (content-addr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,13 +22,38 @@ import botocore.config
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
+import urllib3.exceptions
 from botocore.credentials import RefreshableCredentials
 
-from .errors import StorageLocationError
+from .errors import AccessDeniedError, StorageLocationError
 from .location import CredentialsProvider, StorageLocation
 
 DEFAULT_JOBS = 16
 """Parallel transfers to storage, unless told otherwise (``-J``)."""
+REPO_OBJECT = "repo"
+"""Icechunk's one mutable object per repository: it names the branches, tags and snapshots."""
+_READ_ATTEMPTS = 3
+_DENIED = frozenset({"403", "AccessDenied", "Forbidden"})
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """S3 failures as our errors, decided by S3's error code: refused (403) is
+    :class:`AccessDeniedError`; any other error, a cut connection or a truncated response is one
+    line of :class:`StorageLocationError`."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _DENIED:
+            raise AccessDeniedError(f"access to {what} was refused (S3 {code})") from None
+        raise StorageLocationError(f"{what}: S3 answered {code or 'an error'}") from None
+    except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise StorageLocationError(
+            f"{what}: the connection to the S3 server failed ({type(exc).__name__}); "
+            "check the server and run again"
+        ) from None
 
 
 class RepositoryObjects(Protocol):
@@ -35,6 +61,10 @@ class RepositoryObjects(Protocol):
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or ``None`` when it does not exist."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists; raises :class:`AccessDeniedError` when the storage refuses."""
         ...
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -86,6 +116,9 @@ class _LocalObjects:
             return (self._root / key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def exists(self, key: str) -> bool:
+        return (self._root / key).is_file()
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._root / key
@@ -178,13 +211,35 @@ class _S3Objects:
     def _key(self, key: str) -> str:
         return f"{self._prefix}/{key}"
 
+    def _url(self, key: str) -> str:
+        return f"s3://{self._bucket}/{self._key(key)}"
+
     def get(self, key: str) -> bytes | None:
-        try:
-            return self._client.get_object(Bucket=self._bucket, Key=self._key(key))["Body"].read()
-        except botocore.exceptions.ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return None
-            raise StorageLocationError(f"cannot read s3://{self._bucket}/{self._key(key)}: {exc}")
+        # A response cut short is read again: the object is write-once, so a retry is safe.
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                with _storage_errors(f"reading {self._url(key)}"):
+                    try:
+                        response = self._client.get_object(Bucket=self._bucket, Key=self._key(key))
+                    except botocore.exceptions.ClientError as exc:
+                        if exc.response.get("Error", {}).get("Code") in _MISSING:
+                            return None
+                        raise
+                    return response["Body"].read()
+            except StorageLocationError:
+                if attempt + 1 == _READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def exists(self, key: str) -> bool:
+        with _storage_errors(f"looking up {self._url(key)}"):
+            try:
+                self._client.head_object(Bucket=self._bucket, Key=self._key(key))
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _MISSING:
+                    return False
+                raise
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         try:
@@ -195,12 +250,15 @@ class _S3Objects:
         except botocore.exceptions.ClientError as exc:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
                 return False
-            raise StorageLocationError(f"cannot write s3://{self._bucket}/{self._key(key)}: {exc}")
+            with _storage_errors(f"writing {self._url(key)}"):
+                raise
 
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
         strip = len(self._prefix) + 1
         paginator = self._client.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)):
+        with _storage_errors(f"listing versions of {self._url(prefix)}"):
+            pages = list(paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)))
+        for page in pages:
             # Keep S3's order: by key, and within a key newest first.
             entries = [(v, False) for v in page.get("Versions", [])] + [
                 (m, True) for m in page.get("DeleteMarkers", [])
@@ -226,7 +284,9 @@ class _S3Objects:
     def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         paginator = self._client.get_paginator("list_objects_v2")
         strip = len(self._prefix) + 1
-        for page in paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)):
+        with _storage_errors(f"listing {self._url(prefix)}"):
+            pages = list(paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)))
+        for page in pages:
             for obj in page.get("Contents", []):
                 yield obj["Key"][strip:], obj["Size"], obj["LastModified"]
 

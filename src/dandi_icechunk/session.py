@@ -25,6 +25,7 @@ import icechunk
 
 from . import __version__
 from .errors import (
+    AccessDeniedError,
     ConflictError,
     DandiIcechunkError,
     RefNotFoundError,
@@ -34,7 +35,7 @@ from .errors import (
 from .hierarchy import Hierarchy
 from .index import DigestIndex, load_index
 from .location import StorageLocation, validate_zarr_id
-from .objects import RepositoryObjects, repository_objects
+from .objects import REPO_OBJECT, RepositoryObjects, repository_objects
 
 DEFAULT_BRANCH = "main"
 CLIENT = f"dandi-icechunk/{__version__}"
@@ -206,14 +207,21 @@ class ZarrRepository:
                 storage = location.icechunk_storage(zarr_id, embargoed=area)
                 try:
                     found = icechunk.Repository.exists(storage)
-                except icechunk.IcechunkError as exc:
-                    # Credentials scoped to one repository may not look under the other prefix.
-                    refused, found = refused or exc, False
+                except icechunk.IcechunkError:
+                    # Refused, or a fault? S3's own error code on the repo object decides.
+                    # (Credentials scoped to one repository may not look under the other prefix.)
+                    try:
+                        found = repository_objects(location, zarr_id, embargoed=area).exists(REPO_OBJECT)
+                    except AccessDeniedError as exc:
+                        refused, found = refused or exc, False
                 if found:
                     repo = icechunk.Repository.open(storage, config=config)
                     return cls(location, zarr_id, repo, embargoed=area)
             if refused is not None and not create:
-                raise refused  # reported as the refusal it is: the repository may be private
+                raise AccessDeniedError(
+                    f"access to the repository of {zarr_id} at {location.url} was refused: it is "
+                    "private (embargoed) to these credentials, or does not exist"
+                )
             if not create:
                 raise RepositoryNotFoundError(
                     f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "

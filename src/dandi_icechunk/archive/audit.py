@@ -19,14 +19,13 @@ from typing import Any
 
 from ..errors import DandiIcechunkError
 from ..location import StorageLocation
-from ..objects import DEFAULT_JOBS, VersionedObjects, versioned_objects
+from ..objects import DEFAULT_JOBS, REPO_OBJECT, VersionedObjects, versioned_objects
 from ..records import JsonRecord
 from ..reference import SnapshotReference
 from ..session import ZarrRepository
 from ..snapshot_files import verify_snapshot
 
 WRITE_ONCE_PREFIXES = ("chunks/", "manifests/", "snapshots/", "transactions/", "dandi/index/")
-REPO_OBJECT = "repo"
 
 
 @dataclass(frozen=True)

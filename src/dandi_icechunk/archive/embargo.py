@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass
 
 from ..location import StorageLocation
-from ..objects import DEFAULT_JOBS, move_prefix
+from ..objects import DEFAULT_JOBS, REPO_OBJECT, move_prefix
 from ..records import JsonRecord
 from ..reuse import register_checksum
 from ..session import ZarrRepository
-
-REPO_OBJECT = "repo"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,16 @@ from ..location import STORAGE_ENV_VAR, StorageLocation
 from ..objects import DEFAULT_JOBS
 from ..progress import NoProgress, Progress, TerminalProgress
 from ..session import DEFAULT_BRANCH, ZarrRepository
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings (files left out, stray files) as one line each on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
 
 
 @contextmanager
@@ -52,7 +63,8 @@ def open_repository(ctx: click.Context, zarr_id: str) -> ZarrRepository:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress.")
 jobs_option = click.option(
-    "--jobs", "-J", default=DEFAULT_JOBS, show_default=True, help="Parallel transfers."
+    "--jobs", "-J", default=DEFAULT_JOBS, show_default=True, type=click.IntRange(min=1),
+    help="Parallel transfers."
 )
 
 
@@ -97,6 +109,9 @@ def main(ctx: click.Context, storage: str | None) -> None:
         import icechunk
 
         icechunk.set_logs_filter("error")
+    logger = logging.getLogger("dandi_icechunk")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        logger.addHandler(_WarningLines())
     with user_errors():
         ctx.obj = StorageLocation.resolve(storage)
 

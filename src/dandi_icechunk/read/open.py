@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..errors import (
     RepositoryNotFoundError,
 )
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
+from ..objects import REPO_OBJECT
 from ..reference import SnapshotReference
 from ..session import ZarrRepository
 
@@ -154,6 +156,8 @@ def _open_http(url: str, snapshot_id: str | None, tag: str | None, branch: str |
     try:
         repo = icechunk.Repository.open(storage)
     except icechunk.IcechunkError as exc:
+        if _http_status(url.rstrip("/") + "/" + REPO_OBJECT) == 403:
+            raise AccessDeniedError(f"access to {url} was refused") from None
         raise RepositoryNotFoundError(f"no repository readable at {url}: {_line(exc)}") from None
     try:
         if snapshot_id is not None:
@@ -164,6 +168,17 @@ def _open_http(url: str, snapshot_id: str | None, tag: str | None, branch: str |
     except icechunk.IcechunkError as exc:
         what = f"snapshot {snapshot_id}" if snapshot_id else f"tag {tag!r}" if tag else f"branch {branch or 'main'!r}"
         raise RefNotFoundError(f"{what} does not exist at {url}: {_line(exc)}") from None
+
+
+def _http_status(url: str) -> int | None:
+    """The HTTP status a HEAD of ``url`` gets (``None`` when the server does not answer)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def _no_credentials_configured() -> bool:
@@ -178,8 +193,7 @@ def _access_error(exc: DandiIcechunkError, repository: str) -> DandiIcechunkErro
         # The repository opened, so the reader may read it: S3 answers 403, not 404, for a
         # missing key to a reader without list rights.
         return exc
-    text = str(exc)
-    if any(marker in text for marker in ("403", "AccessDenied", "Forbidden", "Access Denied")):
+    if isinstance(exc, AccessDeniedError):
         return AccessDeniedError(
             f"access to {repository} was refused: the Zarr is private (embargoed, or not yet "
             "published); give credentials of someone allowed to read it"

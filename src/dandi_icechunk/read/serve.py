@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from zarr.core.buffer import default_buffer_prototype
 
-from ..errors import DandiIcechunkError
+from ..errors import DandiIcechunkError, RepositoryNotFoundError
 from ..hierarchy import Hierarchy, is_document
 from ..index import DigestIndex
 from ..location import StorageLocation
@@ -60,6 +60,9 @@ class _Snapshots:
             self._cache.move_to_end((zarr_id, ref))
             return self._cache[(zarr_id, ref)]
         repo = ZarrRepository.open(self.location, zarr_id)
+        if repo.embargoed:
+            # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
+            raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
         sid = repo.resolve(snapshot_id=ref) if _SNAPSHOT_ID.fullmatch(ref) else repo.resolve(tag=ref)
         index = repo.index(sid)
         directories = {""}

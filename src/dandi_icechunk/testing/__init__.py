@@ -132,19 +132,22 @@ class S3Server:
         )
 
 
-def _free_port_pair() -> int:
-    """A free port P whose gRPC companion P+10000 is free too (SeaweedFS's default offset)."""
+def _free_port_pair(taken: set[int]) -> int:
+    """A free port P whose gRPC companion P+10000 is free too (SeaweedFS's default offset), and
+    neither of them one of ``taken`` (the ports and companions already given out, which
+    SeaweedFS refuses to share); both are added to ``taken``."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port + 10000 > 65535:
+        if port + 10000 > 65535 or {port, port + 10000} & taken:
             continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port + 10000))
             except OSError:
                 continue
+        taken.update({port, port + 10000})
         return port
 
 
@@ -175,7 +178,8 @@ def run_seaweedfs(
     }
     config = data / "identities.json"
     config.write_text(json.dumps({"identities": [admin, *(identities or [])]}))
-    ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3", "admin")}
+    taken: set[int] = set()
+    ports = {name: _free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "admin")}
     command = [
         weed, "mini", f"-dir={data / 'store'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-admin.ui=false", "-master.telemetry=false", f"-s3.config={config}",

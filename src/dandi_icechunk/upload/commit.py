@@ -21,8 +21,13 @@ import icechunk
 from zarr.core.buffer import cpu
 
 from ..aio import run_bounded
-from ..errors import ConflictError, RepositoryNotFoundError, StorageLocationError
-from ..hierarchy import Hierarchy, is_document, node_key
+from ..errors import (
+    ConflictError,
+    InvalidArgumentError,
+    RepositoryNotFoundError,
+    StorageLocationError,
+)
+from ..hierarchy import Hierarchy, node_key
 from ..index import DigestIndex, IndexDelta, store_index
 from ..location import StorageLocation, validate_zarr_id
 from ..objects import DEFAULT_JOBS
@@ -94,6 +99,8 @@ def upload_zarr(
     'YB0DXG4KM8HMTY0S0TJ0'
     """
     zarr_id = validate_zarr_id(zarr_id)
+    if jobs < 1:
+        raise InvalidArgumentError(f"jobs must be at least 1 (parallel transfers), got {jobs}")
     if is_embargoed_branch(branch):
         raise ReuseError(
             f"branch {branch!r} is an embargoed Dandiset's view of a public Zarr: uploading to it "
@@ -129,7 +136,11 @@ def upload_zarr(
     base_sid = session.snapshot_id
     base_index = writer.index(base_sid)
     delta = base_index.delta_to(new_index)
-    written_chunks = sorted(k for k in delta.written if not is_document(k))
+    written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
+    # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
+    dropped_chunks = sorted(
+        (delta.removed | (delta.written & new_index.documents.keys())) - base_index.documents.keys()
+    )
     removed_nodes = 0
     if delta:
         old_hierarchy = (
@@ -137,7 +148,8 @@ def upload_zarr(
         )
         with _storage_errors(writer.zarr_id):
             removed_nodes = _write_changes(
-                session, local, new_index, old_hierarchy, delta, written_chunks, jobs, progress
+                session, local, new_index, old_hierarchy, written_chunks, dropped_chunks, jobs,
+                progress,
             )
     checksum = checksum_job.result()
     result = UploadResult(
@@ -272,12 +284,12 @@ def _write_changes(
     local: LocalZarr,
     new_index: DigestIndex,
     old_hierarchy: Hierarchy | None,
-    delta: IndexDelta,
     written_chunks: list[str],
+    dropped_chunks: list[str],
     jobs: int,
     progress: Progress,
 ) -> int:
-    """Apply ``delta`` to ``session``: nodes first, then removed chunks, then new chunks.
+    """Write the changes into ``session``: nodes first, then dropped chunks, then new chunks.
 
     Returns the number of nodes removed.
     """
@@ -300,9 +312,7 @@ def _write_changes(
         return "" in gone or key.startswith(gone_prefixes)
 
     removed_chunks = [
-        old_hierarchy.icechunk_key(k)
-        for k in sorted(delta.removed)
-        if old_hierarchy and not is_document(k) and not under_gone(k)
+        old_hierarchy.icechunk_key(k) for k in dropped_chunks if old_hierarchy and not under_gone(k)
     ]
 
     async def run() -> None:
@@ -334,10 +344,11 @@ async def _write_chunks(
 ) -> None:
     async def one(key: str) -> None:
         # A thread hop costs more than reading a small chunk in place.
-        if index.files[key].size <= _INLINE_READ_MAX:
-            data = local.read_unchanged(key)
+        expected = index.files[key]
+        if expected.size <= _INLINE_READ_MAX:
+            data = local.read_unchanged(key, expected)
         else:
-            data = await asyncio.to_thread(local.read_unchanged, key)
+            data = await asyncio.to_thread(local.read_unchanged, key, expected)
         await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
         progress.advance(1, len(data))
 

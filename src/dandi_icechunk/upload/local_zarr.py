@@ -1,12 +1,15 @@
 """A Zarr directory on the uploader's machine: find its files, validate it, hash it.
 
 Everything here happens before anything is written to a repository, so bad input is refused
-with nothing changed.
+with nothing changed. Every regular file is part of the asset and of its checksum, as in DANDI
+today, except what dandi-cli itself leaves out (:data:`EXCLUDED_NAMES`). Files Icechunk cannot
+hold (zero-byte chunks, files that belong to no array) are kept verbatim in the digest index.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -19,6 +22,11 @@ from ..hierarchy import Hierarchy, check_key, is_document
 from ..index import DigestIndex, FileDigest
 from .digest_cache import DigestCache, FileStat
 
+EXCLUDED_NAMES = frozenset({".dandi", ".datalad", ".git", ".gitattributes", ".gitmodules"})
+"""Files and directories dandi-cli leaves out of a Zarr asset, at any depth."""
+EXTRAS_MAX_BYTES = 64 * 1024 * 1024
+"""Most bytes of non-Zarr files kept in the digest index (read on every upload and export)."""
+_log = logging.getLogger("dandi_icechunk")
 _READ_BLOCK = 8 * 1024 * 1024
 _HASH_BATCH = 256
 _THREADED_MIN_FILE_SIZE = 16 * 1024
@@ -32,7 +40,7 @@ class LocalZarr:
 
     root: Path
     hierarchy: Hierarchy
-    documents: dict[str, bytes]
+    documents: dict[str, bytes]  # metadata documents, and files kept in the digest index
     chunk_files: dict[str, str]  # logical key -> file path
     icechunk_keys: dict[str, str]  # logical chunk key -> Icechunk key
     size: int  # total bytes of all files, as listed
@@ -83,17 +91,16 @@ class LocalZarr:
             cache.save(self.root, {k: (self.stats[k], files[k].md5) for k in self.chunk_files})
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
-    def read_unchanged(self, key: str) -> bytes:
-        """The bytes of chunk ``key``, refusing a file changed since it was listed (size, mtime,
-        inode): its digest would no longer describe what is sent. Comparing the stat costs
-        nothing; hashing every file a second time cost a sixth of an upload's CPU."""
+    def read_unchanged(self, key: str, expected: FileDigest) -> bytes:
+        """The bytes of chunk ``key``, refusing a file that no longer has the digest ``expected``
+        (changed since it was hashed): every byte committed is a byte that was hashed, even
+        after an edit in place that kept the size and modification time."""
         try:
             with open(self.chunk_files[key], "rb") as f:
-                st = os.fstat(f.fileno())
                 data = f.read()
         except OSError as exc:
             raise _unreadable(key, exc) from None
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != self.stats[key] or len(data) != st.st_size:
+        if len(data) != expected.size or hashlib.md5(data).hexdigest() != expected.md5:
             raise InvalidZarrError(
                 f"{key} changed while it was being uploaded; nothing was committed. "
                 "Wait until whatever writes the Zarr has finished, then run the upload again"
@@ -141,25 +148,48 @@ def scan_local_zarr(path: str | Path) -> LocalZarr:
     documents: dict[str, bytes] = {}
     chunk_files: dict[str, str] = {}
     stats: dict[str, FileStat] = {}
+    excluded: list[str] = []
     size = 0
-    for key, file, st in _walk(root):
+    for key, file, st in _walk(root, excluded):
         check_key(key)
         size += st.st_size
-        if is_document(key):
+        if is_document(key) or st.st_size == 0:  # Icechunk refuses empty chunks
             documents[key] = read_file(file, key)
         else:
             chunk_files[key] = file
             stats[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
     try:
         hierarchy = Hierarchy.from_documents(documents)
-        icechunk_keys = hierarchy.check_keys(chunk_files)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
+    icechunk_keys, stray = hierarchy.chunk_keys(chunk_files)
+    if stray:
+        extra_bytes = sum(stats[k][0] for k in stray)
+        if extra_bytes > EXTRAS_MAX_BYTES:
+            raise InvalidZarrError(
+                f"{root}: {len(stray)} file(s) belong to no Zarr array ({_shown(stray)}) and hold "
+                f"{extra_bytes} bytes, more than the {EXTRAS_MAX_BYTES} kept beside the arrays; "
+                "move the large ones out of the Zarr directory and run again"
+            )
+        _log.warning(
+            "%s: %d file(s) belong to no Zarr array (%s); uploaded as they are (part of the "
+            "asset and its checksum), not readable through zarr", root, len(stray), _shown(stray),
+        )
+        for key in stray:
+            documents[key] = read_file(chunk_files.pop(key), key)
+            del stats[key]
+    if excluded:
+        _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
     return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size, stats)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Yield (key, path, stat) of every file under ``root``, following symlinks, refusing loops."""
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _walk(root: Path, excluded: list[str]) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield (key, path, stat) of every file under ``root``, following symlinks, refusing loops;
+    append to ``excluded`` the keys of what dandi-cli leaves out."""
     root_stat = root.stat()
     stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
         (str(root), "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))
@@ -174,6 +204,9 @@ def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
             ) from None
         for entry in entries:
             key = f"{prefix}{entry.name}"
+            if entry.name in EXCLUDED_NAMES:
+                excluded.append(key)
+                continue
             try:
                 st = entry.stat(follow_symlinks=True)
             except OSError as exc:
