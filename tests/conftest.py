@@ -15,6 +15,7 @@ import pytest
 from zarr_checksum import compute_zarr_checksum
 from zarr_checksum.generators import yield_files_local
 
+from dandi_icechunk.archive.policy import dandi_bucket_policy
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.testing import S3Server, run_seaweedfs
 
@@ -122,6 +123,17 @@ def public_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Ser
                 "Resource": f"arn:aws:s3:::{server.bucket}/zarr-icechunk/*",
             }],
         }
+        server.client().put_bucket_policy(Bucket=server.bucket, Policy=json.dumps(policy))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dandi_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS with DANDI's own bucket policy: anyone may get and list everything, except the
+    embargoed repositories' prefix and objects tagged ``embargoed=true`` (the archive's ``admin``
+    identity is exempt)."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs-dandi")) as server:
+        policy = dandi_bucket_policy(server.bucket, archive_usernames=["admin"])
         server.client().put_bucket_policy(Bucket=server.bucket, Policy=json.dumps(policy))
         yield server
 

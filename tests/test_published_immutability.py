@@ -94,7 +94,31 @@ def _delete_everything(server: S3Server, loc: StorageLocation, zid: str, pub: Pu
         client.delete_object(Bucket=server.bucket, Key=key)
 
 
+def _overwrite_all(kind: str) -> Callable[[S3Server, StorageLocation, str, Publication], None]:
+    def attack(server: S3Server, loc: StorageLocation, zid: str, pub: Publication) -> None:
+        client = _client(server, loc)
+        keys = _keys(client, server.bucket, f"{loc.repository_prefix(zid)}/{kind}")
+        assert keys, f"the repository has no {kind} objects to attack"
+        for key in keys:
+            client.put_object(Bucket=server.bucket, Key=key, Body=b"\0garbage" * 8)
+
+    return attack
+
+
+def _delete_all(kind: str) -> Callable[[S3Server, StorageLocation, str, Publication], None]:
+    def attack(server: S3Server, loc: StorageLocation, zid: str, pub: Publication) -> None:
+        client = _client(server, loc)
+        for key in _keys(client, server.bucket, f"{loc.repository_prefix(zid)}/{kind}"):
+            client.delete_object(Bucket=server.bucket, Key=key)
+
+    return attack
+
+
+_OBJECT_KINDS = ("snapshots/", "manifests/", "transactions/", "overwritten/", "dandi/index/")
+
 ATTACKS: dict[str, Callable[[S3Server, StorageLocation, str, Publication], None]] = {
+    **{f"overwrite every {k.rstrip('/')} object": _overwrite_all(k) for k in _OBJECT_KINDS},
+    **{f"delete every {k.rstrip('/')} object": _delete_all(k) for k in _OBJECT_KINDS},
     "delete the tag": _delete_tag,
     "expire snapshots and garbage-collect": _expire_and_gc,
     "overwrite chunk objects": _overwrite_chunks,
@@ -240,3 +264,36 @@ def test_gc_refuses_while_a_published_snapshot_has_lost_its_tag(
     with pytest.raises(GarbageCollectionError, match="not named by any tag"):
         collect_garbage(location, zarr_id, published_snapshots=[pub.snapshot_id], restore_window=timedelta(0))
     assert ZarrRepository.open(location, zarr_id).commit_info(pub.snapshot_id) is not None
+
+
+def test_gc_without_the_published_list_keeps_what_the_archive_recorded_after_the_tag_is_deleted(
+    locked_s3_server: S3Server, tmp_path: Path
+) -> None:
+    admin = locked_s3_server.location()
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    pub = _publish(admin, zid, src)
+    zarr.open_group(str(src), mode="r+")["data"][:] = 1
+    upload_zarr(src, admin, zid)
+    _delete_tag(locked_s3_server, _uploader(admin), zid, pub)  # the uploader's own credentials
+    with pytest.raises(GarbageCollectionError, match="not named by any tag"):
+        collect_garbage(admin, zid, restore_window=timedelta(0), now=datetime.now(UTC) + timedelta(days=1))
+    assert ZarrRepository.open(admin, zid).commit_info(pub.snapshot_id) is not None
+    assert audit_publications([pub], admin, repair=True).ok  # the tag comes back
+    result = collect_garbage(admin, zid, restore_window=timedelta(0), now=datetime.now(UTC) + timedelta(days=1))
+    assert result.kept_published == [pub.snapshot_id]
+    assert verify_snapshot(ZarrRepository.open(admin, zid), snapshot_id=pub.snapshot_id).ok
+
+
+def test_the_publication_record_is_out_of_the_uploaders_reach(locked_s3_server: S3Server, tmp_path: Path) -> None:
+    admin = locked_s3_server.location()
+    zid = str(uuid.uuid4())
+    _publish(admin, zid, make_zarr_v3(tmp_path / "a.zarr"))
+    client = _client(locked_s3_server, _uploader(admin))
+    [key] = _keys(locked_s3_server.client(), locked_s3_server.bucket, admin.published_prefix(zid))
+    for write in (
+        lambda: client.delete_object(Bucket=locked_s3_server.bucket, Key=key),
+        lambda: client.put_object(Bucket=locked_s3_server.bucket, Key=key, Body=b"{}"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError):
+            write()

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from dandi_icechunk.errors import AccessDeniedError, InvalidArgumentError, InvalidZarrError, RepositoryNotFoundError
+from dandi_icechunk.errors import (
+    AccessDeniedError,
+    InvalidArgumentError,
+    InvalidZarrError,
+    RepositoryNotFoundError,
+)
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read import open_dataset
 from dandi_icechunk.read.export import export_snapshot

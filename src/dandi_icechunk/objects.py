@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import boto3
 import botocore.config
@@ -89,6 +89,7 @@ class ObjectVersion:
     is_latest: bool
     is_delete_marker: bool
     size: int = 0
+    etag: str = ""
 
 
 class VersionedObjects(RepositoryObjects, Protocol):
@@ -268,7 +269,7 @@ class _S3Objects:
             for entry, is_marker in entries:
                 yield ObjectVersion(
                     entry["Key"][strip:], entry["VersionId"], entry["IsLatest"], is_marker,
-                    entry.get("Size", 0),
+                    entry.get("Size", 0), entry.get("ETag", ""),
                 )
 
     def restore(self, key: str, version_id: str) -> None:
@@ -319,13 +320,29 @@ def repository_objects(
     return prefix_objects(location, location.repository_prefix(zarr_id, embargoed=embargoed))
 
 
+EMBARGO_TAG = {"Key": "embargoed", "Value": "true"}
+"""The object tag DANDI's bucket policy denies anonymous reads of (``s3:ExistingObjectTag``)."""
+_MOVE_ROUNDS = 5
+
+
 def move_prefix(
     location: StorageLocation, source: str, destination: str, *, last: str, jobs: int = DEFAULT_JOBS
 ) -> tuple[int, int]:
     """Move every object from ``source/`` to ``destination/`` inside the bucket, server-side
-    (nothing passes through this machine); ``last`` (a key relative to the prefix) is copied
-    after all others and deleted before them, so a reader of ``destination`` never sees it
-    before the rest is there. Safe to run again after a crash. Returns (objects, bytes).
+    (nothing passes through this machine). Returns (objects, bytes) moved by this call.
+
+    On S3, in this order, so that a crash or a pause at any point leaves nothing readable that
+    should not be, and running again finishes the move:
+
+    1. every object but ``last`` is copied, tagged :data:`EMBARGO_TAG` (the bucket policy keeps
+       tagged objects from anonymous readers even under a public prefix);
+    2. ``last`` (Icechunk's ``repo`` object) is copied, then deleted at the source, each only if
+       it is still the version listed: a writer that committed meanwhile makes this round start
+       again, and a writer that commits after the source ``repo`` is gone fails cleanly;
+    3. the copies are untagged, ``last`` after all others;
+    4. the rest of the source is deleted.
+
+    A local bucket is moved with one rename (atomic on one filesystem).
     """
     if location.kind == "file":
         src, dst = Path(location.bucket) / source, Path(location.bucket) / destination
@@ -340,24 +357,72 @@ def move_prefix(
         return count, size
     objects = _S3Objects(location, source)
     client, bucket = objects._client, location.bucket
-    listed = list(objects.list_with_times(""))
-    keys = [key for key, _, _ in listed]
-    rest = [key for key in keys if key != last]
+    tagging = f"{EMBARGO_TAG['Key']}={EMBARGO_TAG['Value']}"
+    moved: dict[str, int] = {}
 
-    def copy(key: str) -> None:
-        client.copy_object(
-            Bucket=bucket, Key=f"{destination}/{key}",
-            CopySource={"Bucket": bucket, "Key": f"{source}/{key}"},
+    def copy(key: str, etag: str | None = None) -> None:
+        conditions = {"CopySourceIfMatch": etag} if etag else {}
+        with _storage_errors(f"copying {source}/{key}"):
+            client.copy_object(
+                Bucket=bucket, Key=f"{destination}/{key}", Tagging=tagging, TaggingDirective="REPLACE",
+                CopySource={"Bucket": bucket, "Key": f"{source}/{key}"}, **conditions,
+            )
+
+    def untag(key: str) -> None:
+        with _storage_errors(f"untagging {destination}/{key}"):
+            client.delete_object_tagging(Bucket=bucket, Key=f"{destination}/{key}")
+
+    def delete(key: str, etag: str | None = None) -> None:
+        conditions = {"IfMatch": etag} if etag else {}
+        with _storage_errors(f"deleting {source}/{key}"):
+            client.delete_object(Bucket=bucket, Key=f"{source}/{key}", **conditions)
+
+    for _ in range(_MOVE_ROUNDS):
+        with _storage_errors(f"listing {source}/"):
+            listed = {
+                o["Key"][len(source) + 1 :]: (o["Size"], o["ETag"])
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{source}/")
+                for o in page.get("Contents", [])
+            }
+        if not listed:
+            break  # nothing (left) to move
+        rest = sorted(k for k in listed if k != last)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(copy, rest))
+        if last in listed:
+            try:
+                copy(last, listed[last][1])
+                delete(last, listed[last][1])
+            except StorageLocationError:
+                if _still_there(client, bucket, f"{source}/{last}", listed[last][1]):
+                    raise
+                continue  # a commit landed meanwhile: copy what it wrote, then its repo
+        moved.update({k: size for k, (size, _) in listed.items()})
+        with _storage_errors(f"listing {destination}/"):
+            copies = sorted(
+                o["Key"][len(destination) + 1 :]
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{destination}/")
+                for o in page.get("Contents", [])
+            )
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(untag, [k for k in copies if k != last]))
+        if last in copies:
+            untag(last)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(delete, rest))
+        return len(moved), sum(moved.values())
+    else:
+        raise StorageLocationError(
+            f"{source}/ kept changing while it was moved ({_MOVE_ROUNDS} rounds): stop the "
+            "uploads to it (revoke their credentials) and run again"
         )
+    return 0, 0
 
-    def delete(key: str) -> None:
-        client.delete_object(Bucket=bucket, Key=f"{source}/{key}")
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(copy, rest))
-    if last in keys:
-        copy(last)
-        delete(last)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(delete, rest))
-    return len(keys), sum(size for _, size, _ in listed)
+def _still_there(client: Any, bucket: str, key: str, etag: str) -> bool:
+    """Whether ``key`` still has the listed ``etag`` (a failed conditional copy or delete was a
+    fault, not a concurrent change)."""
+    try:
+        return client.head_object(Bucket=bucket, Key=key)["ETag"] == etag
+    except botocore.exceptions.ClientError:
+        return False

@@ -18,6 +18,7 @@ import icechunk
 from zarr.core.buffer import default_buffer_prototype
 
 from .aio import run_bounded
+from .errors import IntegrityError
 from .hierarchy import Hierarchy, node_key
 from .index import DigestIndex, FileDigest
 from .objects import DEFAULT_JOBS
@@ -58,8 +59,13 @@ def read_snapshot_files(
 
     ``data`` is ``None`` for a chunk missing from the repository.
     """
-    session = repository.icechunk.readonly_session(snapshot_id=snapshot_id)
-    store = session.store
+    try:
+        store = repository.icechunk.readonly_session(snapshot_id=snapshot_id).store
+    except icechunk.IcechunkError as exc:
+        raise IntegrityError(
+            f"snapshot {snapshot_id} of {repository.zarr_id} cannot be read: {_first_line(exc)}; "
+            "run `dandi-icechunk audit --repair` on its publication"
+        ) from None
     hierarchy = Hierarchy.from_documents(index.documents) if index.documents else None
     progress.start("reading", index.file_count, index.size)
 
@@ -75,6 +81,10 @@ def read_snapshot_files(
         asyncio.run(run_bounded(one, sorted(index.files), jobs))
     finally:
         progress.finish()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 async def _get_chunk(store: Any, hierarchy: Hierarchy | None, key: str) -> bytes | None:
@@ -117,7 +127,10 @@ def verify_snapshot(
             problems.append(f"{key}: stored bytes do not match the uploaded file's MD5/size")
 
     read_snapshot_files(repository, sid, index, check, jobs, progress or NoProgress())
-    problems.extend(_check_nodes(repository, sid, index))
+    try:
+        problems.extend(_check_nodes(repository, sid, index))
+    except icechunk.IcechunkError as exc:  # the snapshot or a manifest is damaged
+        problems.append(f"snapshot {sid} cannot be read: {_first_line(exc)}")
     return VerifyResult(
         zarr_id=repository.zarr_id,
         snapshot_id=sid,

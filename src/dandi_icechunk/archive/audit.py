@@ -25,7 +25,10 @@ from ..reference import SnapshotReference
 from ..session import ZarrRepository
 from ..snapshot_files import verify_snapshot
 
-WRITE_ONCE_PREFIXES = ("chunks/", "manifests/", "snapshots/", "transactions/", "dandi/index/")
+WRITE_ONCE_PREFIXES = (
+    "chunks/", "manifests/", "snapshots/", "transactions/", "overwritten/", "dandi/index/",
+)
+"""Where every object is written once: any later version or delete marker is tampering."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,10 @@ def audit_publications(
     problems: list[str] = []
     repairs: list[str] = []
     for zarr_id, pubs in sorted(by_zarr.items()):
-        found = _check(location, zarr_id, pubs, jobs, deep=True)
+        found = _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
         if found and repair:
             repairs.extend(_repair(location, zarr_id, pubs))
-            found = _check(location, zarr_id, pubs, jobs, deep=True)
+            found = _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
         problems.extend(found)
     return AuditReport(checked=sum(len(p) for p in by_zarr.values()), problems=problems, repairs=repairs)
 
@@ -128,6 +131,22 @@ def _check(
                 f"published {pub.zarr_checksum}"
             )
     return problems
+
+
+def _tampered(location: StorageLocation, zarr_id: str) -> list[str]:
+    """Write-once objects of the repository that were overwritten or deleted (versioned buckets;
+    elsewhere reading everything back is the only check)."""
+    objects = None
+    for embargoed in (False, True):
+        objects = objects or versioned_objects(location, zarr_id, embargoed=embargoed)
+    if objects is None:
+        return []
+    try:
+        return [
+            f"{zarr_id}: {what} {key}" for key, what, _ in _write_once_damage(objects)
+        ]
+    except DandiIcechunkError as exc:
+        return [f"{zarr_id}: cannot list object versions: {exc}"]
 
 
 def _repair(location: StorageLocation, zarr_id: str, pubs: list[Publication]) -> list[str]:
@@ -184,21 +203,32 @@ def protect_published_objects(location: StorageLocation, zarr_id: str) -> Protec
     return ProtectResult(zarr_id=repo.zarr_id, objects_held=held, bytes_held=size)
 
 
-def _restore_write_once_objects(zarr_id: str, objects: VersionedObjects) -> list[str]:
-    """Give every deleted or overwritten write-once object its first version back."""
+def _write_once_damage(objects: VersionedObjects) -> list[tuple[str, str, str]]:
+    """(key, "deleted" or "overwritten", first version ID) of every write-once object whose
+    latest version is not its first."""
     versions: dict[str, list[Any]] = defaultdict(list)
     for prefix in WRITE_ONCE_PREFIXES:
         for version in objects.versions(prefix):
             versions[version.key].append(version)
-    repairs = []
+    damage = []
     for key, history in sorted(versions.items()):
         # S3 lists the versions of a key newest first (timestamps may tie): the last is the first.
         original = next((v for v in reversed(history) if not v.is_delete_marker), None)
         latest = next((v for v in history if v.is_latest), None)
-        if original is None or (latest is not None and latest.version_id == original.version_id):
-            continue
-        objects.restore(key, original.version_id)
+        if original is None or (
+            latest is not None and not latest.is_delete_marker and latest.etag == original.etag
+        ):
+            continue  # untouched, or restored (a copy of the first version is the latest)
         what = "deleted" if latest is None or latest.is_delete_marker else "overwritten"
+        damage.append((key, what, original.version_id))
+    return damage
+
+
+def _restore_write_once_objects(zarr_id: str, objects: VersionedObjects) -> list[str]:
+    """Give every deleted or overwritten write-once object its first version back."""
+    repairs = []
+    for key, what, version_id in _write_once_damage(objects):
+        objects.restore(key, version_id)
         repairs.append(f"{zarr_id}: restored {what} {key}")
     return repairs
 

@@ -1,9 +1,12 @@
 """Lift the embargo of a Zarr: its repository moves from the private prefix to the public one.
 
 The move is server-side (no byte is uploaded again) and keeps every object as it is, so every
-snapshot ID, tag and branch stays valid. The ``repo`` object moves last, so the public
-repository appears only once it is complete; running the move again after a crash finishes it.
-Time grows with the number of objects (one server-side copy and one delete each).
+snapshot ID, tag and branch stays valid. Copies stay tagged ``embargoed=true`` (which the bucket
+policy keeps from anonymous readers) until the ``repo`` object has moved, so embargoed bytes are
+never anonymously readable before the embargo is lifted; an upload committing during the move
+either makes it go round again or fails cleanly; running the move again after a crash finishes
+it (:func:`~dandi_icechunk.objects.move_prefix`). Time grows with the number of objects (a
+server-side copy, an untag and a delete each).
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ class UnembargoResult(JsonRecord):
 def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = DEFAULT_JOBS) -> UnembargoResult:
     """Make the repository of ``zarr_id`` public. Idempotent: a public Zarr moves nothing."""
     start = time.perf_counter()
-    repo = ZarrRepository.open(location, zarr_id, embargoed=True)
-    moved = (0, 0)
-    if repo.embargoed:
-        moved = move_prefix(
-            location,
-            location.repository_prefix(repo.zarr_id, embargoed=True),
-            location.repository_prefix(repo.zarr_id, embargoed=False),
-            last=REPO_OBJECT,
-            jobs=jobs,
-        )
+    repo = ZarrRepository.open(location, zarr_id, embargoed=True)  # it exists, somewhere
+    # Whatever is left under the private prefix moves, even when the public repository is already
+    # there: a run interrupted after moving the repo object is finished by the next one.
+    moved = move_prefix(
+        location,
+        location.repository_prefix(repo.zarr_id, embargoed=True),
+        location.repository_prefix(repo.zarr_id, embargoed=False),
+        last=REPO_OBJECT,
+        jobs=jobs,
+    )
     public = ZarrRepository.open(location, zarr_id)
     tip = public.resolve()
     info = public.commit_info(tip)

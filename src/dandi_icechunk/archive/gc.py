@@ -3,8 +3,9 @@
 Snapshots older than the restore window that no branch or tag points at are expired, then
 Icechunk's garbage collection deletes objects that no surviving snapshot reaches and that are
 older than the window (so an upload in progress is never touched), and digest indexes that no
-surviving snapshot names go too. Published snapshots are reached by their tags; GC refuses to
-run while a published snapshot is not named by a tag (run ``audit --repair`` first).
+surviving snapshot names go too. Published snapshots are reached by their tags; GC finds them in
+the archive's own record of publications as well, and refuses to run while one of them is not
+named by a tag (run ``audit --repair`` first), so it never depends on the caller remembering.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..index import INDEX_PREFIX
 from ..location import StorageLocation
 from ..records import JsonRecord
 from ..session import ZarrRepository
+from .ledger import recorded_publications
 
 PUBLISH_TAG_PREFIX = "dandiset/"
 DEFAULT_RESTORE_WINDOW = timedelta(days=30)
@@ -49,16 +51,19 @@ def collect_garbage(
 ) -> GCResult:
     """Garbage-collect the repository of ``zarr_id``.
 
-    ``published_snapshots`` are the snapshot IDs the archive has published (default: the targets
-    of the repository's ``dandiset/...`` tags). A dry run expires nothing and deletes nothing;
+    Published snapshots, always kept: those the archive recorded at publish
+    (:mod:`~dandi_icechunk.archive.ledger`, which uploaders cannot change), the targets of the
+    ``dandiset/...`` tags, and any ``published_snapshots`` given. A dry run expires nothing and deletes nothing;
     it reports the snapshots that would expire and the objects unreachable today.
     """
     repo = ZarrRepository.open(location, zarr_id)
     ic = repo.icechunk
     tags = {t: ic.lookup_tag(t) for t in ic.list_tags()}
-    published = set(published_snapshots) if published_snapshots is not None else {
-        sid for t, sid in tags.items() if t.startswith(PUBLISH_TAG_PREFIX)
-    }
+    published = (
+        set(published_snapshots or ())
+        | set(recorded_publications(location, repo.zarr_id).values())
+        | {sid for t, sid in tags.items() if t.startswith(PUBLISH_TAG_PREFIX)}
+    )
     untagged = sorted(published - set(tags.values()))
     if untagged:
         raise GarbageCollectionError(

@@ -28,6 +28,7 @@ from ..reference import (
     repository_http_url,
 )
 from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, dandiset_branch, publish_tag
+from .ledger import record_publication
 
 _DANDISET_ID = re.compile(r"\d{6}")
 _VERSION = re.compile(r"0\.\d{6}\.\d{4}")
@@ -78,6 +79,8 @@ def publish_dandiset(
     for plan in plans:
         if not plan.tagged:
             _create_tag(plan, tag)
+        # After the tag: a crash in between leaves a tag that GC keeps anyway; the retry records.
+        record_publication(location, plan.repository.zarr_id, tag, plan.snapshot_id)
     return published
 
 
