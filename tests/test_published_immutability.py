@@ -290,7 +290,7 @@ def test_the_publication_record_is_out_of_the_uploaders_reach(locked_s3_server: 
     zid = str(uuid.uuid4())
     _publish(admin, zid, make_zarr_v3(tmp_path / "a.zarr"))
     client = _client(locked_s3_server, _uploader(admin))
-    [key] = _keys(locked_s3_server.client(), locked_s3_server.bucket, admin.published_prefix(zid))
+    [key] = _keys(locked_s3_server.client(), locked_s3_server.bucket, admin.archive_prefix(zid))
     for write in (
         lambda: client.delete_object(Bucket=locked_s3_server.bucket, Key=key),
         lambda: client.put_object(Bucket=locked_s3_server.bucket, Key=key, Body=b"{}"),

@@ -14,6 +14,7 @@ import zarr
 from dandi_icechunk import open_dataset
 from dandi_icechunk.archive_hooks import (
     attach_zarr_to_dandiset,
+    finalize_upload,
     publish_dandiset,
     publish_tag,
     unembargo_dandiset_zarrs,
@@ -65,6 +66,7 @@ def test_zarr_reused_in_a_second_dandiset_without_upload_and_edited_copy_on_writ
     zarr.open_group(str(b_src), mode="r+")["data"][0:4, 0:16, 0:16] = noise  # B edits one chunk
     edit = upload_zarr(b_src, location, zarr_id, branch=attached.branch, dandiset="000002")
     assert edit.files_written == 1
+    finalize_upload(zarr_id, location=location, dandiset_id="000002")  # B's draft now names it
     assert len(_chunk_objects(location, zarr_id) - chunks_before) == 1  # copy-on-write: one new chunk
 
     repo = ZarrRepository.open(location, zarr_id)

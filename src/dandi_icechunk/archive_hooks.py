@@ -20,6 +20,7 @@ the archive depends on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -34,14 +35,25 @@ from .archive.audit import (
 from .archive.credentials import CredentialVendor, VendedCredentials
 from .archive.embargo import UnembargoResult, unembargo_zarr
 from .archive.gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
+from .archive.ledger import (
+    DraftRecord,
+    descends_from,
+    draft_branch,
+    record_draft,
+    recorded_drafts,
+    restore_refs,
+)
 from .archive.publish import PublishError, publish_dandiset
-from .errors import DandiIcechunkError
+from .errors import FinalizeError
 from .location import StorageLocation
 from .reference import ZARR_MEDIA_TYPE
 from .reuse import Attachment, attach_zarr, register_checksum
-from .session import CommitInfo, ZarrRepository, publish_tag
+from .session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, publish_tag
+
+_log = logging.getLogger("dandi_icechunk")
 
 __all__ = [
+    "FinalizeError",
     "PublishError",
     "attach_zarr_to_dandiset",
     "audit_published",
@@ -104,11 +116,16 @@ def attach_zarr_to_dandiset(
 ) -> Attachment:
     """Add an existing Zarr (at a published tag or snapshot; default: its newest) to another
     Dandiset's draft without uploading it again (see :mod:`dandi_icechunk.reuse`). The new
-    asset's metadata uses the returned checksum and size and the Zarr's own ``zarr_id``."""
-    return attach_zarr(
+    asset's metadata uses the returned checksum and size and the Zarr's own ``zarr_id``.
+    The new draft is recorded, so its branch is guarded like every finalized draft."""
+    attachment = attach_zarr(
         location, zarr_id, dandiset_id, snapshot_id=snapshot_id, tag=tag,
         dandiset_embargoed=dandiset_embargoed,
     )
+    if dandiset_id not in recorded_drafts(location, attachment.zarr_id):
+        draft = DraftRecord(dandiset_id, attachment.branch, attachment.snapshot_id)
+        record_draft(location, attachment.zarr_id, draft)
+    return attachment
 
 
 def unembargo_dandiset_zarrs(zarr_ids: Iterable[str], *, location: StorageLocation) -> list[UnembargoResult]:
@@ -126,13 +143,36 @@ def vend_upload_credentials(
     return vendor.vend(zarr_id, embargoed=embargoed)
 
 
-def finalize_upload(zarr_id: str, *, location: StorageLocation) -> CommitInfo:
-    """After an upload with vended credentials: enter the new tip in the checksum lookup (which
-    uploaders cannot write) and return its commit metadata, for the asset's digest and size."""
+def finalize_upload(
+    zarr_id: str, *, location: StorageLocation, dandiset_id: str | None = None
+) -> CommitInfo:
+    """After an upload with vended credentials: check the refs, record the new draft, enter it
+    in the checksum lookup (which uploaders cannot write) and return its commit metadata, for
+    the asset's digest and size.
+
+    With ``dandiset_id`` (what the archive always passes), the Dandiset's draft branch must
+    still descend from the snapshot last finalized for it: a branch another writer reset or
+    rewound is put back and the upload refused (:class:`FinalizeError`; upload again). Refs of
+    the Zarr's other Dandisets that this upload's credentials moved are put back too
+    (:func:`~dandi_icechunk.archive.ledger.restore_refs`).
+    """
     repository = ZarrRepository.open(location, zarr_id)
-    tip = repository.resolve()
+    for line in restore_refs(location, repository, except_dandiset=dandiset_id):
+        _log.warning("Zarr %s: %s", repository.zarr_id, line)
+    branch = draft_branch(location, repository, dandiset_id) if dandiset_id else DEFAULT_BRANCH
+    tip = repository.resolve(branch=branch)
     info = repository.commit_info(tip)
     if info is None:
-        raise DandiIcechunkError(f"Zarr {zarr_id} has no uploaded snapshot to finalize")
+        raise FinalizeError(f"Zarr {zarr_id} has no uploaded snapshot to finalize")
+    if dandiset_id is not None:
+        previous = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
+        if previous is not None and not descends_from(repository, tip, previous.snapshot_id):
+            repository.icechunk.reset_branch(branch, previous.snapshot_id, from_snapshot_id=tip)
+            raise FinalizeError(
+                f"branch {branch} of Zarr {zarr_id} no longer descends from Dandiset "
+                f"{dandiset_id}'s last finalized snapshot {previous.snapshot_id}: another writer "
+                "moved it. It was put back; nothing was finalized. Upload again"
+            )
+        record_draft(location, repository.zarr_id, DraftRecord(dandiset_id, branch, tip))
     register_checksum(location, info.zarr_checksum, repository.zarr_id, tip, embargoed=repository.embargoed)
     return info

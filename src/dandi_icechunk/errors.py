@@ -59,6 +59,10 @@ class PublishError(DandiIcechunkError):
     """Publishing was refused; nothing was tagged and no metadata was produced."""
 
 
+class FinalizeError(DandiIcechunkError):
+    """An upload could not be finalized; nothing was recorded."""
+
+
 class GarbageCollectionError(DandiIcechunkError):
     """Garbage collection was refused; nothing was deleted."""
 

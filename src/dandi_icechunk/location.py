@@ -7,7 +7,8 @@ Zarr asset has its own Icechunk repository, keyed by the asset's ``zarr_id``::
     <prefix>/zarr-icechunk/<zarr_id>/             repository of a public Zarr
     <prefix>/zarr-icechunk-embargoed/<zarr_id>/   repository of an embargoed Zarr (private prefix)
     <prefix>/zarr-icechunk-checksums/             checksum -> snapshot lookup (archive-only writes)
-    <prefix>/zarr-icechunk-published/<zarr_id>/   what the archive published (archive-only writes)
+    <prefix>/zarr-icechunk-archive/<zarr_id>/     the archive's record of drafts and publications
+                                                  (archive-only writes)
 
 >>> loc = StorageLocation.parse("s3://dandiarchive?endpoint_url=http://127.0.0.1:8333")
 >>> loc.repository_prefix("2b1f5f4c-3c35-4a3e-9a6c-1b9bb5d6b0c1")
@@ -35,7 +36,7 @@ STORAGE_ENV_VAR = "DANDI_ICECHUNK_STORAGE"
 PUBLIC_PREFIX = "zarr-icechunk"
 EMBARGOED_PREFIX = "zarr-icechunk-embargoed"
 CHECKSUMS_PREFIX = "zarr-icechunk-checksums"
-PUBLISHED_PREFIX = "zarr-icechunk-published"
+ARCHIVE_PREFIX = "zarr-icechunk-archive"
 _S3_QUERY_KEYS = {"endpoint_url", "region"}
 
 
@@ -188,9 +189,10 @@ class StorageLocation:
         area = f"{EMBARGOED_PREFIX}/_checksums" if embargoed else CHECKSUMS_PREFIX
         return "/".join(p for p in (self.prefix, area) if p)
 
-    def published_prefix(self, zarr_id: str) -> str:
-        """Key prefix of the archive's record of the versions of ``zarr_id`` it published."""
-        return "/".join(p for p in (self.prefix, PUBLISHED_PREFIX, validate_zarr_id(zarr_id)) if p)
+    def archive_prefix(self, zarr_id: str) -> str:
+        """Key prefix of the archive's own record of ``zarr_id`` (drafts finalized, versions
+        published), outside every repository prefix so that upload credentials never reach it."""
+        return "/".join(p for p in (self.prefix, ARCHIVE_PREFIX, validate_zarr_id(zarr_id)) if p)
 
     def icechunk_storage(self, zarr_id: str, *, embargoed: bool = False) -> icechunk.Storage:
         """The Icechunk storage of the repository of ``zarr_id``."""

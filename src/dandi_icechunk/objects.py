@@ -71,6 +71,10 @@ class RepositoryObjects(Protocol):
         """Write ``data`` unless ``key`` exists; return whether this call wrote it."""
         ...
 
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` to ``key``, replacing what is there."""
+        ...
+
     def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         """Yield ``(key, size, last modified)`` of every object under ``prefix``."""
         ...
@@ -120,6 +124,14 @@ class _LocalObjects:
 
     def exists(self, key: str) -> bool:
         return (self._root / key).is_file()
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # atomic
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._root / key
@@ -231,6 +243,10 @@ class _S3Objects:
                 if attempt + 1 == _READ_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes) -> None:
+        with _storage_errors(f"writing {self._url(key)}"):
+            self._client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
 
     def exists(self, key: str) -> bool:
         with _storage_errors(f"looking up {self._url(key)}"):

@@ -1,6 +1,7 @@
 """Publish a Dandiset version: tag each Zarr's draft snapshot and record it in the metadata.
 
-For every Zarr asset the newest snapshot of the Dandiset's draft branch must be what the draft
+For every Zarr asset the Dandiset's draft snapshot (the one last finalized, see
+:mod:`dandi_icechunk.archive.ledger`; else the tip of its draft branch) must be what the draft
 metadata says (checksum and size); it is tagged ``dandiset/<dandiset>/<version>`` and recorded in
 the returned metadata (see :mod:`dandi_icechunk.reference`). Every check runs before the first
 tag, so a refusal publishes nothing. Idempotent: after a crash at any point, a retry gets the same
@@ -27,8 +28,8 @@ from ..reference import (
     is_snapshot_resource,
     repository_http_url,
 )
-from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, dandiset_branch, publish_tag
-from .ledger import record_publication
+from ..session import CommitInfo, ZarrRepository, publish_tag
+from .ledger import draft_branch, record_publication, recorded_drafts, restore_refs
 
 _DANDISET_ID = re.compile(r"\d{6}")
 _VERSION = re.compile(r"0\.\d{6}\.\d{4}")
@@ -84,16 +85,6 @@ def publish_dandiset(
     return published
 
 
-def _draft_branch(repository: ZarrRepository, dandiset_id: str) -> str:
-    """The branch holding ``dandiset_id``'s draft of a Zarr: its own branch when the Zarr was
-    attached to it from another Dandiset, otherwise ``main``."""
-    branches = repository.icechunk.list_branches()
-    for embargoed in (False, True):
-        if (branch := dandiset_branch(dandiset_id, embargoed=embargoed)) in branches:
-            return branch
-    return DEFAULT_BRANCH
-
-
 def _plan(
     assets: Sequence[Mapping[str, Any]], tag: str, location: StorageLocation, dandiset_id: str
 ) -> tuple[list[_Plan], list[str]]:
@@ -106,8 +97,14 @@ def _plan(
         try:
             zarr_id = asset_zarr_id(asset)
             repository = ZarrRepository.open(location, zarr_id)
+            restore_refs(location, repository)  # what another Dandiset's uploader moved
             existing = _tagged_snapshot(repository, tag)
-            snapshot_id = existing or repository.resolve(branch=_draft_branch(repository, dandiset_id))
+            draft = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
+            snapshot_id = existing or (
+                # exactly what was last finalized; later commits are an upload not yet finalized
+                draft.snapshot_id if draft
+                else repository.resolve(branch=draft_branch(location, repository, dandiset_id))
+            )
             info = repository.commit_info(snapshot_id)
         except DandiIcechunkError as exc:
             problems.append(f"{name}: {exc}")
