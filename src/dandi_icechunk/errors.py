@@ -7,6 +7,12 @@ that was wrong and what to do about it. Icechunk's own exceptions never escape t
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Icechunk's span many), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class DandiIcechunkError(Exception):
     """Base class of every error raised by dandi-icechunk."""
 

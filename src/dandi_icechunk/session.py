@@ -31,6 +31,7 @@ from .errors import (
     RefNotFoundError,
     RepositoryNotFoundError,
     StorageLocationError,
+    first_line,
 )
 from .hierarchy import Hierarchy
 from .index import DigestIndex, load_index
@@ -145,13 +146,14 @@ def _icechunk_errors(what: str) -> Iterator[None]:
     except DandiIcechunkError:
         raise
     except (icechunk.SnapshotNotFoundError, icechunk.RefNotFoundError) as exc:
-        raise RefNotFoundError(f"{what} does not exist: {_first_line(exc)}") from None
+        raise RefNotFoundError(f"{what} does not exist: {first_line(exc)}") from None
+    except icechunk.StorageError as exc:  # the network or the storage failed, not the ref
+        raise StorageLocationError(
+            f"reading {what} failed ({first_line(exc)}); check the storage and run again"
+        ) from None
     except icechunk.IcechunkError as exc:
-        raise RefNotFoundError(f"{what}: {_first_line(exc)}") from None
+        raise RefNotFoundError(f"{what}: {first_line(exc)}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 class ZarrRepository:
@@ -234,7 +236,7 @@ class ZarrRepository:
             raise
         except (icechunk.IcechunkError, OSError, ValueError) as exc:
             raise StorageLocationError(
-                f"cannot open the repository of {zarr_id} at {location.url}: {_first_line(exc)}"
+                f"cannot open the repository of {zarr_id} at {location.url}: {first_line(exc)}"
             ) from None
 
     def resolve(

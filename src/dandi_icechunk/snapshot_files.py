@@ -18,7 +18,7 @@ import icechunk
 from zarr.core.buffer import default_buffer_prototype
 
 from .aio import run_bounded
-from .errors import IntegrityError
+from .errors import IntegrityError, first_line
 from .hierarchy import Hierarchy, node_key
 from .index import DigestIndex, FileDigest
 from .objects import DEFAULT_JOBS
@@ -63,7 +63,7 @@ def read_snapshot_files(
         store = repository.icechunk.readonly_session(snapshot_id=snapshot_id).store
     except icechunk.IcechunkError as exc:
         raise IntegrityError(
-            f"snapshot {snapshot_id} of {repository.zarr_id} cannot be read: {_first_line(exc)}; "
+            f"snapshot {snapshot_id} of {repository.zarr_id} cannot be read: {first_line(exc)}; "
             "run `dandi-icechunk audit --repair` on its publication"
         ) from None
     hierarchy = Hierarchy.from_documents(index.documents) if index.documents else None
@@ -82,9 +82,6 @@ def read_snapshot_files(
     finally:
         progress.finish()
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 async def _get_chunk(store: Any, hierarchy: Hierarchy | None, key: str) -> bytes | None:
@@ -130,7 +127,7 @@ def verify_snapshot(
     try:
         problems.extend(_check_nodes(repository, sid, index))
     except icechunk.IcechunkError as exc:  # the snapshot or a manifest is damaged
-        problems.append(f"snapshot {sid} cannot be read: {_first_line(exc)}")
+        problems.append(f"snapshot {sid} cannot be read: {first_line(exc)}")
     return VerifyResult(
         zarr_id=repository.zarr_id,
         snapshot_id=sid,

@@ -19,7 +19,7 @@ from typing import Any
 
 import icechunk
 
-from ..errors import DandiIcechunkError, PublishError
+from ..errors import DandiIcechunkError, PublishError, first_line
 from ..location import StorageLocation
 from ..reference import (
     ZARR_MEDIA_TYPE,
@@ -109,6 +109,9 @@ def _plan(
         except DandiIcechunkError as exc:
             problems.append(f"{name}: {exc}")
             continue
+        except icechunk.IcechunkError as exc:  # reading refs failed: the storage, not the draft
+            problems.append(f"{name}: reading the repository failed ({first_line(exc)}); run again")
+            continue
         if info is None:
             problems.append(f"{name}: Zarr {zarr_id} has no uploaded snapshot; upload it first")
             continue
@@ -123,6 +126,7 @@ def _plan(
             continue
         plans.append(_Plan(position, repository, snapshot_id, info, tagged=existing is not None))
     return plans, problems
+
 
 
 def _tagged_snapshot(repository: ZarrRepository, tag: str) -> str | None:

@@ -30,6 +30,7 @@ from ..errors import (
     DandiIcechunkError,
     RefNotFoundError,
     RepositoryNotFoundError,
+    first_line,
 )
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
 from ..objects import REPO_OBJECT
@@ -158,7 +159,7 @@ def _open_http(url: str, snapshot_id: str | None, tag: str | None, branch: str |
     except icechunk.IcechunkError as exc:
         if _http_status(url.rstrip("/") + "/" + REPO_OBJECT) == 403:
             raise AccessDeniedError(f"access to {url} was refused") from None
-        raise RepositoryNotFoundError(f"no repository readable at {url}: {_line(exc)}") from None
+        raise RepositoryNotFoundError(f"no repository readable at {url}: {first_line(exc)}") from None
     try:
         if snapshot_id is not None:
             return repo.readonly_session(snapshot_id=snapshot_id)
@@ -167,7 +168,7 @@ def _open_http(url: str, snapshot_id: str | None, tag: str | None, branch: str |
         return repo.readonly_session(branch=branch or "main")
     except icechunk.IcechunkError as exc:
         what = f"snapshot {snapshot_id}" if snapshot_id else f"tag {tag!r}" if tag else f"branch {branch or 'main'!r}"
-        raise RefNotFoundError(f"{what} does not exist at {url}: {_line(exc)}") from None
+        raise RefNotFoundError(f"{what} does not exist at {url}: {first_line(exc)}") from None
 
 
 def _http_status(url: str) -> int | None:
@@ -200,6 +201,3 @@ def _access_error(exc: DandiIcechunkError, repository: str) -> DandiIcechunkErro
         )
     return exc
 
-
-def _line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

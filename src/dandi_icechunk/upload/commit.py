@@ -26,6 +26,7 @@ from ..errors import (
     InvalidArgumentError,
     RepositoryNotFoundError,
     StorageLocationError,
+    first_line,
 )
 from ..hierarchy import Hierarchy, node_key
 from ..index import DigestIndex, IndexDelta, store_index
@@ -226,9 +227,8 @@ def _storage_errors(zarr_id: str) -> Iterator[None]:
     except icechunk.IcechunkError as exc:
         if isinstance(exc, icechunk.ConflictError):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageLocationError(
-            f"writing to the repository of {zarr_id} failed ({first}); nothing was committed. "
+            f"writing to the repository of {zarr_id} failed ({first_line(exc)}); nothing was committed. "
             "If your upload credentials expired or were revoked, get new ones and run again"
         ) from None
 
