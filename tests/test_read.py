@@ -154,3 +154,24 @@ def test_embargoed_zarrs_refuse_anonymous_reads_and_serve_their_owners(public_s3
     http_url = f"{public_s3_server.endpoint_url}/{public_s3_server.bucket}/zarr-icechunk-embargoed/{zid}/"
     with pytest.raises(AccessDeniedError, match="private"):
         open_dataset(http_url)
+
+
+def test_the_cli_reads_a_public_bucket_with_no_aws_credentials_at_all(
+    public_s3_server: S3Server, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from dandi_icechunk.cli import main
+
+    admin = public_s3_server.location()
+    zid = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr", seed=uuid.UUID(zid).int % 1000)
+    result = upload_zarr(src, admin, zid, dedup=False)
+    storage = dataclasses.replace(admin, credentials=None).url
+    env = {"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None,
+           "AWS_PROFILE": None, "AWS_SHARED_CREDENTIALS_FILE": None, "AWS_EC2_METADATA_DISABLED": "true"}
+    out = CliRunner().invoke(main, ["--storage", storage, "log", zid, "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    assert result.snapshot_id in out.output
+    exported = CliRunner().invoke(main, ["--storage", storage, "export", zid, str(tmp_path / "out.zarr")], env=env)
+    assert exported.exit_code == 0, exported.output

@@ -133,3 +133,22 @@ def test_manifest_lists_every_file_with_size_and_md5(
         assert node[0] == ref.snapshot_id
         assert node[2:] == [len(data), hashlib.md5(data).hexdigest()]
     json.dumps(document)
+
+
+def test_browsers_may_read_cross_origin_with_cors_and_preflight(
+    published: tuple[Path, SnapshotReference], server: str
+) -> None:
+    src, ref = published
+    base = f"{server}/{ref.zarr_id}/{ref.snapshot_id}"
+    origin = {"Origin": "http://viewer.example"}
+    status, headers, _ = _get(f"{base}/0/0.0.0", headers={**origin, "Range": "bytes=0-9"})
+    assert status == 206 and headers["Access-Control-Allow-Origin"] == "*"
+    exposed = {h.strip().lower() for h in headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"etag", "content-range", "content-length"} <= exposed
+    status, headers, _ = _get(
+        f"{base}/0/0.0.0", method="OPTIONS",
+        headers={**origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"},
+    )
+    assert status == 200 and "GET" in headers["Access-Control-Allow-Methods"]
+    assert "range" in headers["Access-Control-Allow-Headers"].lower()
+    assert _get(f"{base}/0/0.0.0", method="OPTIONS")[0] == 204  # a plain OPTIONS, no preflight

@@ -8,12 +8,12 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "open_dataset", "open_session", "open_zarr", "upload_zarr"]
+__all__ = ["__version__", "open_dataset", "open_datatree", "open_session", "open_zarr", "upload_zarr"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: xarray and zarr take a while to import, and the CLI rarely needs them.
-    if name in ("open_dataset", "open_session", "open_zarr"):
+    if name in ("open_dataset", "open_datatree", "open_session", "open_zarr"):
         from . import read
 
         return getattr(read, name)

@@ -17,6 +17,7 @@ Zarr asset has its own Icechunk repository, keyed by the asset's ``zarr_id``::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import uuid
@@ -178,6 +179,16 @@ class StorageLocation:
         )
         path = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         return f"{path}?{query}" if query else path
+
+    def for_reading(self) -> StorageLocation:
+        """This location, reading anonymously when it is S3 and no AWS credentials are given or
+        configured (environment, profile, shared credentials file): public data needs none."""
+        if self.kind != "s3" or self.credentials or self.credentials_provider or self.anonymous:
+            return self
+        if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
+            return self
+        shared = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", Path.home() / ".aws" / "credentials"))
+        return self if shared.exists() else dataclasses.replace(self, anonymous=True)
 
     def repository_prefix(self, zarr_id: str, *, embargoed: bool = False) -> str:
         """Key prefix (inside the bucket) of the repository of ``zarr_id``."""

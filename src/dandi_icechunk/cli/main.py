@@ -58,7 +58,8 @@ def emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
 
 
 def open_repository(ctx: click.Context, zarr_id: str) -> ZarrRepository:
-    return ZarrRepository.open(ctx.obj, zarr_id)
+    """The repository for a reading command: anonymous when no AWS credentials are configured."""
+    return ZarrRepository.open(ctx.obj.for_reading(), zarr_id)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress.")

@@ -173,7 +173,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 
     from ..read.serve import create_app
 
-    uvicorn.run(create_app(ctx.obj), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(ctx.obj.for_reading()), host=host, port=port, log_level="warning")
 
 
 @main.command()

@@ -8,6 +8,6 @@ plain-Zarr HTTP view (:mod:`.serve`), :mod:`.export` to a directory, :mod:`.mani
 >>> ds = open_dataset(published_asset_metadata)
 """
 
-from .open import AccessDeniedError, open_dataset, open_session, open_zarr
+from .open import AccessDeniedError, open_dataset, open_datatree, open_session, open_zarr
 
-__all__ = ["AccessDeniedError", "open_dataset", "open_session", "open_zarr"]
+__all__ = ["AccessDeniedError", "open_dataset", "open_datatree", "open_session", "open_zarr"]

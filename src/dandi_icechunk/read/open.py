@@ -16,7 +16,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,18 +28,22 @@ import zarr
 from ..errors import (
     AccessDeniedError,
     DandiIcechunkError,
+    NotAZarrAssetError,
     RefNotFoundError,
     RepositoryNotFoundError,
     first_line,
 )
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
 from ..objects import REPO_OBJECT
-from ..reference import SnapshotReference
+from ..reference import ZARR_MEDIA_TYPE, SnapshotReference
 from ..session import ZarrRepository
+from .ngff import multiscale, open_ngff_level, open_ngff_tree
 
-Source = Mapping[str, Any] | SnapshotReference | str | os.PathLike[str]
-"""Published asset metadata (dict, JSON file, or its http(s) URL), a snapshot reference, a
-repository URL (``s3://``, ``file://``, or ``https://`` of the repository root) or a ``zarr_id``."""
+Source = Mapping[str, Any] | Sequence[Mapping[str, Any]] | SnapshotReference | str | os.PathLike[str]
+"""Published asset metadata: one asset (a dict, a JSON file or its http(s) URL) or a list of
+them (what ``dandi-icechunk publish --json`` writes, or a Dandiset version's ``assets.jsonld`` /
+``assets.yaml``, with ``asset_path`` naming the asset); a snapshot reference; a repository URL
+(``s3://``, ``file://``, or ``https://`` of the repository root); or a ``zarr_id``."""
 
 _REPOSITORY_PATH = re.compile(r"/zarr-icechunk(-embargoed)?/[0-9a-fA-F-]{36}/?$")
 
@@ -47,6 +51,7 @@ _REPOSITORY_PATH = re.compile(r"/zarr-icechunk(-embargoed)?/[0-9a-fA-F-]{36}/?$"
 def open_session(
     source: Source,
     *,
+    asset_path: str | None = None,
     snapshot_id: str | None = None,
     tag: str | None = None,
     branch: str | None = None,
@@ -61,8 +66,9 @@ def open_session(
     ``source`` is a ``zarr_id`` (default: ``$DANDI_ICECHUNK_STORAGE`` or the local default).
     S3 credentials: ``credentials``, else the location's, else the usual AWS sources;
     ``anonymous`` reads without any (default: when no AWS credentials are configured).
+    ``asset_path`` picks one asset of a list of published assets.
     """
-    reference = _reference(source)
+    reference = _reference(source, asset_path)
     if reference is not None:
         if any(x is not None for x in (snapshot_id, tag, branch)):
             raise ValueError("published metadata names its snapshot: give no snapshot_id, tag or branch")
@@ -89,6 +95,7 @@ def open_dataset(
     source: Source,
     *,
     group: str | None = None,
+    asset_path: str | None = None,
     snapshot_id: str | None = None,
     tag: str | None = None,
     branch: str | None = None,
@@ -97,31 +104,112 @@ def open_dataset(
     anonymous: bool | None = None,
     **xarray_kwargs: Any,
 ) -> xr.Dataset:
-    """The ``xarray.Dataset`` of one snapshot (one group of it). For hierarchies that are not
-    xarray-shaped, such as OME-NGFF multiscales, use :func:`open_zarr`."""
+    """The ``xarray.Dataset`` of one snapshot (one group of it). An OME-NGFF image gives one
+    resolution level (its full resolution, or the level ``group`` names, e.g. ``"0"``) with the
+    NGFF axes as dimensions and their scales as coordinates; :func:`open_datatree` gives them
+    all. ``xarray_kwargs`` are xarray's (``decode_times``, ``mask_and_scale``, ``chunks`` with
+    the ``dask`` extra, ...)."""
     session = open_session(
-        source, snapshot_id=snapshot_id, tag=tag, branch=branch, location=location,
-        credentials=credentials, anonymous=anonymous,
+        source, asset_path=asset_path, snapshot_id=snapshot_id, tag=tag, branch=branch,
+        location=location, credentials=credentials, anonymous=anonymous,
     )
-    return xr.open_zarr(session.store, group=group, consolidated=False, **xarray_kwargs)
+    chunks = xarray_kwargs.pop("chunks", None)
+    dataset = store_dataset(session.store, group, **xarray_kwargs)
+    return dataset.chunk(chunks) if chunks is not None else dataset
 
 
-def _reference(source: Source) -> SnapshotReference | None:
+def open_datatree(source: Source, **kwargs: Any) -> xr.DataTree:
+    """Every group of one snapshot as an ``xarray.DataTree``; an OME-NGFF image gives one child
+    per resolution level (a bioformats2raw layout, one per image). ``kwargs`` as for
+    :func:`open_session`."""
+    return store_datatree(open_session(source, **kwargs).store)
+
+
+def store_dataset(store: Any, group: str | None = None, **decoders: Any) -> xr.Dataset:
+    """The Dataset of ``group`` of a read-only Zarr store (see :func:`open_dataset`)."""
+    root = zarr.open_group(store, mode="r")
+    path = (group or "").strip("/")
+    try:
+        node = root[path] if path else root
+    except KeyError:
+        raise RefNotFoundError(f"no group or array {path!r} in this snapshot") from None
+    if isinstance(node, zarr.Array):
+        parent_path, _, name = path.rpartition("/")
+        parent = root[parent_path] if parent_path else root
+        assert isinstance(parent, zarr.Group)
+        if multiscale(parent) is not None:
+            return xr.decode_cf(open_ngff_level(parent, name), **decoders)
+        whole = xr.open_dataset(store, engine="zarr", group=parent_path or None, consolidated=False, chunks=None, **decoders)
+        return whole[[name]]
+    if multiscale(node) is not None:
+        return xr.decode_cf(open_ngff_level(node), **decoders)
+    return xr.open_dataset(store, engine="zarr", group=path or None, consolidated=False, chunks=None, **decoders)
+
+
+def store_datatree(store: Any) -> xr.DataTree:
+    """The DataTree of a read-only Zarr store (see :func:`open_datatree`)."""
+    return _tree(store, zarr.open_group(store, mode="r"))
+
+
+def _tree(store: Any, group: zarr.Group) -> xr.DataTree:
+    if multiscale(group) is not None:
+        return open_ngff_tree(group)
+    subgroups = dict(group.groups())
+    if any(multiscale(g) is not None for g in subgroups.values()):
+        own = xr.open_dataset(store, engine="zarr", group=group.path or None, consolidated=False, chunks=None)
+        return xr.DataTree(own, children={name: _tree(store, g) for name, g in subgroups.items()})
+    return xr.open_datatree(store, engine="zarr", group=group.path or None, consolidated=False, chunks=None)
+
+
+def _reference(source: Source, asset_path: str | None) -> SnapshotReference | None:
     if isinstance(source, SnapshotReference):
         return source
     if isinstance(source, Mapping):
         return SnapshotReference.from_asset(source)
+    if isinstance(source, Sequence) and not isinstance(source, str):
+        return SnapshotReference.from_asset(_pick(source, asset_path))
     text = os.fspath(source)
     if not isinstance(text, str):
         raise TypeError(f"cannot read from {source!r}")
     if urlsplit(text).scheme in ("http", "https") and not _REPOSITORY_PATH.search(urlsplit(text).path):
-        return SnapshotReference.from_asset(_fetch_json(text))
-    if text.endswith(".json") and Path(text).is_file():
-        try:
-            return SnapshotReference.from_asset(json.loads(Path(text).read_text()))
-        except json.JSONDecodeError as exc:
-            raise DandiIcechunkError(f"{text} is not valid JSON: {exc}") from None
+        return _reference(_fetch_json(text), asset_path)
+    if text.endswith((".json", ".jsonld", ".yaml", ".yml")) and Path(text).is_file():
+        return _reference(_load_metadata(Path(text)), asset_path)
     return None
+
+
+def _load_metadata(path: Path) -> Any:
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # what the archive writes assets.yaml with
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except ImportError:
+        raise DandiIcechunkError(f"reading {path} needs PyYAML (pip install pyyaml)") from None
+    except ValueError as exc:  # JSONDecodeError, and YAML's errors derive from Exception: below
+        raise DandiIcechunkError(f"{path} is not valid JSON: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError
+        raise DandiIcechunkError(f"{path} is not valid YAML: {first_line(exc)}") from None
+
+
+def _pick(assets: Sequence[Any], asset_path: str | None) -> Mapping[str, Any]:
+    """The Zarr asset of a list of published assets: the one at ``asset_path``, or the only one."""
+    zarrs = [a for a in assets if isinstance(a, Mapping) and a.get("encodingFormat") == ZARR_MEDIA_TYPE]
+    if asset_path is not None:
+        for asset in zarrs:
+            if asset.get("path") == asset_path:
+                return asset
+        raise NotAZarrAssetError(
+            f"no Zarr asset at path {asset_path!r} among {len(assets)} assets; Zarr assets: "
+            f"{', '.join(sorted(str(a.get('path')) for a in zarrs)[:10]) or 'none'}"
+        )
+    if len(zarrs) != 1:
+        raise NotAZarrAssetError(
+            f"{len(zarrs)} Zarr assets among {len(assets)}; name one with asset_path= (--asset-path)"
+        )
+    return zarrs[0]
 
 
 def _fetch_json(url: str) -> Mapping[str, Any]:
@@ -146,9 +234,7 @@ def _open_repository(
         location, embargoed = location or StorageLocation.resolve(), False
     if credentials is not None:
         location = dataclasses.replace(location, credentials=credentials)
-    if location.kind == "s3" and location.credentials is None:
-        anonymous = _no_credentials_configured() if anonymous is None else anonymous
-        location = dataclasses.replace(location, anonymous=anonymous)
+    location = location.for_reading() if anonymous is None else dataclasses.replace(location, anonymous=anonymous)
     return ZarrRepository.open(location, zarr_id, embargoed=embargoed)
 
 
@@ -181,12 +267,6 @@ def _http_status(url: str) -> int | None:
     except OSError:
         return None
 
-
-def _no_credentials_configured() -> bool:
-    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
-        return False
-    config_dir = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", Path.home() / ".aws" / "credentials"))
-    return not config_dir.exists()
 
 
 def _access_error(exc: DandiIcechunkError, repository: str) -> DandiIcechunkError:

@@ -5,7 +5,8 @@ uploaded (Zarr v2 stays v2). Tags containing ``/`` (``dandiset/000123/0.260101.1
 written as they are. A path ending in ``/`` (or naming a directory) lists its children as HTML
 links, the listing fsspec's HTTP filesystem reads. Responses carry the file's MD5 as ETag and
 are cacheable forever (a snapshot never changes); single byte ranges are served with 206.
-Only GET and HEAD are allowed.
+Only GET, HEAD and OPTIONS are allowed; every response carries CORS headers (any origin, ETag,
+Content-Range and Content-Length exposed), so browser viewers (Neuroglancer, vizarr) can read it.
 
     dandi-icechunk serve --port 8000
     zarr.open_group("http://127.0.0.1:8000/<zarr_id>/<snapshot_id>/", mode="r")
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -35,6 +38,7 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _CACHE_SIZE = 64
 _IMMUTABLE = "public, max-age=31536000, immutable"
+_EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,10 @@ def create_app(location: StorageLocation) -> Starlette:
     snapshots = _Snapshots(location)
 
     async def serve(request: Request) -> Response:
+        if request.method == "OPTIONS":  # a preflight is answered by the CORS middleware
+            return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
         if request.method not in ("GET", "HEAD"):
-            return PlainTextResponse("read-only: only GET and HEAD", 405, headers={"Allow": "GET, HEAD"})
+            return PlainTextResponse("read-only: only GET and HEAD", 405, headers={"Allow": "GET, HEAD, OPTIONS"})
         try:
             zarr_id, ref, key = _split(request.path_params["path"])
             snapshot = snapshots.get(zarr_id, ref)
@@ -127,7 +133,12 @@ def create_app(location: StorageLocation) -> Starlette:
         headers["Content-Range"] = f"bytes {start}-{end}/{digest.size}"
         return Response(data[start : end + 1], status_code=206, media_type=media, headers=headers)
 
-    return Starlette(routes=[Route("/{path:path}", serve, methods=["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"])])
+    cors = Middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "OPTIONS"],
+        allow_headers=["Range", "If-None-Match"], expose_headers=list(_EXPOSED), max_age=86400,
+    )
+    methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "PATCH"]
+    return Starlette(routes=[Route("/{path:path}", serve, methods=methods)], middleware=[cors])
 
 
 async def _read(snapshot: _Snapshot, key: str) -> bytes | None:
