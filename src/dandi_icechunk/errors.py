@@ -17,6 +17,13 @@ class DandiIcechunkError(Exception):
     """Base class of every error raised by dandi-icechunk."""
 
 
+class MissingExtraError(DandiIcechunkError, ImportError):
+    """A feature needs an optional part that is not installed (``pip install dandi-icechunk[X]``)."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the {extra} extra: pip install 'dandi-icechunk[{extra}]'")
+
+
 class InvalidZarrError(DandiIcechunkError):
     """A local directory is not a Zarr that can be uploaded as it is."""
 

@@ -14,7 +14,6 @@ be given back. See ``docs/zarr-v2-in-icechunk.md``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import posixpath
@@ -23,6 +22,9 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
+import zarr
 
 from .errors import InvalidZarrError
 
@@ -187,10 +189,24 @@ def _grid(path: str, shape: Any, chunks: Any, separator: str, v3_prefix: bool) -
     )
 
 
-def _v2_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
-    from zarr.core.metadata.v2 import ArrayV2Metadata
-    from zarr.metadata.migrate_v3 import _convert_array_metadata
+def _v2_array_as_v3(zarray: Mapping[str, Any], attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The v3 metadata of a v2 array, as zarr-python's own migration writes it (same codecs)."""
+    from zarr.buffer import cpu
+    from zarr.metadata.migrate_v3 import migrate_v2_to_v3
+    from zarr.storage import MemoryStore
 
+    if zarray.get("fill_value") is None:  # v2 allows none; v3 needs one: the dtype's zero
+        zarray = {**zarray, "fill_value": np.zeros((), dtype=np.dtype(zarray["dtype"])).item()}
+    source = {
+        ".zarray": cpu.Buffer.from_bytes(json.dumps(zarray).encode()),
+        ".zattrs": cpu.Buffer.from_bytes(json.dumps(attributes).encode()),
+    }
+    target: dict[str, Any] = {}
+    migrate_v2_to_v3(input_store=MemoryStore(source), output_store=MemoryStore(target))
+    return dict(json.loads(target["zarr.json"].to_bytes()))
+
+
+def _v2_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
     nodes: dict[str, Node] = {}
     ngff_dims = _ngff_dimension_names(parsed)
     dirs = {posixpath.dirname(k) for k in parsed}
@@ -212,21 +228,19 @@ def _v2_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    meta = ArrayV2Metadata.from_dict({**zarray, "attributes": attributes})
-                    if meta.fill_value is None:
-                        meta = dataclasses.replace(meta, fill_value=meta.dtype.default_scalar())
-                    v3 = _convert_array_metadata(meta).to_dict()
+                    v3 = _v2_array_as_v3(zarray, attributes)
+                shape, chunks = tuple(zarray["shape"]), tuple(zarray["chunks"])
             except Exception as exc:  # zarr raises many types for unusable metadata
                 raise InvalidZarrError(
                     f"{name} cannot be stored as Zarr v3 without loss: {exc}"
                 ) from None
             v3["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "/"}}
             dims = attributes.get("_ARRAY_DIMENSIONS") or ngff_dims.get(path)
-            if _valid_dimension_names(dims, len(meta.shape)):
+            if _valid_dimension_names(dims, len(shape)):
                 v3["dimension_names"] = dims
             separator = zarray.get("dimension_separator") or "."
             nodes[path] = Node(
-                path, "array", _encode(v3), _grid(path, meta.shape, meta.chunks, separator, False)
+                path, "array", _encode(v3), _grid(path, shape, chunks, separator, False)
             )
         elif zattrs is not None or doc(".zmetadata") is not None:
             raise InvalidZarrError(
@@ -268,7 +282,8 @@ def _valid_dimension_names(names: Any, ndim: int) -> bool:
 
 
 def _v3_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
-    from zarr.core.metadata.v3 import ArrayV3Metadata
+    from zarr.buffer import cpu
+    from zarr.storage import MemoryStore
 
     nodes: dict[str, Node] = {}
     for key, document in parsed.items():
@@ -284,17 +299,19 @@ def _v3_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                meta = ArrayV3Metadata.from_dict(dict(document))
+                store = MemoryStore({"zarr.json": cpu.Buffer.from_bytes(json.dumps(document).encode())})
+                shape = zarr.open_array(store, mode="r").shape  # zarr-python validates it
         except Exception as exc:  # zarr raises many types for unusable metadata
             raise InvalidZarrError(f"{key} is not valid Zarr v3 array metadata: {exc}") from None
-        encoding = meta.chunk_key_encoding.to_dict()
-        separator = encoding.get("configuration", {}).get("separator", "/")
-        chunk_shape = getattr(meta.chunk_grid, "chunk_shape", None)
-        if chunk_shape is None:
+        encoding = document.get("chunk_key_encoding") or {"name": "default"}
+        separator = (encoding.get("configuration") or {}).get("separator", "/")
+        grid_doc = document.get("chunk_grid") or {}
+        chunk_shape = (grid_doc.get("configuration") or {}).get("chunk_shape")
+        if grid_doc.get("name") != "regular" or chunk_shape is None:
             raise InvalidZarrError(f"{key}: only regular chunk grids are supported")
         array = dict(document)
         array["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "/"}}
-        grid = _grid(path, meta.shape, chunk_shape, separator, encoding["name"] == "default")
+        grid = _grid(path, shape, tuple(chunk_shape), separator, encoding.get("name") == "default")
         nodes[path] = Node(path, "array", _encode(array), grid)
     return nodes
 

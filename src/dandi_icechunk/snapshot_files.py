@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import icechunk
-from zarr.core.buffer import default_buffer_prototype
+from zarr.buffer import default_buffer_prototype
 
 from .aio import run_bounded
 from .errors import IntegrityError, first_line

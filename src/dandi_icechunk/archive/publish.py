@@ -19,7 +19,7 @@ from typing import Any
 
 import icechunk
 
-from ..errors import DandiIcechunkError, PublishError, first_line
+from ..errors import DandiIcechunkError, MissingExtraError, PublishError, first_line
 from ..location import StorageLocation
 from ..reference import (
     ZARR_MEDIA_TYPE,
@@ -169,8 +169,11 @@ def _schema_problem(published: Mapping[str, Any], draft: Mapping[str, Any]) -> s
     """Why ``published`` fails dandischema validation or its round trip (None when fine)."""
     if published.get("encodingFormat") != ZARR_MEDIA_TYPE:
         return None
-    from dandischema.metadata import validate
-    from dandischema.models import PublishedAsset
+    try:
+        from dandischema.metadata import validate
+        from dandischema.models import PublishedAsset
+    except ImportError:
+        raise MissingExtraError("validating published metadata", "archive") from None
 
     name = published.get("path") or published.get("id")
     try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..errors import MissingExtraError
 from ..read.export import export_snapshot
 from ..read.history import diff_snapshots, repository_info
 from ..session import DEFAULT_BRANCH
@@ -169,10 +170,13 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     GET /<zarr_id>/<snapshot_id or tag>/<key> gives the file as uploaded (v2 stays v2), with
     ETags, byte ranges and directory listings, for viewers and zarr-python's HTTP store.
     """
-    import uvicorn
+    with user_errors():
+        try:
+            import uvicorn
 
-    from ..read.serve import create_app
-
+            from ..read.serve import create_app
+        except ImportError:
+            raise MissingExtraError("dandi-icechunk serve", "serve") from None
     uvicorn.run(create_app(ctx.obj.for_reading()), host=host, port=port, log_level="warning")
 
 

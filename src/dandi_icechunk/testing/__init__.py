@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from dandischema.consts import DANDI_SCHEMA_VERSION
 from numcodecs import Blosc
 
 from ..location import S3Credentials, StorageLocation
@@ -221,6 +220,8 @@ def draft_zarr_asset(
 ) -> dict[str, Any]:
     """Metadata of a Zarr asset as the archive hands it to the publish hook: the published form
     of the draft asset, with every computed key (``datePublished``, ``publishedBy``, ...)."""
+    from dandischema.consts import DANDI_SCHEMA_VERSION  # the archive extra
+
     asset_id = str(uuid.uuid4())
     when = "2026-01-01T12:00:00+00:00"
     return {

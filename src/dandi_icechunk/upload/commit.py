@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import icechunk
-from zarr.core.buffer import cpu
+from zarr.buffer import cpu
 
 from ..aio import run_bounded
 from ..errors import (

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidZarrError
+from ..errors import InvalidZarrError, MissingExtraError
 
 _ZARR_SUFFIXES = (".zarr", ".ngff")
 _DANDISET_ZARR_NAMESPACE = uuid.UUID("6f1c6f7e-0c1b-4a8f-9a3e-2d8f3b1e7c55")
@@ -27,8 +27,11 @@ def find_dandiset_zarrs(dandiset_dir: str | Path) -> tuple[str, list[DandisetZar
     Without an archive to assign them, each Zarr's ``zarr_id`` is derived from the Dandiset ID
     and the asset path (UUID5), so running again maps each Zarr to the same repository.
     """
-    from dandi.dandiset import Dandiset
-    from dandi.files import ZarrAsset, find_dandi_files
+    try:
+        from dandi.dandiset import Dandiset
+        from dandi.files import ZarrAsset, find_dandi_files
+    except ImportError:
+        raise MissingExtraError("finding the Zarr assets of a Dandiset directory", "upload") from None
 
     root = Path(dandiset_dir)
     try:
