@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import threading
 import time
@@ -152,3 +153,55 @@ def test_browsers_may_read_cross_origin_with_cors_and_preflight(
     assert status == 200 and "GET" in headers["Access-Control-Allow-Methods"]
     assert "range" in headers["Access-Control-Allow-Headers"].lower()
     assert _get(f"{base}/0/0.0.0", method="OPTIONS")[0] == 204  # a plain OPTIONS, no preflight
+
+
+def test_tensorstore_reads_the_http_view_with_the_same_values(
+    published: tuple[Path, SnapshotReference], server: str
+) -> None:
+    tensorstore = pytest.importorskip("tensorstore")
+    src, ref = published
+    spec = {"driver": "zarr", "kvstore": f"{server}/{ref.zarr_id}/{ref.snapshot_id}/0/"}
+    values = tensorstore.open(spec, read=True).result().read().result()
+    np.testing.assert_array_equal(values, zarr.open_array(str(src / "0"), mode="r")[:])
+
+
+_PAGE = """<!doctype html><html><body><pre id="out">pending</pre><script>
+(async () => {
+  const base = "%s";
+  try {
+    const meta = await (await fetch(base + "/.zattrs")).json();
+    const chunk = await fetch(base + "/0/0.0.0", {headers: {Range: "bytes=0-15"}});
+    const body = new Uint8Array(await chunk.arrayBuffer());
+    document.getElementById("out").textContent = ["RESULT", chunk.status,
+      chunk.headers.get("Content-Range"), chunk.headers.get("ETag") !== null, body.length,
+      "multiscales" in meta].join(" ");
+  } catch (e) { document.getElementById("out").textContent = "FAILED " + e; }
+})();
+</script></body></html>"""
+
+
+def test_a_browser_page_on_another_origin_fetches_metadata_and_a_chunk(
+    published: tuple[Path, SnapshotReference], server: str, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    _, ref = published
+    (tmp_path / "page.html").write_text(_PAGE % f"{server}/{ref.zarr_id}/{ref.snapshot_id}")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    try:
+        page = f"http://localhost:{page_server.server_address[1]}/page.html"  # another origin
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom", page],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+    finally:
+        page_server.shutdown()
+    assert "RESULT 206 bytes 0-15/" in dom and "true 16 true" in dom, dom[-500:]

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -58,11 +60,13 @@ class _Snapshots:
     def __init__(self, location: StorageLocation) -> None:
         self.location = location
         self._cache: OrderedDict[tuple[str, str], _Snapshot] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, zarr_id: str, ref: str) -> _Snapshot:
-        if (zarr_id, ref) in self._cache:
-            self._cache.move_to_end((zarr_id, ref))
-            return self._cache[(zarr_id, ref)]
+        with self._lock:
+            if (zarr_id, ref) in self._cache:
+                self._cache.move_to_end((zarr_id, ref))
+                return self._cache[(zarr_id, ref)]
         repo = ZarrRepository.open(self.location, zarr_id)
         if repo.embargoed:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
@@ -80,9 +84,10 @@ class _Snapshots:
             store=repo.icechunk.readonly_session(snapshot_id=sid).store,
             directories=frozenset(directories),
         )
-        self._cache[(zarr_id, ref)] = snapshot
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        with self._lock:  # loading above is not serialised; only the LRU's bookkeeping is
+            self._cache[(zarr_id, ref)] = snapshot
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
         return snapshot
 
 
@@ -106,7 +111,7 @@ def create_app(location: StorageLocation) -> Starlette:
             return PlainTextResponse("read-only: only GET and HEAD", 405, headers={"Allow": "GET, HEAD, OPTIONS"})
         try:
             zarr_id, ref, key = _split(request.path_params["path"])
-            snapshot = snapshots.get(zarr_id, ref)
+            snapshot = await run_in_threadpool(snapshots.get, zarr_id, ref)  # off the event loop
         except DandiIcechunkError as exc:
             return PlainTextResponse(str(exc), 404)
         if key.rstrip("/") in snapshot.directories and (key == "" or key.endswith("/") or key not in snapshot.index.files):
