@@ -259,15 +259,15 @@ class _S3Objects:
                 raise
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        try:
-            self._client.put_object(
-                Bucket=self._bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-            )
-            return True
-        except botocore.exceptions.ClientError as exc:
-            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
-                return False
-            with _storage_errors(f"writing {self._url(key)}"):
+        with _storage_errors(f"writing {self._url(key)}"):
+            try:
+                self._client.put_object(
+                    Bucket=self._bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                )
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                    return False
                 raise
 
     def versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
@@ -290,13 +290,15 @@ class _S3Objects:
 
     def restore(self, key: str, version_id: str) -> None:
         source = {"Bucket": self._bucket, "Key": self._key(key), "VersionId": version_id}
-        self._client.copy_object(Bucket=self._bucket, Key=self._key(key), CopySource=source)
+        with _storage_errors(f"restoring {self._url(key)}"):
+            self._client.copy_object(Bucket=self._bucket, Key=self._key(key), CopySource=source)
 
     def legal_hold(self, key: str, version_id: str) -> None:
-        self._client.put_object_legal_hold(
-            Bucket=self._bucket, Key=self._key(key), VersionId=version_id,
-            LegalHold={"Status": "ON"},
-        )
+        with _storage_errors(f"holding {self._url(key)}"):
+            self._client.put_object_legal_hold(
+                Bucket=self._bucket, Key=self._key(key), VersionId=version_id,
+                LegalHold={"Status": "ON"},
+            )
 
     def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -308,7 +310,8 @@ class _S3Objects:
                 yield obj["Key"][strip:], obj["Size"], obj["LastModified"]
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self._bucket, Key=self._key(key))
+        with _storage_errors(f"deleting {self._url(key)}"):
+            self._client.delete_object(Bucket=self._bucket, Key=self._key(key))
 
 
 def versioned_objects(
@@ -318,7 +321,8 @@ def versioned_objects(
     if location.kind != "s3":
         return None
     objects = _S3Objects(location, location.repository_prefix(zarr_id, embargoed=embargoed))
-    status = objects._client.get_bucket_versioning(Bucket=location.bucket).get("Status")
+    with _storage_errors(f"reading the versioning of s3://{location.bucket}"):
+        status = objects._client.get_bucket_versioning(Bucket=location.bucket).get("Status")
     return objects if status == "Enabled" else None
 
 

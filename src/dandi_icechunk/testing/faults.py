@@ -84,6 +84,7 @@ def run_fault_proxy(upstream: str, decide: Decide) -> Iterator[tuple[str, dict[s
     counts: dict[str, int] = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, decide, counts))
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # clients hang up mid-fault
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
