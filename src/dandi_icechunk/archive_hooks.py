@@ -20,7 +20,6 @@ the archive depends on.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -34,23 +33,15 @@ from .archive.audit import (
 )
 from .archive.credentials import CredentialVendor, VendedCredentials
 from .archive.embargo import UnembargoResult, unembargo_zarr
+from .archive.finalize import finalize_draft
 from .archive.gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
-from .archive.ledger import (
-    DraftRecord,
-    descends_from,
-    draft_branch,
-    record_draft,
-    recorded_drafts,
-    restore_refs,
-)
+from .archive.ledger import DraftRecord, record_draft, recorded_drafts
 from .archive.publish import PublishError, publish_dandiset
 from .errors import FinalizeError
 from .location import StorageLocation
 from .reference import ZARR_MEDIA_TYPE
-from .reuse import Attachment, attach_zarr, register_checksum
-from .session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, publish_tag
-
-_log = logging.getLogger("dandi_icechunk")
+from .reuse import Attachment, attach_zarr
+from .session import CommitInfo, publish_tag
 
 __all__ = [
     "FinalizeError",
@@ -146,33 +137,8 @@ def vend_upload_credentials(
 def finalize_upload(
     zarr_id: str, *, location: StorageLocation, dandiset_id: str | None = None
 ) -> CommitInfo:
-    """After an upload with vended credentials: check the refs, record the new draft, enter it
-    in the checksum lookup (which uploaders cannot write) and return its commit metadata, for
-    the asset's digest and size.
-
-    With ``dandiset_id`` (what the archive always passes), the Dandiset's draft branch must
-    still descend from the snapshot last finalized for it: a branch another writer reset or
-    rewound is put back and the upload refused (:class:`FinalizeError`; upload again). Refs of
-    the Zarr's other Dandisets that this upload's credentials moved are put back too
-    (:func:`~dandi_icechunk.archive.ledger.restore_refs`).
-    """
-    repository = ZarrRepository.open(location, zarr_id)
-    for line in restore_refs(location, repository, except_dandiset=dandiset_id):
-        _log.warning("Zarr %s: %s", repository.zarr_id, line)
-    branch = draft_branch(location, repository, dandiset_id) if dandiset_id else DEFAULT_BRANCH
-    tip = repository.resolve(branch=branch)
-    info = repository.commit_info(tip)
-    if info is None:
-        raise FinalizeError(f"Zarr {zarr_id} has no uploaded snapshot to finalize")
-    if dandiset_id is not None:
-        previous = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
-        if previous is not None and not descends_from(repository, tip, previous.snapshot_id):
-            repository.icechunk.reset_branch(branch, previous.snapshot_id, from_snapshot_id=tip)
-            raise FinalizeError(
-                f"branch {branch} of Zarr {zarr_id} no longer descends from Dandiset "
-                f"{dandiset_id}'s last finalized snapshot {previous.snapshot_id}: another writer "
-                "moved it. It was put back; nothing was finalized. Upload again"
-            )
-        record_draft(location, repository.zarr_id, DraftRecord(dandiset_id, branch, tip))
-    register_checksum(location, info.zarr_checksum, repository.zarr_id, tip, embargoed=repository.embargoed)
-    return info
+    """After an upload with vended credentials: check the refs, record the Dandiset's new draft
+    (which publish then publishes), enter it in the checksum lookup and return its commit
+    metadata, for the asset's digest and size (see :mod:`dandi_icechunk.archive.finalize`).
+    The archive always passes ``dandiset_id``."""
+    return finalize_draft(location, zarr_id, dandiset_id)

@@ -1,0 +1,56 @@
+"""Finalize an upload: the archive takes what an uploader committed as a Dandiset's new draft.
+
+The uploader (with credentials for one repository) has committed; the archive, which alone
+writes its own record and the checksum lookup, checks and records the result.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import FinalizeError
+from ..location import StorageLocation
+from ..reuse import register_checksum
+from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository
+from .ledger import (
+    DraftRecord,
+    descends_from,
+    draft_branch,
+    record_draft,
+    recorded_drafts,
+    restore_refs,
+)
+
+_log = logging.getLogger("dandi_icechunk")
+
+
+def finalize_draft(location: StorageLocation, zarr_id: str, dandiset_id: str | None = None) -> CommitInfo:
+    """Finalize an upload: check the refs, record the new draft, enter it in the checksum
+    lookup (which uploaders cannot write) and return its commit metadata.
+
+    With ``dandiset_id`` (what the archive always passes), the Dandiset's draft branch must
+    still descend from the snapshot last finalized for it: a branch another writer reset or
+    rewound is put back and the upload refused (:class:`FinalizeError`; upload again). Refs of
+    the Zarr's other Dandisets that this upload's credentials moved are put back too
+    (:func:`~dandi_icechunk.archive.ledger.restore_refs`).
+    """
+    repository = ZarrRepository.open(location, zarr_id)
+    for line in restore_refs(location, repository, except_dandiset=dandiset_id):
+        _log.warning("Zarr %s: %s", repository.zarr_id, line)
+    branch = draft_branch(location, repository, dandiset_id) if dandiset_id else DEFAULT_BRANCH
+    tip = repository.resolve(branch=branch)
+    info = repository.commit_info(tip)
+    if info is None:
+        raise FinalizeError(f"Zarr {zarr_id} has no uploaded snapshot to finalize")
+    if dandiset_id is not None:
+        previous = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
+        if previous is not None and not descends_from(repository, tip, previous.snapshot_id):
+            repository.icechunk.reset_branch(branch, previous.snapshot_id, from_snapshot_id=tip)
+            raise FinalizeError(
+                f"branch {branch} of Zarr {zarr_id} no longer descends from Dandiset "
+                f"{dandiset_id}'s last finalized snapshot {previous.snapshot_id}: another writer "
+                "moved it. It was put back; nothing was finalized. Upload again"
+            )
+        record_draft(location, repository.zarr_id, DraftRecord(dandiset_id, branch, tip))
+    register_checksum(location, info.zarr_checksum, repository.zarr_id, tip, embargoed=repository.embargoed)
+    return info
