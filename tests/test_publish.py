@@ -194,3 +194,20 @@ def test_cli_publish_prints_published_metadata(location: StorageLocation, two_za
     bad.write_text("{not json")
     result = CliRunner().invoke(main, ["publish", "--dandiset", "000123", "--version", "0.260101.1200", str(bad)], env=env)
     assert result.exit_code == 1 and "is not valid JSON" in result.output
+
+
+def test_publish_takes_the_zarr_id_the_archive_has_in_hand_whatever_the_contenturl(
+    location: StorageLocation, tmp_path: Path
+) -> None:
+    zarr_id = str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    result = upload_zarr(src, location, zarr_id, dedup=False)
+    asset = draft_zarr_asset(zarr_id, "a.zarr", result.zarr_checksum, result.size)
+    # the archive's Zarr prefix is a setting (its tests use test-zarr/): nothing to parse there
+    asset["contentUrl"] = [u.replace("/zarr/", "/test-zarr/") for u in asset["contentUrl"]]
+    with pytest.raises(PublishError, match="zarr_id"):
+        publish_dandiset("000123", "0.260101.1200", [asset], location=location)
+    with pytest.raises(PublishError, match="gave no zarr_id"):
+        publish_dandiset("000123", "0.260101.1200", [asset], location=location, zarr_ids={})
+    [record] = publish_dandiset("000123", "0.260101.1200", [asset], location=location, zarr_ids={"a.zarr": zarr_id})
+    assert SnapshotReference.from_asset(record).zarr_id == zarr_id

@@ -4,7 +4,8 @@ The archive's publish task calls :func:`publish_dandiset` inside its database tr
 the Dandiset ID, the new version and the published-form metadata of each draft asset, and stores
 what it returns (same length, same order)::
 
-    published = publish_dandiset("000123", "0.260101.1200", assets, location=location)
+    published = publish_dandiset("000123", "0.260101.1200", assets, location=location,
+                                 zarr_ids={asset.path: asset.zarr.zarr_id, ...})
 
 (see :mod:`dandi_icechunk.archive.publish`). The other hooks, by when the archive calls them:
 

@@ -53,10 +53,14 @@ def publish_dandiset(
     assets: Sequence[Mapping[str, Any]],
     *,
     location: StorageLocation,
+    zarr_ids: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Publish the Zarr assets among ``assets`` and return the published metadata of every asset.
 
-    Non-Zarr assets are returned unchanged. Raises :class:`PublishError` naming every problem
+    ``zarr_ids`` maps each Zarr asset's ``path`` to its zarr_id, as the archive has them in hand
+    (``{a.path: a.zarr.zarr_id for a in version.assets.filter(zarr__isnull=False)}``); without
+    it the zarr_id is read from the asset's S3 ``contentUrl`` (``.../zarr/<zarr_id>/``), which
+    only a command-line user should rely on. Non-Zarr assets are returned unchanged. Raises :class:`PublishError` naming every problem
     (no snapshot, snapshot not matching the draft's digest/contentSize, unreadable repository,
     invalid metadata) before anything is tagged.
     """
@@ -65,7 +69,7 @@ def publish_dandiset(
     if not _VERSION.fullmatch(version):
         raise PublishError(f"{version!r} is not a published version (0.YYMMDD.HHMM)")
     tag = publish_tag(dandiset_id, version)
-    plans, problems = _plan(assets, tag, location, dandiset_id)
+    plans, problems = _plan(assets, tag, location, dandiset_id, zarr_ids)
     if problems:
         raise PublishError(
             f"cannot publish Dandiset {dandiset_id} version {version}; nothing was tagged:\n  "
@@ -86,7 +90,11 @@ def publish_dandiset(
 
 
 def _plan(
-    assets: Sequence[Mapping[str, Any]], tag: str, location: StorageLocation, dandiset_id: str
+    assets: Sequence[Mapping[str, Any]],
+    tag: str,
+    location: StorageLocation,
+    dandiset_id: str,
+    zarr_ids: Mapping[str, str] | None,
 ) -> tuple[list[_Plan], list[str]]:
     plans: list[_Plan] = []
     problems: list[str] = []
@@ -95,7 +103,11 @@ def _plan(
             continue
         name = asset.get("path") or asset.get("id") or f"asset #{position}"
         try:
-            zarr_id = asset_zarr_id(asset)
+            if zarr_ids is None:
+                zarr_id = asset_zarr_id(asset)
+            elif (zarr_id := zarr_ids.get(str(asset.get("path")))) is None:
+                problems.append(f"{name}: the archive gave no zarr_id for this Zarr asset's path")
+                continue
             repository = ZarrRepository.open(location, zarr_id)
             restore_refs(location, repository)  # what another Dandiset's uploader moved
             existing = _tagged_snapshot(repository, tag)
