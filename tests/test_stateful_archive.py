@@ -75,7 +75,7 @@ class SharedZarrMachine(RuleBasedStateMachine):
         edit.apply(data)
         zarr.open_group(str(src), mode="r+")["data"][:] = data
         repo = ZarrRepository.open(self.location, self.zarr_id)
-        branch = draft_branch(self.location, repo, dandiset)
+        branch = draft_branch(repo, dandiset, recorded_drafts(self.location, self.zarr_id))
         upload_zarr(src, self.location, self.zarr_id, branch=branch, dandiset=dandiset, dedup=False)
         finalize_upload(self.zarr_id, location=self.location, dandiset_id=dandiset)
         self.model.drafts[dandiset] = data

@@ -35,15 +35,16 @@ def finalize_draft(location: StorageLocation, zarr_id: str, dandiset_id: str | N
     (:func:`~dandi_icechunk.archive.ledger.restore_refs`).
     """
     repository = ZarrRepository.open(location, zarr_id)
-    for line in restore_refs(location, repository, except_dandiset=dandiset_id):
+    drafts = recorded_drafts(location, repository.zarr_id)
+    for line in restore_refs(repository, drafts, except_dandiset=dandiset_id):
         _log.warning("Zarr %s: %s", repository.zarr_id, line)
-    branch = draft_branch(location, repository, dandiset_id) if dandiset_id else DEFAULT_BRANCH
+    branch = draft_branch(repository, dandiset_id, drafts) if dandiset_id else DEFAULT_BRANCH
     tip = repository.resolve(branch=branch)
     info = repository.commit_info(tip)
     if info is None:
         raise FinalizeError(f"Zarr {zarr_id} has no uploaded snapshot to finalize")
     if dandiset_id is not None:
-        previous = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
+        previous = drafts.get(dandiset_id)
         if previous is not None and not descends_from(repository, tip, previous.snapshot_id):
             repository.icechunk.reset_branch(branch, previous.snapshot_id, from_snapshot_id=tip)
             raise FinalizeError(

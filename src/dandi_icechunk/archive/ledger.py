@@ -18,6 +18,7 @@ under another Dandiset's name is deleted. The archive runs it at every finalize 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..location import StorageLocation
@@ -72,10 +73,13 @@ def _entries(objects: RepositoryObjects, prefix: str) -> list[dict[str, str]]:
     return found
 
 
-def draft_branch(location: StorageLocation, repository: ZarrRepository, dandiset_id: str) -> str:
-    """The branch holding ``dandiset_id``'s draft of a Zarr: the recorded one; else its own
-    branch when the Zarr was attached to it from another Dandiset; else ``main``."""
-    recorded = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
+def draft_branch(
+    repository: ZarrRepository, dandiset_id: str, drafts: Mapping[str, DraftRecord]
+) -> str:
+    """The branch holding ``dandiset_id``'s draft of a Zarr: the recorded one (in ``drafts``,
+    see :func:`recorded_drafts`); else its own branch when the Zarr was attached to it from
+    another Dandiset; else ``main``."""
+    recorded = drafts.get(dandiset_id)
     if recorded is not None:
         return recorded.branch
     branches = repository.icechunk.list_branches()
@@ -93,14 +97,16 @@ def descends_from(repository: ZarrRepository, snapshot_id: str, ancestor: str) -
 
 
 def restore_refs(
-    location: StorageLocation, repository: ZarrRepository, *, except_dandiset: str | None = None
+    repository: ZarrRepository,
+    drafts: Mapping[str, DraftRecord],
+    *,
+    except_dandiset: str | None = None,
 ) -> list[str]:
     """Put every recorded draft branch (but ``except_dandiset``'s) back where the archive left
     it when it was deleted, rewound, reset elsewhere, or set to a snapshot of another Dandiset's
     draft (new commits on top of it are left: they are an upload its next finalize judges), and
-    delete branches made under the name of a Dandiset whose draft is elsewhere. Returns what was
-    undone."""
-    drafts = recorded_drafts(location, repository.zarr_id)
+    delete branches made under the name of a Dandiset whose draft is elsewhere. ``drafts`` is
+    the archive's record (:func:`recorded_drafts`). Returns what was undone."""
     ic = repository.icechunk
     branches = ic.list_branches()
     undone = []
@@ -119,7 +125,7 @@ def restore_refs(
         foreign = tip != draft.snapshot_id and any(
             tip in held for other, held in histories.items() if other != draft.dandiset_id
         )
-        if foreign or not descends_from(repository, tip, draft.snapshot_id):
+        if foreign or draft.snapshot_id not in histories[draft.dandiset_id]:
             ic.reset_branch(draft.branch, draft.snapshot_id, from_snapshot_id=tip)
             undone.append(
                 f"reset branch {draft.branch} of Dandiset {draft.dandiset_id} from {tip} back to "

@@ -60,9 +60,9 @@ def publish_dandiset(
     ``zarr_ids`` maps each Zarr asset's ``path`` to its zarr_id, as the archive has them in hand
     (``{a.path: a.zarr.zarr_id for a in version.assets.filter(zarr__isnull=False)}``); without
     it the zarr_id is read from the asset's S3 ``contentUrl`` (``.../zarr/<zarr_id>/``), which
-    only a command-line user should rely on. Non-Zarr assets are returned unchanged. Raises :class:`PublishError` naming every problem
-    (no snapshot, snapshot not matching the draft's digest/contentSize, unreadable repository,
-    invalid metadata) before anything is tagged.
+    only a command-line user should rely on. Non-Zarr assets are returned unchanged. Raises
+    :class:`PublishError` naming every problem (no snapshot, snapshot not matching the draft's
+    digest/contentSize, unreadable repository, invalid metadata) before anything is tagged.
     """
     if not _DANDISET_ID.fullmatch(dandiset_id):
         raise PublishError(f"{dandiset_id!r} is not a Dandiset ID (six digits, e.g. 000123)")
@@ -109,13 +109,14 @@ def _plan(
                 problems.append(f"{name}: the archive gave no zarr_id for this Zarr asset's path")
                 continue
             repository = ZarrRepository.open(location, zarr_id)
-            restore_refs(location, repository)  # what another Dandiset's uploader moved
+            drafts = recorded_drafts(location, repository.zarr_id)
+            restore_refs(repository, drafts)  # what another Dandiset's uploader moved
             existing = _tagged_snapshot(repository, tag)
-            draft = recorded_drafts(location, repository.zarr_id).get(dandiset_id)
+            draft = drafts.get(dandiset_id)
             snapshot_id = existing or (
                 # exactly what was last finalized; later commits are an upload not yet finalized
                 draft.snapshot_id if draft
-                else repository.resolve(branch=draft_branch(location, repository, dandiset_id))
+                else repository.resolve(branch=draft_branch(repository, dandiset_id, drafts))
             )
             info = repository.commit_info(snapshot_id)
         except DandiIcechunkError as exc:
