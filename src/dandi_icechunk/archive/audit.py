@@ -19,7 +19,13 @@ from typing import Any
 
 from ..errors import DandiIcechunkError
 from ..location import StorageLocation
-from ..objects import DEFAULT_JOBS, REPO_OBJECT, VersionedObjects, versioned_objects
+from ..objects import (
+    DEFAULT_JOBS,
+    REPO_OBJECT,
+    ObjectVersion,
+    VersionedObjects,
+    versioned_objects,
+)
 from ..records import JsonRecord
 from ..reference import SnapshotReference
 from ..session import ZarrRepository
@@ -88,10 +94,14 @@ def audit_publications(
     problems: list[str] = []
     repairs: list[str] = []
     for zarr_id, pubs in sorted(by_zarr.items()):
-        found = _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
+
+        def check() -> list[str]:
+            return _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
+
+        found = check()
         if found and repair:
             repairs.extend(_repair(location, zarr_id, pubs))
-            found = _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
+            found = check()
         problems.extend(found)
     return AuditReport(checked=sum(len(p) for p in by_zarr.values()), problems=problems, repairs=repairs)
 
@@ -133,30 +143,35 @@ def _check(
     return problems
 
 
+def _versioned(location: StorageLocation, zarr_id: str) -> VersionedObjects | None:
+    """Version access to the prefix holding the repository of ``zarr_id``: where it opens; when
+    it is too damaged to open, where its ``repo`` object has versions (public first). ``None``
+    where the bucket keeps no versions."""
+    try:
+        embargoed = ZarrRepository.open(location, zarr_id).embargoed
+        return versioned_objects(location, zarr_id, embargoed=embargoed)
+    except DandiIcechunkError:  # e.g. its repo object was deleted or overwritten
+        pass
+    for embargoed in (False, True):
+        objects = versioned_objects(location, zarr_id, embargoed=embargoed)
+        if objects is None or any(True for _ in objects.versions(REPO_OBJECT)):
+            return objects
+    return versioned_objects(location, zarr_id)
+
+
 def _tampered(location: StorageLocation, zarr_id: str) -> list[str]:
     """Write-once objects of the repository that were overwritten or deleted (versioned buckets;
     elsewhere reading everything back is the only check)."""
-    objects = None
-    for embargoed in (False, True):
-        objects = objects or versioned_objects(location, zarr_id, embargoed=embargoed)
-    if objects is None:
-        return []
     try:
-        return [
-            f"{zarr_id}: {what} {key}" for key, what, _ in _write_once_damage(objects)
-        ]
+        objects = _versioned(location, zarr_id)
+        damage = _write_once_damage(objects) if objects is not None else []
     except DandiIcechunkError as exc:
         return [f"{zarr_id}: cannot list object versions: {exc}"]
+    return [f"{zarr_id}: {what} {key}" for key, what, _ in damage]
 
 
 def _repair(location: StorageLocation, zarr_id: str, pubs: list[Publication]) -> list[str]:
-    try:
-        repo = ZarrRepository.open(location, zarr_id)
-        objects = versioned_objects(location, zarr_id, embargoed=repo.embargoed)
-    except DandiIcechunkError:
-        objects = None
-        for embargoed in (False, True):
-            objects = objects or versioned_objects(location, zarr_id, embargoed=embargoed)
+    objects = _versioned(location, zarr_id)
     if objects is None:
         return [f"{zarr_id}: cannot repair: the bucket keeps no object versions"]
     repairs = _restore_write_once_objects(zarr_id, objects)
@@ -191,29 +206,34 @@ def protect_published_objects(location: StorageLocation, zarr_id: str) -> Protec
             "a versioned bucket created with Object Lock enabled)"
         )
     held = size = 0
-    for prefix in WRITE_ONCE_PREFIXES:
-        firsts: dict[str, Any] = {}
-        for version in objects.versions(prefix):
-            if not version.is_delete_marker:
-                firsts[version.key] = version  # newest first: the last seen is the first written
-        for version in firsts.values():
-            objects.legal_hold(version.key, version.version_id)
+    for history in _write_once_histories(objects).values():
+        if (first := _first_written(history)) is not None:
+            objects.legal_hold(first.key, first.version_id)
             held += 1
-            size += version.size
+            size += first.size
     return ProtectResult(zarr_id=repo.zarr_id, objects_held=held, bytes_held=size)
+
+
+def _write_once_histories(objects: VersionedObjects) -> dict[str, list[ObjectVersion]]:
+    """Every version and delete marker of each write-once object, newest first (S3's order)."""
+    histories: dict[str, list[ObjectVersion]] = defaultdict(list)
+    for prefix in WRITE_ONCE_PREFIXES:
+        for version in objects.versions(prefix):
+            histories[version.key].append(version)
+    return histories
+
+
+def _first_written(history: list[ObjectVersion]) -> ObjectVersion | None:
+    """The first version written (S3 lists newest first, and timestamps may tie: the last)."""
+    return next((v for v in reversed(history) if not v.is_delete_marker), None)
 
 
 def _write_once_damage(objects: VersionedObjects) -> list[tuple[str, str, str]]:
     """(key, "deleted" or "overwritten", first version ID) of every write-once object whose
     latest version is not its first."""
-    versions: dict[str, list[Any]] = defaultdict(list)
-    for prefix in WRITE_ONCE_PREFIXES:
-        for version in objects.versions(prefix):
-            versions[version.key].append(version)
     damage = []
-    for key, history in sorted(versions.items()):
-        # S3 lists the versions of a key newest first (timestamps may tie): the last is the first.
-        original = next((v for v in reversed(history) if not v.is_delete_marker), None)
+    for key, history in sorted(_write_once_histories(objects).items()):
+        original = _first_written(history)
         latest = next((v for v in history if v.is_latest), None)
         if original is None or (
             latest is not None and not latest.is_delete_marker and latest.etag == original.etag
