@@ -300,14 +300,18 @@ class _S3Objects:
                 LegalHold={"Status": "ON"},
             )
 
-    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
+    def listing(self, prefix: str = "") -> list[dict[str, Any]]:
+        """S3's entry (``Key`` made relative, ``Size``, ``ETag``, ...) of every object under
+        ``prefix``."""
         paginator = self._client.get_paginator("list_objects_v2")
         strip = len(self._prefix) + 1
         with _storage_errors(f"listing {self._url(prefix)}"):
             pages = list(paginator.paginate(Bucket=self._bucket, Prefix=self._key(prefix)))
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield obj["Key"][strip:], obj["Size"], obj["LastModified"]
+        return [{**obj, "Key": obj["Key"][strip:]} for page in pages for obj in page.get("Contents", [])]
+
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
+        for obj in self.listing(prefix):
+            yield obj["Key"], obj["Size"], obj["LastModified"]
 
     def delete(self, key: str) -> None:
         with _storage_errors(f"deleting {self._url(key)}"):
@@ -375,10 +379,9 @@ def move_prefix(
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dst)  # atomic on one filesystem
         return count, size
-    objects = _S3Objects(location, source)
+    objects, copies = _S3Objects(location, source), _S3Objects(location, destination)
     client, bucket = objects._client, location.bucket
     tagging = f"{EMBARGO_TAG['Key']}={EMBARGO_TAG['Value']}"
-    moved: dict[str, int] = {}
 
     def copy(key: str, etag: str | None = None) -> None:
         conditions = {"CopySourceIfMatch": etag} if etag else {}
@@ -398,12 +401,7 @@ def move_prefix(
             client.delete_object(Bucket=bucket, Key=f"{source}/{key}", **conditions)
 
     for _ in range(_MOVE_ROUNDS):
-        with _storage_errors(f"listing {source}/"):
-            listed = {
-                o["Key"][len(source) + 1 :]: (o["Size"], o["ETag"])
-                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{source}/")
-                for o in page.get("Contents", [])
-            }
+        listed = {o["Key"]: (o["Size"], o["ETag"]) for o in objects.listing()}
         if not listed:
             break  # nothing (left) to move
         rest = sorted(k for k in listed if k != last)
@@ -417,20 +415,14 @@ def move_prefix(
                 if _still_there(client, bucket, f"{source}/{last}", listed[last][1]):
                     raise
                 continue  # a commit landed meanwhile: copy what it wrote, then its repo
-        moved.update({k: size for k, (size, _) in listed.items()})
-        with _storage_errors(f"listing {destination}/"):
-            copies = sorted(
-                o["Key"][len(destination) + 1 :]
-                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{destination}/")
-                for o in page.get("Contents", [])
-            )
+        copied = sorted(o["Key"] for o in copies.listing())
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(untag, [k for k in copies if k != last]))
-        if last in copies:
+            list(pool.map(untag, [k for k in copied if k != last]))
+        if last in copied:
             untag(last)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(delete, rest))
-        return len(moved), sum(moved.values())
+        return len(listed), sum(size for size, _ in listed.values())
     else:
         raise StorageLocationError(
             f"{source}/ kept changing while it was moved ({_MOVE_ROUNDS} rounds): stop the "
