@@ -96,13 +96,19 @@ class DigestIndex:
 
     def to_bytes(self) -> bytes:
         """Deterministic serialization (gzip-compressed JSON, keys sorted)."""
+        documents: dict[str, str] = {}
+        extras: dict[str, bytes] = {}
+        for key, data in sorted(self.documents.items()):
+            if is_document(key):
+                documents[key] = data.decode()
+            else:
+                extras[key] = data
         body: dict[str, object] = {
             "format": _FORMAT,
             "zarr_format": self.zarr_format,
             "files": {k: [d.md5, d.size] for k, d in sorted(self.files.items())},
-            "documents": {k: v.decode() for k, v in sorted(self.documents.items()) if is_document(k)},
+            "documents": documents,
         }
-        extras = {k: v for k, v in sorted(self.documents.items()) if not is_document(k)}
         if extras:  # absent otherwise, so an index without them keeps its bytes (and ID)
             body["extras"] = {k: base64.b64encode(v).decode() for k, v in extras.items()}
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -125,27 +125,31 @@ class _LocalObjects:
     def exists(self, key: str) -> bool:
         return (self._root / key).is_file()
 
-    def put(self, key: str, data: bytes) -> None:
-        path = self._root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic
-
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    @contextlib.contextmanager
+    def _staged(self, key: str, data: bytes) -> Iterator[tuple[str, Path]]:
+        """``data`` in a temporary file beside the path of ``key`` (gone afterwards)."""
         path = self._root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.link(tmp, path)  # atomic, and fails if the key exists
-            return True
-        except FileExistsError:
-            return False
+            yield tmp, path
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._staged(key, data) as (tmp, path):
+            os.replace(tmp, path)  # atomic
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        with self._staged(key, data) as (tmp, path):
+            try:
+                os.link(tmp, path)  # atomic, and fails if the key exists
+                return True
+            except FileExistsError:
+                return False
 
     def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         base = self._root / prefix
