@@ -139,11 +139,15 @@ def store_dataset(store: Any, group: str | None = None, **decoders: Any) -> xr.D
         assert isinstance(parent, zarr.Group)
         if multiscale(parent) is not None:
             return xr.decode_cf(open_ngff_level(parent, name), **decoders)
-        whole = xr.open_dataset(store, engine="zarr", group=parent_path or None, consolidated=False, chunks=None, **decoders)
-        return whole[[name]]
+        return _zarr_dataset(store, parent_path, **decoders)[[name]]
     if multiscale(node) is not None:
         return xr.decode_cf(open_ngff_level(node), **decoders)
-    return xr.open_dataset(store, engine="zarr", group=path or None, consolidated=False, chunks=None, **decoders)
+    return _zarr_dataset(store, path, **decoders)
+
+
+def _zarr_dataset(store: Any, group: str, **decoders: Any) -> xr.Dataset:
+    """One xarray-shaped group, through xarray's own Zarr backend (lazily, no dask)."""
+    return xr.open_dataset(store, engine="zarr", group=group or None, consolidated=False, chunks=None, **decoders)
 
 
 def store_datatree(store: Any) -> xr.DataTree:
@@ -156,7 +160,7 @@ def _tree(store: Any, group: zarr.Group) -> xr.DataTree:
         return open_ngff_tree(group)
     subgroups = dict(group.groups())
     if any(multiscale(g) is not None for g in subgroups.values()):
-        own = xr.open_dataset(store, engine="zarr", group=group.path or None, consolidated=False, chunks=None)
+        own = _zarr_dataset(store, group.path)
         return xr.DataTree(own, children={name: _tree(store, g) for name, g in subgroups.items()})
     return xr.open_datatree(store, engine="zarr", group=group.path or None, consolidated=False, chunks=None)
 

@@ -39,40 +39,19 @@ class DandiIcechunkBackend(BackendEntrypoint):
         *,
         drop_variables: str | Iterable[str] | None = None,
         group: str | None = None,
-        asset_path: str | None = None,
-        snapshot_id: str | None = None,
-        tag: str | None = None,
-        branch: str | None = None,
-        anonymous: bool | None = None,
-        **decoders: Any,
+        **kwargs: Any,
     ) -> xr.Dataset:
-        """See :func:`dandi_icechunk.read.open_dataset`."""
-        session = open_session(
-            filename_or_obj, asset_path=asset_path, snapshot_id=snapshot_id, tag=tag,
-            branch=branch, anonymous=anonymous,
-        )
-        decoders = {k: v for k, v in decoders.items() if v is not None}
-        dataset = store_dataset(session.store, group, **decoders)
+        """See :func:`dandi_icechunk.read.open_dataset`; ``kwargs`` are the references of
+        ``open_dataset_parameters`` and xarray's decoders."""
+        store, decoders = _store(filename_or_obj, kwargs)
+        dataset = store_dataset(store, group, **decoders)
         return dataset.drop_vars(drop_variables, errors="ignore") if drop_variables else dataset
 
     def open_datatree(  # type: ignore[override]
-        self,
-        filename_or_obj: Any,
-        *,
-        drop_variables: str | Iterable[str] | None = None,
-        asset_path: str | None = None,
-        snapshot_id: str | None = None,
-        tag: str | None = None,
-        branch: str | None = None,
-        anonymous: bool | None = None,
-        **kwargs: Any,
+        self, filename_or_obj: Any, *, drop_variables: str | Iterable[str] | None = None, **kwargs: Any
     ) -> xr.DataTree:
         """See :func:`dandi_icechunk.read.open_datatree`."""
-        session = open_session(
-            filename_or_obj, asset_path=asset_path, snapshot_id=snapshot_id, tag=tag,
-            branch=branch, anonymous=anonymous,
-        )
-        return store_datatree(session.store)
+        return store_datatree(_store(filename_or_obj, kwargs)[0])
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """Published Zarr asset metadata (one asset or a list) and snapshot references."""
@@ -86,3 +65,11 @@ class DandiIcechunkBackend(BackendEntrypoint):
                 for r in filename_or_obj.get("relatedResource") or []
             )
         return False
+
+
+def _store(filename_or_obj: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The store of the snapshot the reference arguments among ``kwargs`` name, and the rest
+    (xarray's decoders, those it set)."""
+    refs = {k: kwargs.pop(k) for k in _REF_PARAMETERS if k in kwargs}
+    decoders = {k: v for k, v in kwargs.items() if v is not None}
+    return open_session(filename_or_obj, **refs).store, decoders
