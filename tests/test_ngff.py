@@ -58,16 +58,16 @@ def _reader_credentials(s3_location: StorageLocation, monkeypatch: pytest.Monkey
 
 
 @pytest.fixture(params=list(FORMATS))
-def ngff(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path]:
-    return request.param, _write_ngff(tmp_path / f"img-{request.param}.ome.zarr", request.param)
+def ngff(
+    request: pytest.FixtureRequest, tmp_path: Path, s3_location: StorageLocation
+) -> tuple[dict, list[np.ndarray]]:
+    """Published metadata of an NGFF image of this format, and its levels as ome-zarr reads them."""
+    src = _write_ngff(tmp_path / f"img-{request.param}.ome.zarr", request.param)
+    return _published(s3_location, src, str(uuid.uuid4())), _ome_zarr_levels(src)
 
 
-def test_open_datatree_gives_every_level_with_ngff_axes_and_scales(
-    ngff: tuple[str, Path], s3_location: StorageLocation
-) -> None:
-    version, src = ngff
-    record = _published(s3_location, src, str(uuid.uuid4()))
-    expected = _ome_zarr_levels(src)
+def test_open_datatree_gives_every_level_with_ngff_axes_and_scales(ngff: tuple[dict, list[np.ndarray]]) -> None:
+    record, expected = ngff
     tree = xr.open_datatree(record, engine="dandi-icechunk")
     levels = [child for child in tree.children.values()]
     assert len(levels) == len(expected) > 1
@@ -80,12 +80,8 @@ def test_open_datatree_gives_every_level_with_ngff_axes_and_scales(
     assert tree.attrs["multiscales"][0]["datasets"][0]["path"] == next(iter(tree.children))
 
 
-def test_open_dataset_gives_one_level_by_group_or_the_full_resolution(
-    ngff: tuple[str, Path], s3_location: StorageLocation
-) -> None:
-    _, src = ngff
-    record = _published(s3_location, src, str(uuid.uuid4()))
-    expected = _ome_zarr_levels(src)
+def test_open_dataset_gives_one_level_by_group_or_the_full_resolution(ngff: tuple[dict, list[np.ndarray]]) -> None:
+    record, expected = ngff
     full = xr.open_dataset(record, engine="dandi-icechunk")
     np.testing.assert_array_equal(full["image"].values, expected[0])
     tree = xr.open_datatree(record, engine="dandi-icechunk")
@@ -94,13 +90,12 @@ def test_open_dataset_gives_one_level_by_group_or_the_full_resolution(
     np.testing.assert_array_equal(level["image"].values, expected[1])
 
 
-def test_xarray_chunks_give_lazy_dask_arrays(ngff: tuple[str, Path], s3_location: StorageLocation) -> None:
+def test_xarray_chunks_give_lazy_dask_arrays(ngff: tuple[dict, list[np.ndarray]]) -> None:
     pytest.importorskip("dask")
-    _, src = ngff
-    record = _published(s3_location, src, str(uuid.uuid4()))
+    record, expected = ngff
     ds = xr.open_dataset(record, engine="dandi-icechunk", chunks={})
     assert ds["image"].chunks is not None
-    np.testing.assert_array_equal(ds["image"].values, _ome_zarr_levels(src)[0])
+    np.testing.assert_array_equal(ds["image"].values, expected[0])
 
 
 def test_the_list_publish_writes_and_assets_yaml_are_read_by_asset_path(
