@@ -238,7 +238,10 @@ def _open_repository(
         location, embargoed = location or StorageLocation.resolve(), False
     if credentials is not None:
         location = dataclasses.replace(location, credentials=credentials)
-    location = location.for_reading() if anonymous is None else dataclasses.replace(location, anonymous=anonymous)
+    if anonymous is None:
+        location = location.for_reading()
+    elif location.kind == "s3" and location.credentials is None:
+        location = dataclasses.replace(location, anonymous=anonymous)
     return ZarrRepository.open(location, zarr_id, embargoed=embargoed)
 
 
