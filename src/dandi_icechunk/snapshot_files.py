@@ -83,7 +83,6 @@ def read_snapshot_files(
         progress.finish()
 
 
-
 async def _get_chunk(store: Any, hierarchy: Hierarchy | None, key: str) -> bytes | None:
     """The stored bytes of chunk ``key``; ``None`` when it is missing or unreadable."""
     target = hierarchy.icechunk_key(key) if hierarchy else None
