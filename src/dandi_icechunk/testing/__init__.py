@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -212,6 +214,61 @@ def run_seaweedfs(
             process.kill()
             process.wait()
         log.close()
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running PostgreSQL on loopback: connect with :attr:`url` (user ``postgres``, no password)."""
+
+    port: int
+    database: str
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{self.database}"
+
+
+@contextmanager
+def run_postgres(*, database: str = "django") -> Iterator[Postgres]:
+    """Start a throwaway PostgreSQL cluster (Debian ``postgresql``) on 127.0.0.1 with a free port
+    and trust authentication, create ``database``; stop it and delete its files after. As root
+    the cluster runs as the ``postgres`` user, in a directory of its own under the temp dir."""
+    bin_dir = _postgres_bin_dir()
+    data = Path(tempfile.mkdtemp(prefix="dandi-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    cluster, log = data / "cluster", data / "postgres.log"
+    port = _free_port_pair(set())
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(cluster)]
+    try:
+        _run_postgres_tool([str(bin_dir / "initdb"), "-D", str(cluster), "-U", "postgres",
+                            "--auth=trust", "--no-sync", "-E", "UTF8"])
+        options = f"-c listen_addresses=127.0.0.1 -c port={port} -k {data} -c fsync=off"
+        _run_postgres_tool([*pg_ctl, "-l", str(log), "-o", options, "-w", "start"])
+        try:
+            _run_postgres_tool([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+                                "-U", "postgres", database])
+            yield Postgres(port, database)
+        finally:
+            _run_postgres_tool([*pg_ctl, "-m", "immediate", "stop"])
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _run_postgres_tool(command: list[str]) -> None:
+    tool = Path(command[0]).name
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        command = ["runuser", "-u", "postgres", "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{tool} failed: {(result.stderr or result.stdout).strip()}")
+
+
+def _postgres_bin_dir() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+    return found[-1].parent
 
 
 def draft_zarr_asset(

@@ -1,0 +1,54 @@
+"""Run pytest inside the patched dandi-archive with its services: a throwaway PostgreSQL and
+SeaweedFS on 127.0.0.1, the archive's own test environment variables, and the adapter on or off.
+
+    .archive/venv/bin/python tests/archive/run.py on|off [PYTEST ARGS...]
+
+``scripts/test-archive.sh`` prepares ``.archive/`` and calls this; it is not meant to be run
+from the project's own virtualenv (Django and the archive are not installed there).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from dandi_icechunk.testing import run_postgres, run_seaweedfs
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = {"off": "dandiapi.settings.testing", "on": "icechunk_settings"}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in SETTINGS:
+        print("usage: run.py on|off [PYTEST ARGS...]", file=sys.stderr)
+        return 2
+    mode, pytest_args = argv[0], argv[1:]
+    archive = Path(os.environ.get("DANDI_ARCHIVE_WORKTREE", HERE.parents[1] / ".archive" / "src"))
+    work = Path(tempfile.mkdtemp(prefix="dandi-archive-services-"))
+    with run_postgres() as postgres, run_seaweedfs(
+        work / "seaweedfs", bucket="django-storage-testing", iam_writable=True
+    ) as s3:
+        host = s3.endpoint_url.removeprefix("http://")
+        env = {
+            **os.environ,
+            "DJANGO_DATABASE_URL": postgres.url,
+            "DJANGO_CELERY_BROKER_URL": "memory://",
+            "DJANGO_MINIO_STORAGE_URL": f"http://{s3.access_key_id}:{s3.secret_access_key}@{host}/{s3.bucket}",
+            "DJANGO_DANDI_WEB_APP_URL": "http://localhost:8085",
+            "DJANGO_DANDI_API_URL": "http://localhost:8000",
+            "DJANGO_DANDI_JUPYTERHUB_URL": "https://hub.dandiarchive.org/",
+            "DJANGO_DANDI_INSTANCE_NAME": "DEV-DANDI",
+            "DJANGO_DANDI_INSTANCE_IDENTIFIER": "RRID:ABC_123456",
+            "DJANGO_DANDI_DOI_API_PREFIX": "10.80507",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        }
+        command = [sys.executable, "-m", "pytest", f"--ds={SETTINGS[mode]}", "-p", "no:cacheprovider",
+                   *pytest_args]
+        return subprocess.run(command, cwd=archive, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
