@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,18 @@ from typing import Any
 import pytest
 import zarr
 from click.testing import CliRunner
+from dandischema.consts import DANDI_SCHEMA_VERSION
 from dandischema.metadata import validate
 from dandischema.models import PublishedAsset
 
 from dandi_icechunk.archive import publish as publish_module
-from dandi_icechunk.archive_hooks import PublishError, publish_dandiset, publish_tag
+from dandi_icechunk.archive_hooks import (
+    PublishError,
+    check_publishable,
+    prepare_publish,
+    publish_dandiset,
+    publish_tag,
+)
 from dandi_icechunk.cli import main
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
@@ -211,3 +219,60 @@ def test_publish_takes_the_zarr_id_the_archive_has_in_hand_whatever_the_contentu
         publish_dandiset("000123", "0.260101.1200", [asset], location=location, zarr_ids={})
     [record] = publish_dandiset("000123", "0.260101.1200", [asset], location=location, zarr_ids={"a.zarr": zarr_id})
     assert SnapshotReference.from_asset(record).zarr_id == zarr_id
+
+
+def _bucket_listing(location: StorageLocation, s3_server: Any) -> list[tuple[str, str]]:
+    """Every object (key, ETag or mtime) under the location: what a side effect would change."""
+    if location.kind == "file":
+        root = Path(location.bucket)
+        return sorted((str(p.relative_to(root)), str(p.stat().st_mtime_ns)) for p in root.rglob("*") if p.is_file())
+    pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.prefix)
+    return sorted((o["Key"], o["ETag"]) for page in pages for o in page.get("Contents", []))
+
+
+def test_check_publishable_reports_each_problem_and_writes_nothing(
+    location: StorageLocation, two_zarrs: dict[str, Path], request: pytest.FixtureRequest
+) -> None:
+    s3 = request.getfixturevalue("s3_server") if location.kind == "s3" else None
+    assets = _assets(location, two_zarrs)
+    before = _bucket_listing(location, s3)
+    assert check_publishable("000123", assets, location=location) == []
+    assets[2]["contentSize"] += 1
+    [problem] = check_publishable("000123", assets, location=location)
+    assert problem.startswith(f"{assets[2]['path']}: the draft says checksum")
+    assert _bucket_listing(location, s3) == before
+
+
+def test_prepared_publish_tags_nothing_until_commit(location: StorageLocation, two_zarrs: dict[str, Path]) -> None:
+    prepared = prepare_publish("000123", "0.260101.1200", _assets(location, two_zarrs), location=location)
+    assert [SnapshotReference.from_asset(a).tag for a in prepared.published[1:]] == [prepared.tag] * 2
+    assert _tags(location, two_zarrs) == {zid: set() for zid in two_zarrs}  # a rolled-back version: no tag
+    prepared.commit()
+    prepared.commit()  # the archive's on_commit may run twice after a retry: no error, no second tag
+    assert _tags(location, two_zarrs) == {zid: {prepared.tag} for zid in two_zarrs}
+
+
+@pytest.fixture
+def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name resolution of anything but loopback fails, as on an archive worker without egress."""
+    real = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("127.0.0.1", "localhost", "::1", None):
+            raise OSError(f"test without internet: {host} not reachable")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+@pytest.mark.parametrize("schema_version", [DANDI_SCHEMA_VERSION, "0.7.0", "0.6.10", "0.6.4"])
+def test_publish_validates_every_schema_version_the_archive_accepts_offline(
+    location: StorageLocation, tmp_path: Path, schema_version: str, no_internet: None
+) -> None:
+    zarr_id = str(uuid.uuid4())
+    result = upload_zarr(make_zarr_v3(tmp_path / "a.zarr"), location, zarr_id, dedup=False)
+    asset = draft_zarr_asset(zarr_id, "a.zarr", result.zarr_checksum, result.size)
+    asset["schemaVersion"] = schema_version
+    assert check_publishable("000123", [asset], location=location) == []
+    [record] = publish_dandiset("000123", "0.260101.1200", [asset], location=location, zarr_ids={"a.zarr": zarr_id})
+    assert SnapshotReference.from_asset(record).snapshot_id == result.snapshot_id

@@ -1,17 +1,23 @@
 """What the DANDI archive calls: publish, audit, protect and garbage-collect.
 
-The archive's publish task calls :func:`publish_dandiset` inside its database transaction with
-the Dandiset ID, the new version and the published-form metadata of each draft asset, and stores
-what it returns (same length, same order)::
+The archive validates a draft with :func:`check_publishable` (no side effects; each line it
+returns is a validation error). Its publish task calls :func:`prepare_publish` inside its
+database transaction with the Dandiset ID, the new version and the published-form metadata of
+each draft asset, stores ``.published`` (same length, same order) and commits the tags once its
+transaction has committed::
 
-    published = publish_dandiset("000123", "0.260101.1200", assets, location=location,
-                                 zarr_ids={asset.path: asset.zarr.zarr_id, ...})
+    prepared = prepare_publish("000123", "0.260101.1200", assets, location=location,
+                               zarr_ids={asset.path: str(asset.zarr.zarr_id), ...})
+    transaction.on_commit(prepared.commit)
 
-(see :mod:`dandi_icechunk.archive.publish`). The other hooks, by when the archive calls them:
+(see :mod:`dandi_icechunk.archive.publish`; :mod:`dandi_icechunk.archive.django` is the Django
+app that does this inside dandi-archive). The other hooks, by when the archive calls them:
 
 - an upload begins: :func:`vend_upload_credentials`; it ends: :func:`finalize_upload`;
 - a Zarr joins another Dandiset: :func:`attach_zarr_to_dandiset`;
-- a Dandiset is published: :func:`publish_dandiset`, then :func:`protect_published`;
+- a draft is validated: :func:`check_publishable`;
+- a Dandiset is published: :func:`prepare_publish` (or :func:`publish_dandiset` outside a
+  database transaction), then :func:`protect_published`;
 - an embargo is lifted: :func:`unembargo_dandiset_zarrs`;
 - on a schedule: :func:`audit_published` and :func:`collect_zarr_garbage`.
 
@@ -37,7 +43,13 @@ from .archive.embargo import UnembargoResult, unembargo_zarr
 from .archive.finalize import finalize_draft
 from .archive.gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
 from .archive.ledger import DraftRecord, record_draft, recorded_drafts
-from .archive.publish import PublishError, publish_dandiset
+from .archive.publish import (
+    PreparedPublish,
+    PublishError,
+    check_publishable,
+    prepare_publish,
+    publish_dandiset,
+)
 from .errors import FinalizeError
 from .location import StorageLocation
 from .reference import ZARR_MEDIA_TYPE
@@ -46,11 +58,14 @@ from .session import CommitInfo, publish_tag
 
 __all__ = [
     "FinalizeError",
+    "PreparedPublish",
     "PublishError",
     "attach_zarr_to_dandiset",
     "audit_published",
+    "check_publishable",
     "collect_zarr_garbage",
     "finalize_upload",
+    "prepare_publish",
     "protect_published",
     "publish_dandiset",
     "publish_tag",

@@ -3,9 +3,19 @@
 For every Zarr asset the Dandiset's draft snapshot (the one last finalized, see
 :mod:`dandi_icechunk.archive.ledger`; else the tip of its draft branch) must be what the draft
 metadata says (checksum and size); it is tagged ``dandiset/<dandiset>/<version>`` and recorded in
-the returned metadata (see :mod:`dandi_icechunk.reference`). Every check runs before the first
-tag, so a refusal publishes nothing. Idempotent: after a crash at any point, a retry gets the same
-result without a second tag.
+the returned metadata (see :mod:`dandi_icechunk.reference`).
+
+Three steps, so that the archive can keep its database and the bucket in step:
+
+- :func:`check_publishable` has no side effects: the archive runs it while validating a draft and
+  before it locks the Dandiset, so a problem is a validation error, not a stuck publish;
+- :func:`prepare_publish` computes the published metadata and writes nothing but repairs of refs
+  another writer moved; the archive stores the metadata inside its publish transaction;
+- :meth:`PreparedPublish.commit` makes the tags and the write-once records, after the archive's
+  transaction commits: a rolled-back version leaves no tag behind.
+
+:func:`publish_dandiset` does all three (the command line). Idempotent: after a crash at any
+point, a retry gets the same result without a second tag.
 """
 
 from __future__ import annotations
@@ -47,29 +57,66 @@ class _Plan:
     tagged: bool  # the tag already exists (a retry)
 
 
-def publish_dandiset(
+@dataclass(frozen=True)
+class PreparedPublish:
+    """A publish computed but not yet made: :attr:`published` is the metadata of every asset (in
+    the order given), :meth:`commit` makes the tags."""
+
+    tag: str
+    published: list[dict[str, Any]]
+    _plans: tuple[_Plan, ...]
+    _location: StorageLocation
+
+    def commit(self) -> None:
+        """Tag each Zarr's snapshot and record the publication (write-once). Safe to repeat."""
+        for plan in self._plans:
+            if not plan.tagged:
+                _create_tag(plan, self.tag)
+            # After the tag: a crash in between leaves a tag that GC keeps anyway; a retry records.
+            record_publication(self._location, plan.repository.zarr_id, self.tag, plan.snapshot_id)
+
+
+def check_publishable(
+    dandiset_id: str,
+    assets: Sequence[Mapping[str, Any]],
+    *,
+    location: StorageLocation,
+    zarr_ids: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Why the Zarr assets among ``assets`` (draft metadata) cannot be published: one line per
+    problem, empty when they can. Reads the bucket and nothing else; writes nothing."""
+    if not _DANDISET_ID.fullmatch(dandiset_id):
+        return [f"{dandiset_id!r} is not a Dandiset ID (six digits, e.g. 000123)"]
+    plans, problems = _plan(assets, None, location, dandiset_id, zarr_ids, repair=False)
+    if problems:
+        return problems
+    published = [_published_asset(assets[p.position], p, None, location) for p in plans]
+    return [p for asset, plan in zip(published, plans) if (p := _schema_problem(asset, assets[plan.position]))]
+
+
+def prepare_publish(
     dandiset_id: str,
     version: str,
     assets: Sequence[Mapping[str, Any]],
     *,
     location: StorageLocation,
     zarr_ids: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """Publish the Zarr assets among ``assets`` and return the published metadata of every asset.
+) -> PreparedPublish:
+    """Compute the published metadata of every asset in ``assets`` without tagging anything.
 
     ``zarr_ids`` maps each Zarr asset's ``path`` to its zarr_id, as the archive has them in hand
     (``{a.path: a.zarr.zarr_id for a in version.assets.filter(zarr__isnull=False)}``); without
     it the zarr_id is read from the asset's S3 ``contentUrl`` (``.../zarr/<zarr_id>/``), which
     only a command-line user should rely on. Non-Zarr assets are returned unchanged. Raises
     :class:`PublishError` naming every problem (no snapshot, snapshot not matching the draft's
-    digest/contentSize, unreadable repository, invalid metadata) before anything is tagged.
+    digest/contentSize, unreadable repository, invalid metadata).
     """
     if not _DANDISET_ID.fullmatch(dandiset_id):
         raise PublishError(f"{dandiset_id!r} is not a Dandiset ID (six digits, e.g. 000123)")
     if not _VERSION.fullmatch(version):
         raise PublishError(f"{version!r} is not a published version (0.YYMMDD.HHMM)")
     tag = publish_tag(dandiset_id, version)
-    plans, problems = _plan(assets, tag, location, dandiset_id, zarr_ids)
+    plans, problems = _plan(assets, tag, location, dandiset_id, zarr_ids, repair=True)
     if problems:
         raise PublishError(
             f"cannot publish Dandiset {dandiset_id} version {version}; nothing was tagged:\n  "
@@ -81,20 +128,32 @@ def publish_dandiset(
     problems = [p for i, a in enumerate(published) if (p := _schema_problem(a, assets[i]))]
     if problems:
         raise PublishError("published metadata would not validate:\n  " + "\n  ".join(problems))
-    for plan in plans:
-        if not plan.tagged:
-            _create_tag(plan, tag)
-        # After the tag: a crash in between leaves a tag that GC keeps anyway; the retry records.
-        record_publication(location, plan.repository.zarr_id, tag, plan.snapshot_id)
-    return published
+    return PreparedPublish(tag, published, tuple(plans), location)
+
+
+def publish_dandiset(
+    dandiset_id: str,
+    version: str,
+    assets: Sequence[Mapping[str, Any]],
+    *,
+    location: StorageLocation,
+    zarr_ids: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Publish the Zarr assets among ``assets`` and return the published metadata of every asset
+    (:func:`prepare_publish`, then :meth:`PreparedPublish.commit`): a refusal tags nothing."""
+    prepared = prepare_publish(dandiset_id, version, assets, location=location, zarr_ids=zarr_ids)
+    prepared.commit()
+    return prepared.published
 
 
 def _plan(
     assets: Sequence[Mapping[str, Any]],
-    tag: str,
+    tag: str | None,
     location: StorageLocation,
     dandiset_id: str,
     zarr_ids: Mapping[str, str] | None,
+    *,
+    repair: bool,
 ) -> tuple[list[_Plan], list[str]]:
     plans: list[_Plan] = []
     problems: list[str] = []
@@ -110,8 +169,9 @@ def _plan(
                 continue
             repository = ZarrRepository.open(location, zarr_id)
             drafts = recorded_drafts(location, repository.zarr_id)
-            restore_refs(repository, drafts)  # what another Dandiset's uploader moved
-            existing = _tagged_snapshot(repository, tag)
+            if repair:
+                restore_refs(repository, drafts)  # what another Dandiset's uploader moved
+            existing = _tagged_snapshot(repository, tag) if tag else None
             draft = drafts.get(dandiset_id)
             snapshot_id = existing or (
                 # exactly what was last finalized; later commits are an upload not yet finalized
@@ -141,7 +201,6 @@ def _plan(
     return plans, problems
 
 
-
 def _tagged_snapshot(repository: ZarrRepository, tag: str) -> str | None:
     return repository.icechunk.lookup_tag(tag) if tag in repository.icechunk.list_tags() else None
 
@@ -158,7 +217,7 @@ def _create_tag(plan: _Plan, tag: str) -> None:
 
 
 def _published_asset(
-    asset: Mapping[str, Any], plan: _Plan, tag: str, location: StorageLocation
+    asset: Mapping[str, Any], plan: _Plan, tag: str | None, location: StorageLocation
 ) -> dict[str, Any]:
     repository = plan.repository
     prefix = location.repository_prefix(repository.zarr_id, embargoed=repository.embargoed)
@@ -179,7 +238,10 @@ def _published_asset(
 
 
 def _schema_problem(published: Mapping[str, Any], draft: Mapping[str, Any]) -> str | None:
-    """Why ``published`` fails dandischema validation or its round trip (None when fine)."""
+    """Why ``published`` fails dandischema validation or its round trip (None when fine).
+
+    The installed dandischema's models validate offline for every schemaVersion it accepts;
+    its JSON-schema validation would download the schema of any other version."""
     if published.get("encodingFormat") != ZARR_MEDIA_TYPE:
         return None
     try:
@@ -192,7 +254,7 @@ def _schema_problem(published: Mapping[str, Any], draft: Mapping[str, Any]) -> s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            validate(dict(published), schema_key="PublishedAsset", json_validation=True)
+            validate(dict(published), schema_key="PublishedAsset")
             round_trip = PublishedAsset(**published).model_dump(mode="json", exclude_none=True)
     except Exception as exc:  # dandischema raises pydantic and jsonschema errors
         return f"{name}: {exc}"
