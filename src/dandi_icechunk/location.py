@@ -195,6 +195,16 @@ class StorageLocation:
         area = EMBARGOED_PREFIX if embargoed else PUBLIC_PREFIX
         return "/".join(p for p in (self.prefix, area, validate_zarr_id(zarr_id)) if p)
 
+    def repository_url(self, zarr_id: str, *, embargoed: bool = False) -> str:
+        """The URL of the repository of ``zarr_id`` (no credentials in it), as published
+        metadata records it: ``s3://BUCKET/PREFIX[?endpoint_url=...]`` or ``file:///PATH``."""
+        prefix = self.repository_prefix(zarr_id, embargoed=embargoed)
+        if self.kind == "file":
+            return f"{self.url}/{prefix}"
+        query = self.url.partition("?")[2]
+        url = f"s3://{self.bucket}/{prefix}"
+        return f"{url}?{query}" if query else url
+
     def checksums_prefix(self, *, embargoed: bool = False) -> str:
         """Key prefix of the checksum -> snapshot lookup (its embargoed half is private too)."""
         area = f"{EMBARGOED_PREFIX}/_checksums" if embargoed else CHECKSUMS_PREFIX

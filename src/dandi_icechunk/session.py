@@ -179,12 +179,7 @@ class ZarrRepository:
     @property
     def url(self) -> str:
         """Where the repository is, as a URL."""
-        prefix = self.location.repository_prefix(self.zarr_id, embargoed=self.embargoed)
-        if self.location.kind == "file":
-            return f"{self.location.url}/{prefix}"
-        query = self.location.url.partition("?")[2]
-        url = f"s3://{self.location.bucket}/{prefix}"
-        return f"{url}?{query}" if query else url
+        return self.location.repository_url(self.zarr_id, embargoed=self.embargoed)
 
     @classmethod
     def open(

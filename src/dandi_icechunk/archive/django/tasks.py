@@ -1,0 +1,70 @@
+"""Scheduled work for the archive's Celery beat (see ``docs/archive-operators.md``):
+
+- :func:`audit_published_zarrs`: every published Icechunk Zarr asset still reads back as
+  published (tag, objects, checksum); with ``repair``, restore from the bucket's versions;
+- :func:`collect_zarr_garbage`: each repository's unreachable objects older than the restore
+  window, keeping every snapshot a published asset names;
+- :func:`revoke_expired_credentials`: delete vended upload users whose credentials expired.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from dandiapi.api.models import Asset
+
+from ...errors import RepositoryNotFoundError
+from ...reference import SnapshotReference
+from ..audit import Publication, audit_publications
+from ..credentials import CredentialVendor
+from ..gc import collect_garbage
+from .conf import AdapterSettings
+from .models import IcechunkZarr
+
+logger = logging.getLogger(__name__)
+
+
+def _published_icechunk_assets() -> list[Asset]:
+    return list(
+        Asset.objects.filter(published=True, zarr__icechunk__isnull=False).only("metadata").iterator()
+    )
+
+
+@shared_task(soft_time_limit=6 * 3600)
+def audit_published_zarrs(*, repair: bool = False) -> dict:
+    report = audit_publications(
+        [Publication.from_asset(a.metadata) for a in _published_icechunk_assets()],
+        AdapterSettings.load().location, repair=repair,
+    )
+    for problem in report.problems:
+        logger.error("audit of published Zarrs: %s", problem)
+    return report.to_json()
+
+
+@shared_task(soft_time_limit=6 * 3600)
+def collect_zarr_garbage(*, dry_run: bool = False) -> list[dict]:
+    conf = AdapterSettings.load()
+    published: dict[str, set[str]] = {}
+    for asset in _published_icechunk_assets():
+        reference = SnapshotReference.from_asset(asset.metadata)
+        published.setdefault(reference.zarr_id, set()).add(reference.snapshot_id)
+    results = []
+    for zarr in IcechunkZarr.objects.select_related("zarr_archive").iterator():
+        zarr_id = str(zarr.zarr_archive.zarr_id)
+        try:
+            result = collect_garbage(
+                conf.location, zarr_id, published_snapshots=published.get(zarr_id, set()),
+                restore_window=conf.gc_restore_window, dry_run=dry_run,
+            )
+        except RepositoryNotFoundError:
+            continue  # an upload begun but nothing written
+        results.append(result.to_json())
+    return results
+
+
+@shared_task
+def revoke_expired_credentials() -> int:
+    conf = AdapterSettings.load()
+    return CredentialVendor(conf.location, ttl=conf.credentials_ttl).revoke_expired()

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.urls import re_path
+
+from dandiapi.zarr.models import ZarrArchive
+
+from .views import begin_upload_view, credentials_view, state_view
+
+_ZARR = rf"^api/zarr/(?P<zarr_id>{ZarrArchive.UUID_REGEX})/icechunk/"
+
+urlpatterns = [
+    re_path(_ZARR + r"$", state_view, name="icechunk-zarr"),
+    re_path(_ZARR + r"upload/$", begin_upload_view, name="icechunk-begin-upload"),
+    re_path(_ZARR + r"credentials/$", credentials_view, name="icechunk-credentials"),
+]
