@@ -82,3 +82,7 @@ class GarbageCollectionError(DandiIcechunkError):
 
 class CredentialError(DandiIcechunkError):
     """Credentials could not be vended or revoked."""
+
+
+class ArchiveRequestError(DandiIcechunkError):
+    """The DANDI archive refused a request or could not be reached."""

@@ -12,18 +12,21 @@ earlier version in which every publication of the repository is whole again.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DandiIcechunkError
+from ..errors import AccessDeniedError, DandiIcechunkError
 from ..location import StorageLocation
 from ..objects import (
     DEFAULT_JOBS,
     REPO_OBJECT,
     ObjectVersion,
     VersionedObjects,
+    repository_objects,
     versioned_objects,
 )
 from ..records import JsonRecord
@@ -267,3 +270,33 @@ def _roll_back_repo_object(
         if not _check(location, zarr_id, pubs, jobs=1, deep=False):
             return [f"{zarr_id}: rolled the repo object back to version {version.version_id}"]
     return [f"{zarr_id}: no earlier repo object has every publication; needs an operator"]
+
+
+def check_embargoed_private(
+    location: StorageLocation, zarr_ids: Iterable[str], *, sample: int = 20
+) -> list[str]:
+    """Prove that anonymous readers cannot read the repositories of the embargoed ``zarr_ids``:
+    the ``repo`` object and up to ``sample`` other objects of each are fetched without
+    credentials, and every one that comes back is a problem (the bucket policy lacks the
+    embargo statements of :mod:`dandi_icechunk.archive.policy`)."""
+    anonymous = dataclasses.replace(location, credentials=None, credentials_provider=None, anonymous=True)
+    problems = []
+    for zarr_id in zarr_ids:
+        keys = [REPO_OBJECT] + [
+            key for key, _, _ in itertools.islice(repository_objects(location, zarr_id, embargoed=True).list_with_times(), sample)
+            if key != REPO_OBJECT
+        ]
+        public = repository_objects(anonymous, zarr_id, embargoed=True)
+        readable = []
+        for key in keys:
+            try:
+                if public.get(key) is not None:
+                    readable.append(key)
+            except AccessDeniedError:
+                continue
+        if readable:
+            problems.append(
+                f"embargoed Zarr {zarr_id}: anyone can read {len(readable)} of {len(keys)} objects tried "
+                f"(e.g. {readable[0]}); add the embargo statements to the bucket policy"
+            )
+    return problems

@@ -2,6 +2,7 @@
 
 - :func:`audit_published_zarrs`: every published Icechunk Zarr asset still reads back as
   published (tag, objects, checksum); with ``repair``, restore from the bucket's versions;
+- :func:`audit_embargoed_zarrs`: no embargoed Icechunk Zarr can be read without credentials;
 - :func:`collect_zarr_garbage`: each repository's unreachable objects older than the restore
   window, keeping every snapshot a published asset names;
 - :func:`revoke_expired_credentials`: delete vended upload users whose credentials expired.
@@ -13,11 +14,11 @@ import logging
 
 from celery import shared_task
 
-from dandiapi.api.models import Asset
+from dandiapi.api.models import Asset, Dandiset
 
 from ...errors import RepositoryNotFoundError
 from ...reference import SnapshotReference
-from ..audit import Publication, audit_publications
+from ..audit import Publication, audit_publications, check_embargoed_private
 from ..credentials import CredentialVendor
 from ..gc import collect_garbage
 from .conf import AdapterSettings
@@ -41,6 +42,20 @@ def audit_published_zarrs(*, repair: bool = False) -> dict:
     for problem in report.problems:
         logger.error("audit of published Zarrs: %s", problem)
     return report.to_json()
+
+
+@shared_task(soft_time_limit=3600)
+def audit_embargoed_zarrs() -> list[str]:
+    embargoed = IcechunkZarr.objects.filter(
+        zarr_archive__dandiset__embargo_status__in=[Dandiset.EmbargoStatus.EMBARGOED, Dandiset.EmbargoStatus.UNEMBARGOING],
+        drafts__snapshot_id__gt="",
+    ).distinct()
+    problems = check_embargoed_private(
+        AdapterSettings.load().location, [str(z.zarr_archive.zarr_id) for z in embargoed.select_related("zarr_archive")]
+    )
+    for problem in problems:
+        logger.error("audit of embargoed Zarrs: %s", problem)
+    return problems
 
 
 @shared_task(soft_time_limit=6 * 3600)

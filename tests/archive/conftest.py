@@ -1,0 +1,67 @@
+"""Fixtures for the tests that run inside the patched dandi-archive (``scripts/test-archive.sh``
+runs them in the archive's virtualenv and settings, with the adapter on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from dandischema.consts import DANDI_SCHEMA_VERSION
+from django.core.files.storage import default_storage
+from rest_framework.authtoken.models import Token
+
+from dandi_icechunk.archive.django.conf import AdapterSettings
+from dandi_icechunk.location import S3Credentials, StorageLocation
+
+
+class Archive:
+    """The archive's HTTP API as an API-key holder calls it (``requests``, no test client)."""
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        self.api = f"{url}/api"
+        self.headers = {"Authorization": f"token {api_key}"} if api_key else {}
+
+    def call(self, method: str, path: str, expect: int | tuple[int, ...] = (200, 201, 202, 204), **kwargs: Any) -> Any:
+        response = requests.request(method, f"{self.api}/{path.lstrip('/')}", headers=self.headers, timeout=120, **kwargs)
+        expected = (expect,) if isinstance(expect, int) else expect
+        assert response.status_code in expected, f"{method} {path}: {response.status_code} {response.text[:800]}"
+        return response.json() if response.content else None
+
+
+def api_key(user: Any) -> str:
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def zarr_asset_metadata(path: str) -> dict[str, Any]:
+    """What an uploader sends for a Zarr asset (the archive computes digest, size, URLs)."""
+    return {"schemaKey": "Asset", "schemaVersion": DANDI_SCHEMA_VERSION, "path": path,
+            "encodingFormat": "application/x-zarr"}
+
+
+@pytest.fixture
+def adapter_location() -> StorageLocation:
+    """Where the adapter keeps repositories: the archive's own test bucket, admin credentials."""
+    return AdapterSettings.load().location
+
+
+@pytest.fixture
+def reader_env(monkeypatch: pytest.MonkeyPatch, adapter_location: StorageLocation) -> S3Credentials:
+    """A reader of the (private, in tests) bucket: the AWS variables plain icechunk reads."""
+    creds = adapter_location.credentials
+    assert creds is not None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return creds
+
+
+def bucket_keys(prefix: str) -> list[str]:
+    client = default_storage.s3_client
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=default_storage.bucket_name, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def local_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,181 @@
+"""The whole life of a Zarr asset through the real archive's HTTP API (served on 127.0.0.1 by
+pytest-django's live server, its PostgreSQL, SeaweedFS): create, begin upload, upload with the
+vended credentials, finalize, the archive's own validation, publish, change, publish again, read
+both versions by the snapshot IDs the archive serves; then an embargoed Dandiset and its unembargo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import icechunk
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from conftest import Archive, api_key, local_tree, zarr_asset_metadata
+
+from django.core.files.storage import default_storage
+
+from dandiapi.api.models import Dandiset
+from dandiapi.api.tasks.scheduled import validate_draft_version_metadata, validate_pending_asset_metadata
+from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
+from dandi_icechunk.archive.django.tasks import audit_embargoed_zarrs
+from dandi_icechunk.archive.policy import embargo_deny_statements
+from dandi_icechunk.errors import DandiIcechunkError
+from dandi_icechunk.location import S3Credentials, StorageLocation
+from dandi_icechunk.read import open_dataset
+from dandi_icechunk.read.export import export_snapshot
+from dandi_icechunk.reference import SnapshotReference
+from dandi_icechunk.session import ZarrRepository
+from dandi_icechunk.testing import make_ome_zarr_v2
+from dandi_icechunk.upload import upload_zarr
+from dandi_icechunk.upload.archive import archive_zarr_state, begin_archive_upload, finalize_archive_upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ZARR_PATH = "sub-1/sub-1_sample.ome.zarr"
+
+
+def _upload(archive: Archive, key: str, zarr_id: str, source: Path) -> Any:
+    """What an uploader does: begin, upload with what the archive gave, finalize."""
+    upload = begin_archive_upload(archive.api, zarr_id, api_key=key)
+    result = upload_zarr(source, upload.location, zarr_id, branch=upload.branch,
+                         embargoed=upload.embargoed, dedup=False)
+    finalize_archive_upload(archive.api, zarr_id, api_key=key)
+    return upload, result
+
+
+def _validate() -> None:
+    """The archive's own scheduled validation, as its Celery beat runs it."""
+    validate_pending_asset_metadata()
+    validate_draft_version_metadata()
+
+
+def _published_asset(archive: Archive, dandiset: str, version: str) -> dict[str, Any]:
+    [asset] = archive.call("GET", f"dandisets/{dandiset}/versions/{version}/assets/")["results"]
+    return archive.call("GET", f"dandisets/{dandiset}/versions/{version}/assets/{asset['asset_id']}/")
+
+
+def _publish(archive: Archive, dandiset: str) -> str:
+    before = {v["version"] for v in archive.call("GET", f"dandisets/{dandiset}/versions/")["results"]}
+    archive.call("POST", f"dandisets/{dandiset}/versions/draft/publish/", expect=202)
+    after = {v["version"] for v in archive.call("GET", f"dandisets/{dandiset}/versions/")["results"]}
+    [version] = after - before - {"draft"}
+    return version
+
+
+def _plain_icechunk_read(metadata: dict[str, Any], creds: S3Credentials, endpoint: str) -> np.ndarray:
+    """Level 0 read with icechunk + xarray only, from what the served metadata says."""
+    ref = SnapshotReference.from_asset(metadata)
+    location, zarr_id, embargoed = StorageLocation.from_repository_url(ref.repository)
+    storage = icechunk.s3_storage(
+        bucket=location.bucket, prefix=location.repository_prefix(zarr_id, embargoed=embargoed),
+        endpoint_url=endpoint, allow_http=True, force_path_style=True, region="us-east-1",
+        access_key_id=creds.access_key_id, secret_access_key=creds.secret_access_key,
+    )
+    session = icechunk.Repository.open(storage).readonly_session(snapshot_id=ref.snapshot_id)
+    group = zarr.open_group(session.store, mode="r")
+    return np.asarray(group["0"][:])
+
+
+def test_zarr_asset_upload_publish_change_publish_reads_each_version_over_http(
+    live_server: Any, tmp_path: Path, reader_env: S3Credentials, adapter_location: StorageLocation
+) -> None:
+    owner = UserFactory.create()
+    draft = DraftVersionFactory.create(dandiset__owners=[owner])
+    dandiset = draft.dandiset.identifier
+    key = api_key(owner)
+    archive = Archive(live_server.url, key)
+
+    zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
+    source = make_ome_zarr_v2(tmp_path / "sample.ome.zarr", levels=2)
+    upload, first = _upload(archive, key, zarr_id, source)
+    assert (upload.branch, upload.embargoed, upload.dandiset) == ("main", False, dandiset)
+    state = archive_zarr_state(archive.api, zarr_id, api_key=key)
+    assert state["status"] == "Complete" and state["finalize_error"] == ""
+    assert state["drafts"] == [{"dandiset": dandiset, "branch": "main", "snapshot_id": first.snapshot_id,
+                                "checksum": first.zarr_checksum, "size": first.size}]
+    served = archive.call("GET", f"zarr/{zarr_id}/")
+    assert (served["checksum"], served["size"], served["file_count"]) == (first.zarr_checksum, first.size, first.file_count)
+
+    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
+                 json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    _validate()
+    v1 = _publish(archive, dandiset)
+    v1_files = local_tree(source)
+
+    # change one region and publish again: the published v1 asset is not touched
+    zarr.open_array(str(source / "0"), mode="r+")[0, 0:8, 0:16] = 7
+    _, second = _upload(archive, key, zarr_id, source)
+    assert second.snapshot_id != first.snapshot_id
+    _validate()
+    v2 = _publish(archive, dandiset)
+
+    published = {v: _published_asset(archive, dandiset, v) for v in (v1, v2)}
+    for version, result in ((v1, first), (v2, second)):
+        metadata = published[version]
+        ref = SnapshotReference.from_asset(metadata)
+        assert (ref.zarr_id, ref.snapshot_id, ref.tag) == (zarr_id, result.snapshot_id, f"dandiset/{dandiset}/{version}")
+        assert metadata["digest"]["dandi:dandi-zarr-checksum"] == result.zarr_checksum
+        assert metadata["contentSize"] == result.size
+        assert ZarrRepository.open(adapter_location, zarr_id).resolve(tag=ref.tag) == result.snapshot_id
+    assert published[v1]["identifier"] != published[v2]["identifier"]  # a new asset for the change
+
+    # both versions read what they had: the project's reader, plain icechunk + xarray, export
+    expected = {v1: np.asarray(zarr.open_array(str(tmp_path / "sample.ome.zarr" / "0"))[:]), v2: None}
+    level0_v2 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
+    for version in (v1, v2):
+        via_reader = open_dataset(published[version], group="0")["image"].values
+        via_icechunk = _plain_icechunk_read(published[version], reader_env, adapter_location.endpoint_url or "")
+        np.testing.assert_array_equal(via_reader, via_icechunk)
+        expected[version] = via_reader
+    np.testing.assert_array_equal(expected[v2], level0_v2)
+    assert not np.array_equal(expected[v1], expected[v2])
+    out = export_snapshot(ZarrRepository.open(adapter_location, zarr_id), tmp_path / "v1",
+                          snapshot_id=SnapshotReference.from_asset(published[v1]).snapshot_id)
+    assert local_tree(Path(out.destination)) == v1_files
+    assert isinstance(xr.open_dataset(published[v2], engine="dandi-icechunk", group="0"), xr.Dataset)
+
+
+def _deny_embargoed_reads(bucket: str) -> None:
+    """The operator's step: add the adapter's embargo statements to the archive's bucket policy
+    (the archive's own identity, ``admin`` in these tests, stays exempt)."""
+    client = default_storage.s3_client
+    policy = json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"])
+    policy["Statement"] += embargo_deny_statements(bucket, archive_usernames=["admin"])
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then_publishes(
+    live_server: Any, tmp_path: Path, adapter_location: StorageLocation
+) -> None:
+    owner = UserFactory.create()
+    draft = DraftVersionFactory.create(dandiset__owners=[owner], dandiset__embargo_status=Dandiset.EmbargoStatus.EMBARGOED)
+    dandiset = draft.dandiset.identifier
+    key = api_key(owner)
+    archive = Archive(live_server.url, key)
+    zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
+    upload, result = _upload(archive, key, zarr_id, make_ome_zarr_v2(tmp_path / "e.ome.zarr"))
+    assert upload.embargoed
+    anonymous = StorageLocation(kind="s3", bucket=adapter_location.bucket, endpoint_url=adapter_location.endpoint_url,
+                                anonymous=True)
+
+    # the archive's bucket is public: without the embargo statements anyone reads the Zarr,
+    # and the audit says so
+    assert ZarrRepository.open(anonymous, zarr_id).resolve() == result.snapshot_id
+    [problem] = audit_embargoed_zarrs()
+    assert zarr_id in problem and "add the embargo statements" in problem
+    _deny_embargoed_reads(adapter_location.bucket)
+    with pytest.raises(DandiIcechunkError):
+        ZarrRepository.open(anonymous, zarr_id).resolve()
+    assert audit_embargoed_zarrs() == []
+
+    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
+                 json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    archive.call("POST", f"dandisets/{dandiset}/unembargo/")
+    assert Dandiset.objects.get(pk=draft.dandiset.pk).embargo_status == Dandiset.EmbargoStatus.OPEN
+    assert ZarrRepository.open(anonymous, zarr_id).resolve() == result.snapshot_id  # public now
+    _validate()
+    version = _publish(archive, dandiset)
+    assert SnapshotReference.from_asset(_published_asset(archive, dandiset, version)).snapshot_id == result.snapshot_id
