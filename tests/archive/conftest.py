@@ -12,22 +12,55 @@ from dandischema.consts import DANDI_SCHEMA_VERSION
 from django.core.files.storage import default_storage
 from rest_framework.authtoken.models import Token
 
+from dandiapi.api.tasks.scheduled import validate_draft_version_metadata, validate_pending_asset_metadata
 from dandi_icechunk.archive.django.conf import AdapterSettings
 from dandi_icechunk.location import S3Credentials, StorageLocation
+from dandi_icechunk.upload import UploadResult, upload_zarr
+from dandi_icechunk.upload.archive import ArchiveUpload, begin_archive_upload, finalize_archive_upload
 
 
 class Archive:
     """The archive's HTTP API as an API-key holder calls it (``requests``, no test client)."""
 
-    def __init__(self, url: str, api_key: str | None) -> None:
+    def __init__(self, url: str, api_key: str) -> None:
         self.api = f"{url}/api"
-        self.headers = {"Authorization": f"token {api_key}"} if api_key else {}
+        self.api_key = api_key
+        self.headers = {"Authorization": f"token {api_key}"}
 
     def call(self, method: str, path: str, expect: int | tuple[int, ...] = (200, 201, 202, 204), **kwargs: Any) -> Any:
         response = requests.request(method, f"{self.api}/{path.lstrip('/')}", headers=self.headers, timeout=120, **kwargs)
         expected = (expect,) if isinstance(expect, int) else expect
         assert response.status_code in expected, f"{method} {path}: {response.status_code} {response.text[:800]}"
         return response.json() if response.content else None
+
+    def upload(self, zarr_id: str, source: Path) -> tuple[ArchiveUpload, UploadResult]:
+        """What an uploader does: begin, upload with what the archive gave, finalize."""
+        upload = begin_archive_upload(self.api, zarr_id, api_key=self.api_key)
+        result = upload_zarr(source, upload.location, zarr_id, branch=upload.branch,
+                             embargoed=upload.embargoed, dedup=False)
+        finalize_archive_upload(self.api, zarr_id, api_key=self.api_key)
+        return upload, result
+
+    def versions(self, dandiset: str) -> dict[str, dict[str, Any]]:
+        return {v["version"]: v for v in self.call("GET", f"dandisets/{dandiset}/versions/")["results"]}
+
+    def publish(self, dandiset: str) -> str:
+        """Publish the draft; the new version's name."""
+        before = set(self.versions(dandiset))
+        self.call("POST", f"dandisets/{dandiset}/versions/draft/publish/", expect=202)
+        [version] = set(self.versions(dandiset)) - before
+        return version
+
+    def published_asset(self, dandiset: str, version: str) -> dict[str, Any]:
+        """The metadata the archive serves for the one asset of ``version``."""
+        [asset] = self.call("GET", f"dandisets/{dandiset}/versions/{version}/assets/")["results"]
+        return self.call("GET", f"dandisets/{dandiset}/versions/{version}/assets/{asset['asset_id']}/")
+
+
+def validate() -> None:
+    """The archive's own scheduled validation, as its Celery beat runs it."""
+    validate_pending_asset_metadata()
+    validate_draft_version_metadata()
 
 
 def api_key(user: Any) -> str:

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import Archive, api_key, local_tree, zarr_asset_metadata
+from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
 
 from django.core.files.storage import default_storage
 
 from dandiapi.api.models import Dandiset
-from dandiapi.api.tasks.scheduled import validate_draft_version_metadata, validate_pending_asset_metadata
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 from dandi_icechunk.archive.django.tasks import audit_embargoed_zarrs
 from dandi_icechunk.archive.policy import embargo_deny_statements
@@ -30,39 +29,10 @@ from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import make_ome_zarr_v2
-from dandi_icechunk.upload import upload_zarr
-from dandi_icechunk.upload.archive import archive_zarr_state, begin_archive_upload, finalize_archive_upload
+from dandi_icechunk.upload.archive import archive_zarr_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ZARR_PATH = "sub-1/sub-1_sample.ome.zarr"
-
-
-def _upload(archive: Archive, key: str, zarr_id: str, source: Path) -> Any:
-    """What an uploader does: begin, upload with what the archive gave, finalize."""
-    upload = begin_archive_upload(archive.api, zarr_id, api_key=key)
-    result = upload_zarr(source, upload.location, zarr_id, branch=upload.branch,
-                         embargoed=upload.embargoed, dedup=False)
-    finalize_archive_upload(archive.api, zarr_id, api_key=key)
-    return upload, result
-
-
-def _validate() -> None:
-    """The archive's own scheduled validation, as its Celery beat runs it."""
-    validate_pending_asset_metadata()
-    validate_draft_version_metadata()
-
-
-def _published_asset(archive: Archive, dandiset: str, version: str) -> dict[str, Any]:
-    [asset] = archive.call("GET", f"dandisets/{dandiset}/versions/{version}/assets/")["results"]
-    return archive.call("GET", f"dandisets/{dandiset}/versions/{version}/assets/{asset['asset_id']}/")
-
-
-def _publish(archive: Archive, dandiset: str) -> str:
-    before = {v["version"] for v in archive.call("GET", f"dandisets/{dandiset}/versions/")["results"]}
-    archive.call("POST", f"dandisets/{dandiset}/versions/draft/publish/", expect=202)
-    after = {v["version"] for v in archive.call("GET", f"dandisets/{dandiset}/versions/")["results"]}
-    [version] = after - before - {"draft"}
-    return version
 
 
 def _plain_icechunk_read(metadata: dict[str, Any], creds: S3Credentials, endpoint: str) -> np.ndarray:
@@ -90,7 +60,7 @@ def test_zarr_asset_upload_publish_change_publish_reads_each_version_over_http(
 
     zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
     source = make_ome_zarr_v2(tmp_path / "sample.ome.zarr", levels=2)
-    upload, first = _upload(archive, key, zarr_id, source)
+    upload, first = archive.upload(zarr_id, source)
     assert (upload.branch, upload.embargoed, upload.dandiset) == ("main", False, dandiset)
     state = archive_zarr_state(archive.api, zarr_id, api_key=key)
     assert state["status"] == "Complete" and state["finalize_error"] == ""
@@ -101,18 +71,18 @@ def test_zarr_asset_upload_publish_change_publish_reads_each_version_over_http(
 
     archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
                  json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
-    _validate()
-    v1 = _publish(archive, dandiset)
+    validate()
+    v1 = archive.publish(dandiset)
     v1_files = local_tree(source)
 
     # change one region and publish again: the published v1 asset is not touched
     zarr.open_array(str(source / "0"), mode="r+")[0, 0:8, 0:16] = 7
-    _, second = _upload(archive, key, zarr_id, source)
+    _, second = archive.upload(zarr_id, source)
     assert second.snapshot_id != first.snapshot_id
-    _validate()
-    v2 = _publish(archive, dandiset)
+    validate()
+    v2 = archive.publish(dandiset)
 
-    published = {v: _published_asset(archive, dandiset, v) for v in (v1, v2)}
+    published = {v: archive.published_asset(dandiset, v) for v in (v1, v2)}
     for version, result in ((v1, first), (v2, second)):
         metadata = published[version]
         ref = SnapshotReference.from_asset(metadata)
@@ -156,7 +126,7 @@ def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then
     key = api_key(owner)
     archive = Archive(live_server.url, key)
     zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
-    upload, result = _upload(archive, key, zarr_id, make_ome_zarr_v2(tmp_path / "e.ome.zarr"))
+    upload, result = archive.upload(zarr_id, make_ome_zarr_v2(tmp_path / "e.ome.zarr"))
     assert upload.embargoed
     anonymous = StorageLocation(kind="s3", bucket=adapter_location.bucket, endpoint_url=adapter_location.endpoint_url,
                                 anonymous=True)
@@ -176,6 +146,6 @@ def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then
     archive.call("POST", f"dandisets/{dandiset}/unembargo/")
     assert Dandiset.objects.get(pk=draft.dandiset.pk).embargo_status == Dandiset.EmbargoStatus.OPEN
     assert ZarrRepository.open(anonymous, zarr_id).resolve() == result.snapshot_id  # public now
-    _validate()
-    version = _publish(archive, dandiset)
-    assert SnapshotReference.from_asset(_published_asset(archive, dandiset, version)).snapshot_id == result.snapshot_id
+    validate()
+    version = archive.publish(dandiset)
+    assert SnapshotReference.from_asset(archive.published_asset(dandiset, version)).snapshot_id == result.snapshot_id
