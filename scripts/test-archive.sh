@@ -4,7 +4,9 @@
 # Python 3.13 plus dandi-icechunk, then run (each with its own PostgreSQL and SeaweedFS):
 #   - the archive's own tests for zarr, version/publish, asset, embargo, unembargo, tasks and
 #     dandiset, with the adapter off and on;
-#   - the project's archive tests (tests/archive/), the end-to-end run over HTTP included.
+#   - the project's archive tests (tests/archive/), the end-to-end run over HTTP included;
+#   - the publish hook's offline schema validation with the archive's dandischema pin (0.12.1;
+#     the default suite runs it with the newest dandischema).
 # Usage: bash scripts/test-archive.sh [PYTEST ARGS for tests/archive...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,5 +45,8 @@ for mode in off on; do
     echo "== the archive's own tests, patched, adapter $mode"
     "$work/venv/bin/python" "$root/tests/archive/run.py" "$mode" -q -p no:randomly "${archive_tests[@]}"
 done
+echo "== the publish hook with the archive's dandischema pin"
+(cd "$root" && "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_publish.py \
+    -k "offline or check_publishable or prepared")
 echo "== dandi-icechunk's archive tests"
 "$work/venv/bin/python" "$root/tests/archive/run.py" on -q "$root/tests/archive" "$@"
