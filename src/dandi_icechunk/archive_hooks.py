@@ -40,9 +40,8 @@ from .archive.audit import (
 )
 from .archive.credentials import CredentialVendor, VendedCredentials
 from .archive.embargo import UnembargoResult, unembargo_zarr
-from .archive.finalize import finalize_draft
+from .archive.finalize import attach_draft, finalize_draft
 from .archive.gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
-from .archive.ledger import DraftRecord, record_draft, recorded_drafts
 from .archive.publish import (
     PreparedPublish,
     PublishError,
@@ -53,7 +52,7 @@ from .archive.publish import (
 from .errors import FinalizeError
 from .location import StorageLocation
 from .reference import ZARR_MEDIA_TYPE
-from .reuse import Attachment, attach_zarr
+from .reuse import Attachment
 from .session import CommitInfo, publish_tag
 
 __all__ = [
@@ -125,14 +124,10 @@ def attach_zarr_to_dandiset(
     Dandiset's draft without uploading it again (see :mod:`dandi_icechunk.reuse`). The new
     asset's metadata uses the returned checksum and size and the Zarr's own ``zarr_id``.
     The new draft is recorded, so its branch is guarded like every finalized draft."""
-    attachment = attach_zarr(
+    return attach_draft(
         location, zarr_id, dandiset_id, snapshot_id=snapshot_id, tag=tag,
         dandiset_embargoed=dandiset_embargoed,
     )
-    if dandiset_id not in recorded_drafts(location, attachment.zarr_id):
-        draft = DraftRecord(dandiset_id, attachment.branch, attachment.snapshot_id)
-        record_draft(location, attachment.zarr_id, draft)
-    return attachment
 
 
 def unembargo_dandiset_zarrs(zarr_ids: Iterable[str], *, location: StorageLocation) -> list[UnembargoResult]:

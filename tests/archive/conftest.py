@@ -8,15 +8,22 @@ from typing import Any
 
 import pytest
 import requests
+from dandiapi.api.tasks.scheduled import (
+    validate_draft_version_metadata,
+    validate_pending_asset_metadata,
+)
 from dandischema.consts import DANDI_SCHEMA_VERSION
 from django.core.files.storage import default_storage
 from rest_framework.authtoken.models import Token
 
-from dandiapi.api.tasks.scheduled import validate_draft_version_metadata, validate_pending_asset_metadata
 from dandi_icechunk.archive.django.conf import AdapterSettings
 from dandi_icechunk.location import S3Credentials, StorageLocation
 from dandi_icechunk.upload import UploadResult, upload_zarr
-from dandi_icechunk.upload.archive import ArchiveUpload, begin_archive_upload, finalize_archive_upload
+from dandi_icechunk.upload.archive import (
+    ArchiveUpload,
+    begin_archive_upload,
+    finalize_archive_upload,
+)
 
 
 class Archive:

@@ -1,6 +1,6 @@
 """The archive's test settings with the dandi-icechunk adapter installed (repositories in the
 archive's own test bucket, credentials vended by SeaweedFS's IAM)."""
 
-from dandiapi.settings.testing import *  # noqa: F403
+from dandiapi.settings.testing import *
 
-INSTALLED_APPS = [*INSTALLED_APPS, "dandi_icechunk.archive.django"]  # noqa: F405
+INSTALLED_APPS = [*INSTALLED_APPS, "dandi_icechunk.archive.django"]

@@ -15,11 +15,10 @@ import pytest
 import xarray as xr
 import zarr
 from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
-
-from django.core.files.storage import default_storage
-
 from dandiapi.api.models import Dandiset
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
+from django.core.files.storage import default_storage
+
 from dandi_icechunk.archive.django.tasks import audit_embargoed_zarrs
 from dandi_icechunk.archive.policy import embargo_deny_statements
 from dandi_icechunk.errors import DandiIcechunkError

@@ -12,17 +12,21 @@ from typing import Any
 import pytest
 import requests
 from conftest import Archive, api_key, bucket_keys, validate, zarr_asset_metadata
-
 from dandiapi.api.models import Asset, Version
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 from dandiapi.zarr.models import ZarrArchive
+
 from dandi_icechunk.archive.django import services
 from dandi_icechunk.archive.django.models import IcechunkDraft
 from dandi_icechunk.errors import AccessDeniedError
 from dandi_icechunk.objects import repository_objects
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import make_zarr_v3
-from dandi_icechunk.upload.archive import archive_zarr_state, begin_archive_upload, finalize_archive_upload
+from dandi_icechunk.upload.archive import (
+    archive_zarr_state,
+    begin_archive_upload,
+    finalize_archive_upload,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

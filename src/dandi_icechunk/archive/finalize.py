@@ -1,4 +1,5 @@
-"""Finalize an upload: the archive takes what an uploader committed as a Dandiset's new draft.
+"""A Dandiset's new draft of a Zarr, recorded by the archive: from an upload
+(:func:`finalize_draft`) or from another Dandiset's Zarr, reused (:func:`attach_draft`).
 
 The uploader (with credentials for one repository) has committed; the archive, which alone
 writes its own record and the checksum lookup, checks and records the result.
@@ -10,7 +11,7 @@ import logging
 
 from ..errors import FinalizeError
 from ..location import StorageLocation
-from ..reuse import register_checksum
+from ..reuse import Attachment, attach_zarr, register_checksum
 from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository
 from .ledger import (
     DraftRecord,
@@ -55,3 +56,24 @@ def finalize_draft(location: StorageLocation, zarr_id: str, dandiset_id: str | N
         record_draft(location, repository.zarr_id, DraftRecord(dandiset_id, branch, tip))
     register_checksum(location, info.zarr_checksum, repository.zarr_id, tip, embargoed=repository.embargoed)
     return info
+
+
+def attach_draft(
+    location: StorageLocation,
+    zarr_id: str,
+    dandiset_id: str,
+    *,
+    snapshot_id: str | None = None,
+    tag: str | None = None,
+    dandiset_embargoed: bool = False,
+) -> Attachment:
+    """Attach an existing Zarr to another Dandiset (:func:`~dandi_icechunk.reuse.attach_zarr`)
+    and record that Dandiset's draft, so that its branch is guarded like every finalized draft."""
+    attachment = attach_zarr(
+        location, zarr_id, dandiset_id, snapshot_id=snapshot_id, tag=tag,
+        dandiset_embargoed=dandiset_embargoed,
+    )
+    if dandiset_id not in recorded_drafts(location, attachment.zarr_id):
+        draft = DraftRecord(dandiset_id, attachment.branch, attachment.snapshot_id)
+        record_draft(location, attachment.zarr_id, draft)
+    return attachment

@@ -17,20 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import icechunk
-from django.db import transaction
-from rest_framework import status
-
 from dandiapi.api.models import Asset, Dandiset, Version
 from dandiapi.api.services.asset import _add_asset_to_version, _remove_asset_from_version
 from dandiapi.api.services.exceptions import DandiError, NotAllowedError
+from dandiapi.api.services.permissions.dandiset import is_dandiset_owner
 from dandiapi.zarr.models import ZarrArchive, ZarrArchiveStatus
+from django.db import transaction
+from rest_framework import status
 
-from ...errors import DandiIcechunkError, RepositoryNotFoundError, first_line
+from ...errors import DandiIcechunkError, RepositoryNotFoundError, ReuseError, first_line
 from ...reference import SnapshotReference, is_snapshot_resource, repository_http_url
 from ...session import DEFAULT_BRANCH
 from ..credentials import CredentialVendor, VendedCredentials
 from ..embargo import unembargo_zarr
-from ..finalize import finalize_draft
+from ..finalize import attach_draft, finalize_draft
 from ..ledger import recorded_drafts
 from ..publish import CHECKSUM_KEY
 from ..publish import check_publishable as _check_assets
@@ -143,6 +143,31 @@ def ingested(zarr: ZarrArchive, finalized: FinalizedDraft) -> None:
     for asset in draft_version.assets.filter(zarr=zarr, published=True):
         _remove_asset_from_version(asset=asset, version=draft_version)
         _add_asset_to_version(version=draft_version, asset_blob=None, zarr_archive=zarr, metadata=asset.metadata)
+
+
+def attach(zarr: ZarrArchive, dandiset: Dandiset, user: Any) -> bool:
+    """Reuse: give ``dandiset`` its own draft of ``zarr`` (another Dandiset's Icechunk Zarr) at
+    the snapshot last finalized there, on a branch of its own; no byte is copied. Only a public
+    Zarr, or one whose Dandiset the user owns, may be reused (False: the archive refuses as
+    before, saying nothing about the Zarr)."""
+    if zarr.dandiset.embargo_status != Dandiset.EmbargoStatus.OPEN and not is_dandiset_owner(zarr.dandiset, user):
+        return False
+    source = IcechunkDraft.objects.filter(zarr_id=zarr.pk, dandiset=zarr.dandiset).exclude(snapshot_id="").first()
+    if source is None:
+        raise DandiError(f"Zarr {zarr.zarr_id} has no finalized upload to reuse yet", status.HTTP_400_BAD_REQUEST)
+    try:
+        attached = attach_draft(
+            AdapterSettings.load().location, str(zarr.zarr_id), dandiset.identifier,
+            snapshot_id=source.snapshot_id, dandiset_embargoed=dandiset.embargoed,
+        )
+    except ReuseError as exc:
+        raise DandiError(str(exc), status.HTTP_400_BAD_REQUEST) from None
+    IcechunkDraft.objects.update_or_create(
+        zarr_id=zarr.pk, dandiset=dandiset,
+        defaults={"branch": attached.branch, "snapshot_id": attached.snapshot_id,
+                  "checksum": attached.zarr_checksum, "size": attached.size, "file_count": source.file_count},
+    )
+    return True
 
 
 def _draft_of(asset: Asset) -> IcechunkDraft | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-
 from dandiapi.api.models import Asset, Dandiset
 
 from ...errors import RepositoryNotFoundError

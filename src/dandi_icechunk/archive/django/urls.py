@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from django.urls import re_path
-
 from dandiapi.zarr.models import ZarrArchive
+from django.urls import re_path
 
 from .views import begin_upload_view, credentials_view, state_view
 

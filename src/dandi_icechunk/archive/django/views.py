@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dandiapi.api.services.exceptions import DandiError
+from dandiapi.api.services.permissions.dandiset import get_visible_dandisets, is_dandiset_owner
+from dandiapi.zarr.models import ZarrArchive, ZarrArchiveStatus
 from django.db import transaction
 from django.shortcuts import get_object_or_404
 from rest_framework import serializers
@@ -11,10 +14,6 @@ from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
-
-from dandiapi.api.services.exceptions import DandiError
-from dandiapi.api.services.permissions.dandiset import get_visible_dandisets, is_dandiset_owner
-from dandiapi.zarr.models import ZarrArchive, ZarrArchiveStatus
 
 from ..credentials import VendedCredentials
 from . import services
