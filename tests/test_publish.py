@@ -16,6 +16,7 @@ from dandischema.metadata import validate
 from dandischema.models import PublishedAsset
 
 from dandi_icechunk.archive import publish as publish_module
+from dandi_icechunk.archive.publish import complete_publication
 from dandi_icechunk.archive_hooks import (
     PublishError,
     check_publishable,
@@ -145,10 +146,10 @@ def test_crash_between_steps_then_retry_gives_the_same_result_and_no_second_tag(
     real_create_tag = publish_module._create_tag
     made = []
 
-    def crashing(plan: Any, tag: str) -> None:
+    def crashing(repository: Any, snapshot_id: str, tag: str) -> None:
         if len(made) == crash_after_tags:
             raise RuntimeError("worker died")
-        real_create_tag(plan, tag)
+        real_create_tag(repository, snapshot_id, tag)
         made.append(tag)
 
     monkeypatch.setattr(publish_module, "_create_tag", crashing)
@@ -276,3 +277,15 @@ def test_publish_validates_every_schema_version_the_archive_accepts_offline(
     assert check_publishable("000123", [asset], location=location) == []
     [record] = publish_dandiset("000123", "0.260101.1200", [asset], location=location, zarr_ids={"a.zarr": zarr_id})
     assert SnapshotReference.from_asset(record).snapshot_id == result.snapshot_id
+
+
+def test_complete_publication_makes_a_missing_tag_once_and_refuses_a_tag_naming_another_snapshot(
+    location: StorageLocation, two_zarrs: dict[str, Path]
+) -> None:
+    prepared = prepare_publish("000123", "0.260101.1200", _assets(location, two_zarrs), location=location)
+    ref = SnapshotReference.from_asset(prepared.published[1])  # committed by the archive, never tagged
+    assert complete_publication(location, ref.zarr_id, prepared.tag, ref.snapshot_id) is True
+    assert complete_publication(location, ref.zarr_id, prepared.tag, ref.snapshot_id) is False
+    assert ZarrRepository.open(location, ref.zarr_id).resolve(tag=prepared.tag) == ref.snapshot_id
+    with pytest.raises(PublishError, match="names another snapshot"):
+        complete_publication(location, ref.zarr_id, prepared.tag, "0" * 20)

@@ -71,7 +71,7 @@ class PreparedPublish:
         """Tag each Zarr's snapshot and record the publication (write-once). Safe to repeat."""
         for plan in self._plans:
             if not plan.tagged:
-                _create_tag(plan, self.tag)
+                _create_tag(plan.repository, plan.snapshot_id, self.tag)
             # After the tag: a crash in between leaves a tag that GC keeps anyway; a retry records.
             record_publication(self._location, plan.repository.zarr_id, self.tag, plan.snapshot_id)
 
@@ -205,15 +205,29 @@ def _tagged_snapshot(repository: ZarrRepository, tag: str) -> str | None:
     return repository.icechunk.lookup_tag(tag) if tag in repository.icechunk.list_tags() else None
 
 
-def _create_tag(plan: _Plan, tag: str) -> None:
+def _create_tag(repository: ZarrRepository, snapshot_id: str, tag: str) -> None:
     try:
-        plan.repository.icechunk.create_tag(tag, plan.snapshot_id)
+        repository.icechunk.create_tag(tag, snapshot_id)
     except icechunk.IcechunkError as exc:
         # A concurrent retry may have made the same tag: that is success, anything else is not.
-        if _tagged_snapshot(plan.repository, tag) != plan.snapshot_id:
+        if _tagged_snapshot(repository, tag) != snapshot_id:
             raise PublishError(
-                f"cannot tag snapshot {plan.snapshot_id} of {plan.repository.zarr_id} as {tag}: {exc}"
+                f"cannot tag snapshot {snapshot_id} of {repository.zarr_id} as {tag}: {exc}"
             ) from None
+
+
+def complete_publication(location: StorageLocation, zarr_id: str, tag: str, snapshot_id: str) -> bool:
+    """Make the tag and the record of a publication the archive committed but whose
+    :meth:`PreparedPublish.commit` did not finish (the bucket was down); whether the tag was
+    missing. Idempotent; a tag naming another snapshot is refused (:class:`PublishError`)."""
+    repository = ZarrRepository.open(location, zarr_id)
+    missing = _tagged_snapshot(repository, tag) is None
+    if missing:
+        _create_tag(repository, snapshot_id, tag)
+    elif _tagged_snapshot(repository, tag) != snapshot_id:
+        raise PublishError(f"tag {tag} of {zarr_id} names another snapshot than the published {snapshot_id}")
+    record_publication(location, repository.zarr_id, tag, snapshot_id)
+    return missing
 
 
 def _published_asset(

@@ -6,6 +6,8 @@
 - :func:`collect_zarr_garbage`: each repository's unreachable objects older than the restore
   window, keeping every snapshot a published asset names;
 - :func:`revoke_expired_credentials`: delete vended upload users whose credentials expired.
+
+:data:`~.schedule.BEAT_SCHEDULE` runs them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ...reference import SnapshotReference
 from ..audit import Publication, audit_publications, check_embargoed_private
 from ..credentials import CredentialVendor
 from ..gc import collect_garbage
+from ..publish import complete_publication
 from .conf import AdapterSettings
 from .models import IcechunkZarr
 
@@ -34,10 +37,15 @@ def _published_icechunk_assets() -> list[Asset]:
 
 @shared_task(soft_time_limit=6 * 3600)
 def audit_published_zarrs(*, repair: bool = False) -> dict:
-    report = audit_publications(
-        [Publication.from_asset(a.metadata) for a in _published_icechunk_assets()],
-        AdapterSettings.load().location, repair=repair,
-    )
+    """First finish publications whose tagging did not (the bucket was down after the archive
+    committed), then audit every published Icechunk Zarr asset."""
+    location = AdapterSettings.load().location
+    publications = [Publication.from_asset(a.metadata) for a in _published_icechunk_assets()]
+    for publication in publications:
+        if publication.tag and complete_publication(location, publication.zarr_id, publication.tag,
+                                                    publication.snapshot_id):
+            logger.warning("made the missing tag %s of published Zarr %s", publication.tag, publication.zarr_id)
+    report = audit_publications(publications, location, repair=repair)
     for problem in report.problems:
         logger.error("audit of published Zarrs: %s", problem)
     return report.to_json()
@@ -82,3 +90,4 @@ def collect_zarr_garbage(*, dry_run: bool = False) -> list[dict]:
 def revoke_expired_credentials() -> int:
     conf = AdapterSettings.load()
     return CredentialVendor(conf.location, ttl=conf.credentials_ttl).revoke_expired()
+
