@@ -34,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import md5_rate_one_core  # noqa: E402
 from contenders import CONTENDERS, physical_limits  # noqa: E402
 from plots import write_plots  # noqa: E402
-from postgres import run_postgres  # noqa: E402
 from report import markdown_report  # noqa: E402
 from workloads import Workload, array_digest, workloads  # noqa: E402
 
-from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
+from dandi_icechunk.testing import run_postgres, run_seaweedfs  # noqa: E402
 
 PUBLISHED_VERSIONS = (1, 5, 10)
 READ_ROUNDS = 3
@@ -197,8 +196,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="dandi-icechunk-compare-") as tmp,
-        run_postgres() as postgres,
+        run_postgres(database="postgres", server_options=("fsync=on", "shared_buffers=256MB")) as pg,
     ):
+        postgres = pg.conninfo
         for workload in workloads(args.quick):
             results["workloads"].append(run_workload(workload, Path(tmp), postgres, args.jobs))
             results["seconds"] = time.perf_counter() - started

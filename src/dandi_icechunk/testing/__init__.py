@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,12 +227,20 @@ class Postgres:
     def url(self) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{self.database}"
 
+    @property
+    def conninfo(self) -> str:
+        """The libpq keyword form of :attr:`url`."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={self.database}"
+
 
 @contextmanager
-def run_postgres(*, database: str = "django") -> Iterator[Postgres]:
+def run_postgres(
+    *, database: str = "django", server_options: Sequence[str] = ("fsync=off",)
+) -> Iterator[Postgres]:
     """Start a throwaway PostgreSQL cluster (Debian ``postgresql``) on 127.0.0.1 with a free port
     and trust authentication, create ``database``; stop it and delete its files after. As root
-    the cluster runs as the ``postgres`` user, in a directory of its own under the temp dir."""
+    the cluster runs as the ``postgres`` user, in a directory of its own under the temp dir.
+    ``server_options`` are ``name=value`` server settings (tests skip fsync; benchmarks keep it)."""
     bin_dir = _postgres_bin_dir()
     data = Path(tempfile.mkdtemp(prefix="dandi-postgres-"))
     if os.geteuid() == 0:
@@ -243,11 +251,13 @@ def run_postgres(*, database: str = "django") -> Iterator[Postgres]:
     try:
         _run_postgres_tool([str(bin_dir / "initdb"), "-D", str(cluster), "-U", "postgres",
                             "--auth=trust", "--no-sync", "-E", "UTF8"])
-        options = f"-c listen_addresses=127.0.0.1 -c port={port} -k {data} -c fsync=off"
+        options = " ".join([f"-c listen_addresses=127.0.0.1 -c port={port} -k {data}",
+                            *(f"-c {o}" for o in server_options)])
         _run_postgres_tool([*pg_ctl, "-l", str(log), "-o", options, "-w", "start"])
         try:
-            _run_postgres_tool([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
-                                "-U", "postgres", database])
+            if database != "postgres":
+                _run_postgres_tool([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+                                    "-U", "postgres", database])
             yield Postgres(port, database)
         finally:
             _run_postgres_tool([*pg_ctl, "-m", "immediate", "stop"])
