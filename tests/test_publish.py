@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import uuid
@@ -144,13 +145,12 @@ def test_crash_between_steps_then_retry_gives_the_same_result_and_no_second_tag(
 ) -> None:
     assets = _assets(location, two_zarrs)
     real_create_tag = publish_module._create_tag
-    made = []
+    calls = itertools.count()  # the Zarrs are tagged in parallel: count calls atomically
 
     def crashing(repository: Any, snapshot_id: str, tag: str) -> None:
-        if len(made) == crash_after_tags:
+        if next(calls) == crash_after_tags:
             raise RuntimeError("worker died")
         real_create_tag(repository, snapshot_id, tag)
-        made.append(tag)
 
     monkeypatch.setattr(publish_module, "_create_tag", crashing)
     with pytest.raises(RuntimeError):

@@ -8,6 +8,7 @@ credential covers both. Objects are written once and never changed (content-addr
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -203,25 +204,42 @@ class _VendedCredentials(RefreshableCredentials):
     _mandatory_refresh_timeout = 1
 
 
+_ENV_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+def _s3_client(location: StorageLocation) -> Any:
+    """A boto3 S3 client for ``location``; one per location (and, when the location names no
+    credentials, per AWS environment), as making one costs ~40 ms and clients are thread-safe."""
+    from_env = () if location.credentials or location.credentials_provider or location.anonymous else tuple(
+        os.environ.get(name) for name in _ENV_CREDENTIALS
+    )
+    return _cached_s3_client(location, from_env)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_s3_client(location: StorageLocation, _environment: tuple[str | None, ...]) -> Any:
+    creds = None if location.credentials_provider else location.credentials
+    config = botocore.config.Config(
+        max_pool_connections=32,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path"} if location.endpoint_url else None,
+        signature_version=botocore.UNSIGNED if location.anonymous else None,
+    )
+    session = boto3.Session(botocore_session=_refreshing_session(location.credentials_provider))
+    return session.client(
+        "s3",
+        endpoint_url=location.endpoint_url,
+        region_name=location.region or "us-east-1",
+        aws_access_key_id=creds.access_key_id if creds else None,
+        aws_secret_access_key=creds.secret_access_key if creds else None,
+        aws_session_token=creds.session_token if creds else None,
+        config=config,
+    )
+
+
 class _S3Objects:
     def __init__(self, location: StorageLocation, prefix: str) -> None:
-        creds = None if location.credentials_provider else location.credentials
-        config = botocore.config.Config(
-            max_pool_connections=32,
-            retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"} if location.endpoint_url else None,
-            signature_version=botocore.UNSIGNED if location.anonymous else None,
-        )
-        session = boto3.Session(botocore_session=_refreshing_session(location.credentials_provider))
-        self._client = session.client(
-            "s3",
-            endpoint_url=location.endpoint_url,
-            region_name=location.region or "us-east-1",
-            aws_access_key_id=creds.access_key_id if creds else None,
-            aws_secret_access_key=creds.secret_access_key if creds else None,
-            aws_session_token=creds.session_token if creds else None,
-            config=config,
-        )
+        self._client = _s3_client(location)
         self._bucket = location.bucket
         self._prefix = prefix
 

@@ -2,7 +2,8 @@
 SeaweedFS on 127.0.0.1, the archive's own test environment variables, and the adapter on or off.
 
     .archive/venv/bin/python tests/archive/run.py on|off [PYTEST ARGS...]
-    .archive/venv/bin/python tests/archive/run.py on|off manage.py COMMAND...   (e.g. makemigrations)
+    .archive/venv/bin/python tests/archive/run.py on|off run SCRIPT.py ARGS...
+        (``manage.py makemigrations``, a benchmark: any script, with the settings module set)
 
 ``scripts/test-archive.sh`` prepares ``.archive/`` and calls this; it is not meant to be run
 from the project's own virtualenv (Django and the archive are not installed there).
@@ -24,7 +25,7 @@ SETTINGS = {"off": "dandiapi.settings.testing", "on": "icechunk_settings"}
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in SETTINGS:
-        print("usage: run.py on|off [PYTEST ARGS... | manage.py COMMAND...]", file=sys.stderr)
+        print("usage: run.py on|off [PYTEST ARGS... | run SCRIPT.py ARGS...]", file=sys.stderr)
         return 2
     mode, pytest_args = argv[0], argv[1:]
     archive = Path(os.environ.get("DANDI_ARCHIVE_WORKTREE", HERE.parents[1] / ".archive" / "src"))
@@ -46,9 +47,9 @@ def main(argv: list[str]) -> int:
             "DJANGO_DANDI_DOI_API_PREFIX": "10.80507",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
         }
-        if pytest_args[:1] == ["manage.py"]:
+        if pytest_args[:1] == ["run"]:
             env["DJANGO_SETTINGS_MODULE"] = SETTINGS[mode]
-            command = [sys.executable, *pytest_args]
+            command = [sys.executable, *pytest_args[1:]]
         else:
             command = [sys.executable, "-m", "pytest", f"--ds={SETTINGS[mode]}", "-p", "no:cacheprovider",
                        *pytest_args]

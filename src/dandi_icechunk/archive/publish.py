@@ -24,6 +24,7 @@ import copy
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from .ledger import draft_branch, record_publication, recorded_drafts, restore_r
 _DANDISET_ID = re.compile(r"\d{6}")
 _VERSION = re.compile(r"0\.\d{6}\.\d{4}")
 CHECKSUM_KEY = "dandi:dandi-zarr-checksum"
+_PARALLEL_ZARRS = 16
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,14 @@ class PreparedPublish:
 
     def commit(self) -> None:
         """Tag each Zarr's snapshot and record the publication (write-once). Safe to repeat."""
-        for plan in self._plans:
+        def commit_one(plan: _Plan) -> None:
             if not plan.tagged:
                 _create_tag(plan.repository, plan.snapshot_id, self.tag)
             # After the tag: a crash in between leaves a tag that GC keeps anyway; a retry records.
             record_publication(self._location, plan.repository.zarr_id, self.tag, plan.snapshot_id)
+
+        with ThreadPoolExecutor(max_workers=min(_PARALLEL_ZARRS, max(1, len(self._plans)))) as pool:
+            list(pool.map(commit_one, self._plans))
 
 
 def check_publishable(
@@ -155,50 +160,59 @@ def _plan(
     *,
     repair: bool,
 ) -> tuple[list[_Plan], list[str]]:
-    plans: list[_Plan] = []
-    problems: list[str] = []
-    for position, asset in enumerate(assets):
-        if asset.get("encodingFormat") != ZARR_MEDIA_TYPE:
-            continue
-        name = asset.get("path") or asset.get("id") or f"asset #{position}"
-        try:
-            if zarr_ids is None:
-                zarr_id = asset_zarr_id(asset)
-            elif (zarr_id := zarr_ids.get(str(asset.get("path")))) is None:
-                problems.append(f"{name}: the archive gave no zarr_id for this Zarr asset's path")
-                continue
-            repository = ZarrRepository.open(location, zarr_id)
-            drafts = recorded_drafts(location, repository.zarr_id)
-            if repair:
-                restore_refs(repository, drafts)  # what another Dandiset's uploader moved
-            existing = _tagged_snapshot(repository, tag) if tag else None
-            draft = drafts.get(dandiset_id)
-            snapshot_id = existing or (
-                # exactly what was last finalized; later commits are an upload not yet finalized
-                draft.snapshot_id if draft
-                else repository.resolve(branch=draft_branch(repository, dandiset_id, drafts))
-            )
-            info = repository.commit_info(snapshot_id)
-        except DandiIcechunkError as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        except icechunk.IcechunkError as exc:  # reading refs failed: the storage, not the draft
-            problems.append(f"{name}: reading the repository failed ({first_line(exc)}); run again")
-            continue
-        if info is None:
-            problems.append(f"{name}: Zarr {zarr_id} has no uploaded snapshot; upload it first")
-            continue
-        expected = (asset.get("digest") or {}).get(CHECKSUM_KEY)
-        if expected != info.zarr_checksum or asset.get("contentSize") != info.size:
-            problems.append(
-                f"{name}: the draft says checksum {expected} and size {asset.get('contentSize')}, "
-                f"but {'the tagged' if existing else 'the newest'} snapshot {snapshot_id} of Zarr "
-                f"{zarr_id} has {info.zarr_checksum} and {info.size}; wait for the upload to "
-                "finish and the draft metadata to be updated"
-            )
-            continue
-        plans.append(_Plan(position, repository, snapshot_id, info, tagged=existing is not None))
-    return plans, problems
+    """Each Zarr asset's plan, or the problem with it (in the order of ``assets``); the Zarrs
+    are read in parallel, as a Dandiset may hold hundreds."""
+    zarr_assets = [(i, a) for i, a in enumerate(assets) if a.get("encodingFormat") == ZARR_MEDIA_TYPE]
+    with ThreadPoolExecutor(max_workers=min(_PARALLEL_ZARRS, max(1, len(zarr_assets)))) as pool:
+        outcomes = list(pool.map(
+            lambda item: _plan_one(*item, tag, location, dandiset_id, zarr_ids, repair=repair), zarr_assets
+        ))
+    return [o for o in outcomes if isinstance(o, _Plan)], [o for o in outcomes if isinstance(o, str)]
+
+
+def _plan_one(
+    position: int,
+    asset: Mapping[str, Any],
+    tag: str | None,
+    location: StorageLocation,
+    dandiset_id: str,
+    zarr_ids: Mapping[str, str] | None,
+    *,
+    repair: bool,
+) -> _Plan | str:
+    name = asset.get("path") or asset.get("id") or f"asset #{position}"
+    try:
+        if zarr_ids is None:
+            zarr_id = asset_zarr_id(asset)
+        elif (zarr_id := zarr_ids.get(str(asset.get("path")))) is None:
+            return f"{name}: the archive gave no zarr_id for this Zarr asset's path"
+        repository = ZarrRepository.open(location, zarr_id)
+        drafts = recorded_drafts(location, repository.zarr_id)
+        if repair:
+            restore_refs(repository, drafts)  # what another Dandiset's uploader moved
+        existing = _tagged_snapshot(repository, tag) if tag else None
+        draft = drafts.get(dandiset_id)
+        snapshot_id = existing or (
+            # exactly what was last finalized; later commits are an upload not yet finalized
+            draft.snapshot_id if draft
+            else repository.resolve(branch=draft_branch(repository, dandiset_id, drafts))
+        )
+        info = repository.commit_info(snapshot_id)
+    except DandiIcechunkError as exc:
+        return f"{name}: {exc}"
+    except icechunk.IcechunkError as exc:  # reading refs failed: the storage, not the draft
+        return f"{name}: reading the repository failed ({first_line(exc)}); run again"
+    if info is None:
+        return f"{name}: Zarr {zarr_id} has no uploaded snapshot; upload it first"
+    expected = (asset.get("digest") or {}).get(CHECKSUM_KEY)
+    if expected != info.zarr_checksum or asset.get("contentSize") != info.size:
+        return (
+            f"{name}: the draft says checksum {expected} and size {asset.get('contentSize')}, "
+            f"but {'the tagged' if existing else 'the newest'} snapshot {snapshot_id} of Zarr "
+            f"{zarr_id} has {info.zarr_checksum} and {info.size}; wait for the upload to "
+            "finish and the draft metadata to be updated"
+        )
+    return _Plan(position, repository, snapshot_id, info, tagged=existing is not None)
 
 
 def _tagged_snapshot(repository: ZarrRepository, tag: str) -> str | None:
