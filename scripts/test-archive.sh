@@ -5,7 +5,9 @@
 #     dandiset, with the adapter off and on;
 #   - the project's archive tests (tests/archive/), the end-to-end run over HTTP included;
 #   - the publish hook's offline schema validation with the archive's dandischema pin (0.12.1;
-#     the default suite runs it with the newest dandischema).
+#     the default suite runs it with the newest dandischema);
+#   - the real dandi-cli (the project's .venv) against the archive served on 127.0.0.1
+#     (tests/test_dandi_cli_archive.py; the default suite skips it).
 # Usage: bash scripts/test-archive.sh [PYTEST ARGS for tests/archive...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,3 +34,13 @@ echo "== the publish hook with the archive's dandischema pin"
     -k "offline or check_publishable or prepared")
 echo "== dandi-icechunk's archive tests"
 "$work/venv/bin/python" "$root/tests/archive/run.py" on -q "$root/tests/archive" "$@"
+echo "== the real dandi-cli against the archive served on 127.0.0.1"
+served="$(mktemp -d)"
+"$work/venv/bin/python" "$root/tests/archive/run.py" on run "$root/tests/archive/serve.py" "$served/archive.json" \
+    > "$served/serve.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$served"' EXIT
+for _ in $(seq 120); do [ -f "$served/archive.json" ] && break; sleep 1; done
+[ -f "$served/archive.json" ] || { cat "$served/serve.log"; echo "the archive did not start" >&2; exit 1; }
+DANDI_ICECHUNK_TEST_ARCHIVE="$served/archive.json" "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider \
+    "$root/tests/test_dandi_cli_archive.py"

@@ -12,6 +12,7 @@ from the project's own virtualenv (Django and the archive are not installed ther
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,12 @@ HERE = Path(__file__).resolve().parent
 SETTINGS = {"off": "dandiapi.settings.testing", "on": "icechunk_settings"}
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that the services are stopped on the way out
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     if not argv or argv[0] not in SETTINGS:
         print("usage: run.py on|off [PYTEST ARGS... | run SCRIPT.py ARGS...]", file=sys.stderr)
         return 2
@@ -39,8 +45,8 @@ def main(argv: list[str]) -> int:
             "DJANGO_DATABASE_URL": postgres.url,
             "DJANGO_CELERY_BROKER_URL": "memory://",
             "DJANGO_MINIO_STORAGE_URL": f"http://{s3.access_key_id}:{s3.secret_access_key}@{host}/{s3.bucket}",
-            "DJANGO_DANDI_WEB_APP_URL": "http://localhost:8085",
-            "DJANGO_DANDI_API_URL": "http://localhost:8000",
+            "DJANGO_DANDI_WEB_APP_URL": os.environ.get("DJANGO_DANDI_WEB_APP_URL", "http://localhost:8085"),
+            "DJANGO_DANDI_API_URL": os.environ.get("DJANGO_DANDI_API_URL", "http://localhost:8000"),
             "DJANGO_DANDI_JUPYTERHUB_URL": "https://hub.dandiarchive.org/",
             "DJANGO_DANDI_INSTANCE_NAME": "DEV-DANDI",
             "DJANGO_DANDI_INSTANCE_IDENTIFIER": "RRID:ABC_123456",

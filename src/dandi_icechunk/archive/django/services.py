@@ -81,6 +81,9 @@ def begin_upload(zarr: ZarrArchive) -> tuple[IcechunkDraft, VendedCredentials]:
                 status.HTTP_400_BAD_REQUEST,
             )
         icechunk_zarr = IcechunkZarr.objects.create(zarr_archive=zarr)
+    elif icechunk_zarr.finalize_error:
+        icechunk_zarr.finalize_error = ""  # a new attempt: the last refusal is history
+        icechunk_zarr.save(update_fields=["finalize_error"])
     draft, _ = IcechunkDraft.objects.get_or_create(
         zarr=icechunk_zarr, dandiset=zarr.dandiset, defaults={"branch": DEFAULT_BRANCH}
     )
