@@ -101,6 +101,8 @@ class InterruptAfter:
     def __init__(self, n: int) -> None:
         self.n = n
         self.writing = False
+        # A shell's background job starts with SIGINT ignored; Ctrl-C must raise here all the same.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def start(self, label: str, files: int, nbytes: int) -> None:
         self.writing = label == "uploading"
