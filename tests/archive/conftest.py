@@ -3,7 +3,9 @@ runs them in the archive's virtualenv and settings, with the adapter on)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from django.core.files.storage import default_storage
 from rest_framework.authtoken.models import Token
 
 from dandi_icechunk.archive.django.conf import AdapterSettings
+from dandi_icechunk.archive.policy import embargo_deny_statements
 from dandi_icechunk.location import S3Credentials, StorageLocation
 from dandi_icechunk.upload import UploadResult, upload_zarr
 from dandi_icechunk.upload.archive import (
@@ -105,3 +108,20 @@ def bucket_keys(prefix: str) -> list[str]:
 
 def local_tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def deny_embargoed_reads(adapter_location: StorageLocation) -> Iterator[Callable[[], None]]:
+    """The operator's step, as a function: add the adapter's embargo statements to the archive's
+    bucket policy (the archive's own identity, ``admin`` in these tests, stays exempt). The
+    archive's own policy is put back after the test."""
+    client, bucket = default_storage.s3_client, adapter_location.bucket
+    original = client.get_bucket_policy(Bucket=bucket)["Policy"]
+
+    def apply() -> None:
+        policy = json.loads(original)
+        policy["Statement"] += embargo_deny_statements(bucket, archive_usernames=["admin"])
+        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+    yield apply
+    client.put_bucket_policy(Bucket=bucket, Policy=original)

@@ -5,8 +5,8 @@ both versions by the snapshot IDs the archive serves; then an embargoed Dandiset
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import icechunk
@@ -17,18 +17,16 @@ import zarr
 from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
 from dandiapi.api.models import Dandiset
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
-from django.core.files.storage import default_storage
-
 from dandi_icechunk.archive.django.tasks import audit_embargoed_zarrs
-from dandi_icechunk.archive.policy import embargo_deny_statements
-from dandi_icechunk.errors import DandiIcechunkError
+from dandi_icechunk.errors import AccessDeniedError, DandiIcechunkError
 from dandi_icechunk.location import S3Credentials, StorageLocation
+from dandi_icechunk.objects import repository_objects
 from dandi_icechunk.read import open_dataset
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import make_ome_zarr_v2
-from dandi_icechunk.upload.archive import archive_zarr_state
+from dandi_icechunk.upload.archive import archive_zarr_state, begin_archive_upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ZARR_PATH = "sub-1/sub-1_sample.ome.zarr"
@@ -107,17 +105,9 @@ def test_zarr_asset_upload_publish_change_publish_reads_each_version_over_http(
     assert isinstance(xr.open_dataset(published[v2], engine="dandi-icechunk", group="0"), xr.Dataset)
 
 
-def _deny_embargoed_reads(bucket: str) -> None:
-    """The operator's step: add the adapter's embargo statements to the archive's bucket policy
-    (the archive's own identity, ``admin`` in these tests, stays exempt)."""
-    client = default_storage.s3_client
-    policy = json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"])
-    policy["Statement"] += embargo_deny_statements(bucket, archive_usernames=["admin"])
-    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
-
-
 def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then_publishes(
-    live_server: Any, tmp_path: Path, adapter_location: StorageLocation
+    live_server: Any, tmp_path: Path, adapter_location: StorageLocation,
+    deny_embargoed_reads: Callable[[], None],
 ) -> None:
     owner = UserFactory.create()
     draft = DraftVersionFactory.create(dandiset__owners=[owner], dandiset__embargo_status=Dandiset.EmbargoStatus.EMBARGOED)
@@ -135,10 +125,18 @@ def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then
     assert ZarrRepository.open(anonymous, zarr_id).resolve() == result.snapshot_id
     [problem] = audit_embargoed_zarrs()
     assert zarr_id in problem and "add the embargo statements" in problem
-    _deny_embargoed_reads(adapter_location.bucket)
+    deny_embargoed_reads()
     with pytest.raises(DandiIcechunkError):
         ZarrRepository.open(anonymous, zarr_id).resolve()
     assert audit_embargoed_zarrs() == []
+    # another lab's upload credentials (for a Zarr of its own) do not reach it either
+    other_lab = UserFactory.create()
+    other = Archive(live_server.url, api_key(other_lab))
+    theirs = DraftVersionFactory.create(dandiset__owners=[other_lab]).dandiset.identifier
+    own_zarr = other.call("POST", "zarr/", json={"name": "o.zarr", "dandiset": theirs})["zarr_id"]
+    with pytest.raises(AccessDeniedError):
+        repository_objects(begin_archive_upload(other.api, own_zarr, api_key=other.api_key).location,
+                           zarr_id, embargoed=True).get("repo")
 
     archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
                  json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
