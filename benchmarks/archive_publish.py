@@ -29,7 +29,6 @@ from django.core.management import call_command  # noqa: E402
 
 call_command("migrate", verbosity=0)
 
-from dandiapi.api.models import Version  # noqa: E402
 from dandiapi.api.services.asset import add_asset_to_version  # noqa: E402
 from dandiapi.api.services.publish import publish_dandiset  # noqa: E402
 from dandiapi.api.tasks import validate_asset_metadata_task, validate_version_metadata_task  # noqa: E402

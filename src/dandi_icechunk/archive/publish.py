@@ -96,7 +96,7 @@ def check_publishable(
     if problems:
         return problems
     published = [_published_asset(assets[p.position], p, None, location) for p in plans]
-    return [p for asset, plan in zip(published, plans) if (p := _schema_problem(asset, assets[plan.position]))]
+    return [p for asset, plan in zip(published, plans, strict=True) if (p := _schema_problem(asset, assets[plan.position]))]
 
 
 def prepare_publish(

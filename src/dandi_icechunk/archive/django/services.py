@@ -5,7 +5,8 @@ credentials for its prefix only; the archive's own ``finalize`` then runs :func:
 place of listing the objects) and :func:`ingested`. Read: :func:`asset_metadata` gives a draft
 asset its Dandiset's finalized snapshot and a published asset its own. Validate and publish:
 :func:`validate_asset` and :func:`check_publishable` read the bucket and write nothing;
-:func:`prepare_publish` runs inside the publish transaction and tags after it commits.
+:func:`prepare_publish` runs inside the publish transaction and tags after it commits. Reuse:
+:func:`attach` gives another Dandiset its own draft of a Zarr. Embargo: :func:`unembargo`.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def prepare_publish(version: Version, assets: Iterable[Asset]) -> dict[int, dict
     )
     zarr_ids = sorted({str(a.zarr.zarr_id) for a in zarr_assets})
     transaction.on_commit(lambda: _commit(prepared.commit, zarr_ids, conf))
-    return {a.id: published for a, published in zip(zarr_assets, prepared.published)}
+    return {a.id: published for a, published in zip(zarr_assets, prepared.published, strict=True)}
 
 
 def _commit(commit: Any, zarr_ids: list[str], conf: AdapterSettings) -> None:
