@@ -121,3 +121,23 @@ def test_the_owners_vended_credentials_read_their_embargoed_zarr(iam_s3_server: 
     assert ds["data"].shape == (16, 64, 64)
     with pytest.raises(AccessDeniedError):
         open_dataset(zid, location=_static(iam_s3_server, stranger))
+
+
+def test_each_zarr_has_one_upload_user_with_at_most_two_live_keys_and_expiry_removes_it(
+    iam_s3_server: S3Server, tmp_path: Path
+) -> None:
+    admin = iam_s3_server.location()
+    zid = str(uuid.uuid4())
+    ZarrRepository.open(admin, zid, create=True)
+    vendor = CredentialVendor(admin, ttl=timedelta(minutes=5))
+    first, second, third = (vendor.vend(zid) for _ in range(3))
+    assert {first.user, second.user, third.user} == {zid}  # the bucket policy pins it by name
+    iam = vendor._iam  # noqa: SLF001
+    live = {k["AccessKeyId"] for k in iam.list_access_keys(UserName=zid)["AccessKeyMetadata"]}
+    assert live == {second.credentials.access_key_id, third.credentials.access_key_id}
+    with pytest.raises(botocore.exceptions.ClientError):  # the oldest key is gone
+        _client(iam_s3_server, first.credentials).put_object(
+            Bucket=iam_s3_server.bucket, Key=f"{first.prefix}/x", Body=b"x")
+    assert vendor.revoke_expired(now=datetime.now(UTC) + timedelta(minutes=10)) == 3
+    with pytest.raises(iam.exceptions.NoSuchEntityException):
+        iam.get_user(UserName=zid)

@@ -115,7 +115,8 @@ def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then
     key = api_key(owner)
     archive = Archive(live_server.url, key)
     zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
-    upload, result = archive.upload(zarr_id, make_ome_zarr_v2(tmp_path / "e.ome.zarr"))
+    source = make_ome_zarr_v2(tmp_path / "e.ome.zarr")
+    upload, result = archive.upload(zarr_id, source)
     assert upload.embargoed
     anonymous = StorageLocation(kind="s3", bucket=adapter_location.bucket, endpoint_url=adapter_location.endpoint_url,
                                 anonymous=True)
@@ -137,6 +138,11 @@ def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then
     with pytest.raises(AccessDeniedError):
         repository_objects(begin_archive_upload(other.api, own_zarr, api_key=other.api_key).location,
                            zarr_id, embargoed=True).get("repo")
+    # and the owner goes on uploading under that policy: the Zarr's own upload user reads its repository
+    zarr.open_array(str(source / "0"), mode="r+")[0, 0:2, 0:2] = 3
+    _, result = archive.upload(zarr_id, source)
+    with pytest.raises(DandiIcechunkError):
+        ZarrRepository.open(anonymous, zarr_id).resolve()
 
     archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
                  json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})

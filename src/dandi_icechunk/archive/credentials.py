@@ -1,10 +1,13 @@
 """Short-lived upload credentials scoped to one repository, vended by the archive.
 
 Uploaders never hold bucket-wide credentials. For each upload the archive calls
-:meth:`CredentialVendor.vend`, which makes an IAM user whose only policy allows GetObject,
-PutObject and ListBucket on that repository's prefix (no DeleteObject: an uploader cannot
-destroy anything), with an expiry the archive enforces by calling
-:meth:`CredentialVendor.revoke_expired` (deleting expired users and keys). On AWS the same
+:meth:`CredentialVendor.vend`, which gives the Zarr's IAM user (one per Zarr, named by its
+zarr_id, whose only policy allows GetObject, PutObject and ListBucket on that repository's
+prefix; no DeleteObject: an uploader cannot destroy anything) a new access key, with an expiry
+the archive enforces by calling :meth:`CredentialVendor.revoke_expired` (deleting expired keys,
+and users left with none). The user's name being the zarr_id lets DANDI's bucket policy pin
+vended users to their own embargoed repository (``${aws:username}``, see
+:mod:`dandi_icechunk.archive.policy`). On AWS the same
 policy would be an STS session policy; SeaweedFS implements IAM users and policies but not
 STS for arbitrary roles, so this is the closest it supports. Clients pass a
 ``credentials_provider`` that asks again before expiry (Icechunk's refreshable credentials),
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +29,6 @@ from ..location import S3Credentials, StorageLocation, validate_zarr_id
 from ..objects import RepositoryObjects, prefix_objects
 
 DEFAULT_TTL = timedelta(hours=1)
-_USER_PREFIX = "dandi-upload-"
 _RECORDS = "zarr-icechunk-credentials"
 
 
@@ -131,26 +132,45 @@ class CredentialVendor:
         return self._clients
 
     def vend(self, zarr_id: str, *, embargoed: bool = False) -> VendedCredentials:
-        """New credentials for uploading to the repository of ``zarr_id`` (and only that)."""
+        """A new key for uploading to the repository of ``zarr_id`` (and only that). The Zarr's
+        user keeps at most two keys (AWS's limit): the oldest goes when a third is made."""
         zarr_id = validate_zarr_id(zarr_id)
         prefix = self.location.repository_prefix(zarr_id, embargoed=embargoed)
-        user = f"{_USER_PREFIX}{zarr_id[:8]}-{uuid.uuid4().hex[:12]}"
+        user = zarr_id
         expires_at = datetime.now(UTC) + self.ttl
+        iam = self._iam
         try:
-            self._iam.create_user(UserName=user)
-            self._iam.put_user_policy(
+            try:
+                iam.create_user(UserName=user)
+            except iam.exceptions.EntityAlreadyExistsException:
+                pass
+            iam.put_user_policy(
                 UserName=user, PolicyName="repository",
                 PolicyDocument=json.dumps(repository_policy(self.location.bucket, prefix)),
             )
-            key = self._iam.create_access_key(UserName=user)["AccessKey"]
+            keys = sorted(iam.list_access_keys(UserName=user)["AccessKeyMetadata"], key=self._issued)
+            for old in keys[: max(0, len(keys) - 1)]:
+                iam.delete_access_key(UserName=user, AccessKeyId=old["AccessKeyId"])
+            key = iam.create_access_key(UserName=user)["AccessKey"]
         except Exception as exc:  # botocore raises ClientError and connection errors
             raise CredentialError(f"cannot vend credentials for {zarr_id}: {exc}") from None
-        record = {"user": user, "zarr_id": zarr_id, "expires_at": expires_at.isoformat()}
-        self._records.put_if_absent(f"{user}.json", json.dumps(record).encode())
+        record = {"user": user, "zarr_id": zarr_id, "access_key_id": key["AccessKeyId"],
+                  "expires_at": expires_at.isoformat()}
+        self._records.put_if_absent(f"{key['AccessKeyId']}.json", json.dumps(record).encode())
         return VendedCredentials(
             zarr_id=zarr_id, prefix=prefix, user=user,
             credentials=S3Credentials(key["AccessKeyId"], key["SecretAccessKey"], expires_at=expires_at),
         )
+
+    def _issued(self, key: dict[str, Any]) -> datetime:
+        """When an access key was made: the server's date (AWS), else from our record of it
+        (SeaweedFS reports none); oldest first when neither is known."""
+        if "CreateDate" in key:
+            return key["CreateDate"]
+        record = self._records.get(f"{key['AccessKeyId']}.json")
+        if record is None:
+            return datetime.min.replace(tzinfo=UTC)
+        return datetime.fromisoformat(json.loads(record)["expires_at"]) - self.ttl
 
     def upload_location(self, zarr_id: str, *, embargoed: bool = False) -> StorageLocation:
         """A storage location for the uploader: vended credentials, renewed before they expire."""
@@ -161,18 +181,26 @@ class CredentialVendor:
         )
 
     def revoke_expired(self, now: datetime | None = None) -> int:
-        """Delete every vended user whose credentials have expired; return how many."""
+        """Delete every vended key that has expired, and users left with no key; return how
+        many keys."""
         now = now or datetime.now(UTC)
         revoked = 0
-        for key, _, _ in list(self._records.list_with_times("")):
-            data = self._records.get(key)
+        for name, _, _ in list(self._records.list_with_times("")):
+            data = self._records.get(name)
             if data is None:
                 continue
             record = json.loads(data)
             if datetime.fromisoformat(record["expires_at"]) > now:
                 continue
-            self.revoke(record["user"])
-            self._records.delete(key)
+            iam = self._iam
+            try:
+                if "access_key_id" in record:
+                    iam.delete_access_key(UserName=record["user"], AccessKeyId=record["access_key_id"])
+                if not iam.list_access_keys(UserName=record["user"])["AccessKeyMetadata"]:
+                    self.revoke(record["user"])
+            except iam.exceptions.NoSuchEntityException:
+                pass
+            self._records.delete(name)
             revoked += 1
         return revoked
 
