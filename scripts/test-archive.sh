@@ -39,7 +39,7 @@ served="$(mktemp -d)"
 "$work/venv/bin/python" "$root/tests/archive/run.py" on run "$root/tests/archive/serve.py" "$served/archive.json" \
     > "$served/serve.log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$served"' EXIT
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -rf "$served"' EXIT
 for _ in $(seq 120); do [ -f "$served/archive.json" ] && break; sleep 1; done
 [ -f "$served/archive.json" ] || { cat "$served/serve.log"; echo "the archive did not start" >&2; exit 1; }
 DANDI_ICECHUNK_TEST_ARCHIVE="$served/archive.json" "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider \
