@@ -19,7 +19,7 @@ That one entry is enough to open the exact snapshot: repository + snapshot ID. S
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +42,18 @@ class SnapshotReference:
     snapshot_id: str
     tag: str | None = None
     url: str | None = None
+
+    @classmethod
+    def in_repository(
+        cls, location: StorageLocation, zarr_id: str, snapshot_id: str, *,
+        embargoed: bool = False, tag: str | None = None,
+    ) -> SnapshotReference:
+        """The reference to ``snapshot_id`` of the repository of ``zarr_id`` at ``location``."""
+        prefix = location.repository_prefix(zarr_id, embargoed=embargoed)
+        return cls(
+            repository=location.repository_url(zarr_id, embargoed=embargoed), zarr_id=zarr_id,
+            snapshot_id=snapshot_id, tag=tag, url=repository_http_url(location, prefix),
+        )
 
     def to_resource(self) -> dict[str, Any]:
         """The dandischema ``Resource`` dict recorded in ``relatedResource``."""
@@ -86,6 +98,15 @@ class SnapshotReference:
 def is_snapshot_resource(resource: Mapping[str, Any]) -> bool:
     """Whether a ``relatedResource`` entry is a snapshot reference."""
     return str(resource.get("identifier") or "").startswith(_IDENTIFIER_PREFIX)
+
+
+def with_snapshot(
+    related: Iterable[Mapping[str, Any]] | None, reference: SnapshotReference | None
+) -> list[dict[str, Any]]:
+    """``relatedResource`` entries with any snapshot reference replaced by ``reference`` (or
+    dropped, when it is None)."""
+    kept = [dict(r) for r in related or [] if not is_snapshot_resource(r)]
+    return kept + ([reference.to_resource()] if reference is not None else [])
 
 
 def repository_zarr_id(repository_url: str) -> str:

@@ -32,17 +32,12 @@ import icechunk
 
 from ..errors import DandiIcechunkError, MissingExtraError, PublishError, first_line
 from ..location import StorageLocation
-from ..reference import (
-    ZARR_MEDIA_TYPE,
-    SnapshotReference,
-    asset_zarr_id,
-    is_snapshot_resource,
-    repository_http_url,
-)
+from ..reference import ZARR_MEDIA_TYPE, SnapshotReference, asset_zarr_id, with_snapshot
 from ..session import CommitInfo, ZarrRepository, publish_tag
 from .ledger import draft_branch, record_publication, recorded_drafts, restore_refs
 
 _DANDISET_ID = re.compile(r"\d{6}")
+_NOT_A_DANDISET_ID = "{!r} is not a Dandiset ID (six digits, e.g. 000123)"
 _VERSION = re.compile(r"0\.\d{6}\.\d{4}")
 CHECKSUM_KEY = "dandi:dandi-zarr-checksum"
 _PARALLEL_ZARRS = 16
@@ -91,12 +86,9 @@ def check_publishable(
     """Why the Zarr assets among ``assets`` (draft metadata) cannot be published: one line per
     problem, empty when they can. Reads the bucket and nothing else; writes nothing."""
     if not _DANDISET_ID.fullmatch(dandiset_id):
-        return [f"{dandiset_id!r} is not a Dandiset ID (six digits, e.g. 000123)"]
+        return [_NOT_A_DANDISET_ID.format(dandiset_id)]
     plans, problems = _plan(assets, None, location, dandiset_id, zarr_ids, repair=False)
-    if problems:
-        return problems
-    published = [_published_asset(assets[p.position], p, None, location) for p in plans]
-    return [p for asset, plan in zip(published, plans, strict=True) if (p := _schema_problem(asset, assets[plan.position]))]
+    return problems or _published(assets, plans, None, location)[1]
 
 
 def prepare_publish(
@@ -117,7 +109,7 @@ def prepare_publish(
     digest/contentSize, unreadable repository, invalid metadata).
     """
     if not _DANDISET_ID.fullmatch(dandiset_id):
-        raise PublishError(f"{dandiset_id!r} is not a Dandiset ID (six digits, e.g. 000123)")
+        raise PublishError(_NOT_A_DANDISET_ID.format(dandiset_id))
     if not _VERSION.fullmatch(version):
         raise PublishError(f"{version!r} is not a published version (0.YYMMDD.HHMM)")
     tag = publish_tag(dandiset_id, version)
@@ -127,10 +119,7 @@ def prepare_publish(
             f"cannot publish Dandiset {dandiset_id} version {version}; nothing was tagged:\n  "
             + "\n  ".join(problems)
         )
-    published = [dict(copy.deepcopy(a)) for a in assets]
-    for plan in plans:
-        published[plan.position] = _published_asset(assets[plan.position], plan, tag, location)
-    problems = [p for i, a in enumerate(published) if (p := _schema_problem(a, assets[i]))]
+    published, problems = _published(assets, plans, tag, location)
     if problems:
         raise PublishError("published metadata would not validate:\n  " + "\n  ".join(problems))
     return PreparedPublish(tag, published, tuple(plans), location)
@@ -244,24 +233,28 @@ def complete_publication(location: StorageLocation, zarr_id: str, tag: str, snap
     return missing
 
 
+def _published(
+    assets: Sequence[Mapping[str, Any]], plans: Sequence[_Plan], tag: str | None, location: StorageLocation
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The published metadata of every asset (others as they are), and why any would not
+    validate."""
+    published = [dict(copy.deepcopy(a)) for a in assets]
+    for plan in plans:
+        published[plan.position] = _published_asset(assets[plan.position], plan, tag, location)
+    return published, [p for i, a in enumerate(published) if (p := _schema_problem(a, assets[i]))]
+
+
 def _published_asset(
     asset: Mapping[str, Any], plan: _Plan, tag: str | None, location: StorageLocation
 ) -> dict[str, Any]:
     repository = plan.repository
-    prefix = location.repository_prefix(repository.zarr_id, embargoed=repository.embargoed)
-    reference = SnapshotReference(
-        repository=repository.url,
-        zarr_id=repository.zarr_id,
-        snapshot_id=plan.snapshot_id,
-        tag=tag,
-        url=repository_http_url(location, prefix),
+    reference = SnapshotReference.in_repository(
+        location, repository.zarr_id, plan.snapshot_id, embargoed=repository.embargoed, tag=tag
     )
     published = copy.deepcopy(dict(asset))
     published["digest"] = {**(asset.get("digest") or {}), CHECKSUM_KEY: plan.info.zarr_checksum}
     published["contentSize"] = plan.info.size
-    published["relatedResource"] = [
-        r for r in asset.get("relatedResource") or [] if not is_snapshot_resource(r)
-    ] + [reference.to_resource()]
+    published["relatedResource"] = with_snapshot(asset.get("relatedResource"), reference)
     return published
 
 

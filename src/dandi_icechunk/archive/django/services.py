@@ -27,7 +27,7 @@ from django.db import transaction
 from rest_framework import status
 
 from ...errors import DandiIcechunkError, RepositoryNotFoundError, ReuseError, first_line
-from ...reference import SnapshotReference, is_snapshot_resource, repository_http_url
+from ...reference import SnapshotReference, repository_http_url, with_snapshot
 from ...session import DEFAULT_BRANCH
 from ..credentials import CredentialVendor, VendedCredentials
 from ..embargo import unembargo_zarr
@@ -192,13 +192,11 @@ def asset_metadata(asset: Asset, metadata: dict[str, Any]) -> dict[str, Any]:
     location = AdapterSettings.load().location
     zarr_id = str(zarr.zarr_id)
     http_url = repository_http_url(location, location.repository_prefix(zarr_id, embargoed=zarr.embargoed))
-    related = [r for r in metadata.get("relatedResource") or [] if not is_snapshot_resource(r)]
-    if draft is not None and draft.snapshot_id:
-        reference = SnapshotReference(
-            repository=location.repository_url(zarr_id, embargoed=zarr.embargoed),
-            zarr_id=zarr_id, snapshot_id=draft.snapshot_id, url=http_url,
-        )
-        related.append(reference.to_resource())
+    reference = (
+        SnapshotReference.in_repository(location, zarr_id, draft.snapshot_id, embargoed=zarr.embargoed)
+        if draft is not None and draft.snapshot_id else None
+    )
+    related = with_snapshot(metadata.get("relatedResource"), reference)
     return {
         **metadata,
         "contentUrl": [metadata["contentUrl"][0], *([http_url] if http_url else [])],
