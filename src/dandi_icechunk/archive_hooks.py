@@ -152,4 +152,4 @@ def finalize_upload(
     (which publish then publishes), enter it in the checksum lookup and return its commit
     metadata, for the asset's digest and size (see :mod:`dandi_icechunk.archive.finalize`).
     The archive always passes ``dandiset_id``."""
-    return finalize_draft(location, zarr_id, dandiset_id)
+    return finalize_draft(location, zarr_id, dandiset_id).info

@@ -97,14 +97,10 @@ def audit_publications(
     problems: list[str] = []
     repairs: list[str] = []
     for zarr_id, pubs in sorted(by_zarr.items()):
-
-        def check() -> list[str]:
-            return _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
-
-        found = check()
+        found = _damage(location, zarr_id, pubs, jobs)
         if found and repair:
             repairs.extend(_repair(location, zarr_id, pubs))
-            found = check()
+            found = _damage(location, zarr_id, pubs, jobs)
         problems.extend(found)
     return AuditReport(checked=sum(len(p) for p in by_zarr.values()), problems=problems, repairs=repairs)
 
@@ -144,6 +140,12 @@ def _check(
                 f"published {pub.zarr_checksum}"
             )
     return problems
+
+
+def _damage(location: StorageLocation, zarr_id: str, pubs: list[Publication], jobs: int) -> list[str]:
+    """Everything wrong with the publications of one repository: tampered write-once objects,
+    then whatever reading every published snapshot back finds."""
+    return _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
 
 
 def _versioned(location: StorageLocation, zarr_id: str) -> VersionedObjects | None:

@@ -137,7 +137,8 @@ class CredentialVendor:
         zarr_id = validate_zarr_id(zarr_id)
         prefix = self.location.repository_prefix(zarr_id, embargoed=embargoed)
         user = zarr_id
-        expires_at = datetime.now(UTC) + self.ttl
+        issued_at = datetime.now(UTC)
+        expires_at = issued_at + self.ttl
         iam = self._iam
         try:
             try:
@@ -155,7 +156,7 @@ class CredentialVendor:
         except Exception as exc:  # botocore raises ClientError and connection errors
             raise CredentialError(f"cannot vend credentials for {zarr_id}: {exc}") from None
         record = {"user": user, "zarr_id": zarr_id, "access_key_id": key["AccessKeyId"],
-                  "expires_at": expires_at.isoformat()}
+                  "issued_at": issued_at.isoformat(), "expires_at": expires_at.isoformat()}
         self._records.put_if_absent(f"{key['AccessKeyId']}.json", json.dumps(record).encode())
         return VendedCredentials(
             zarr_id=zarr_id, prefix=prefix, user=user,
@@ -170,7 +171,7 @@ class CredentialVendor:
         record = self._records.get(f"{key['AccessKeyId']}.json")
         if record is None:
             return datetime.min.replace(tzinfo=UTC)
-        return datetime.fromisoformat(json.loads(record)["expires_at"]) - self.ttl
+        return datetime.fromisoformat(json.loads(record)["issued_at"])
 
     def upload_location(self, zarr_id: str, *, embargoed: bool = False) -> StorageLocation:
         """A storage location for the uploader: vended credentials, renewed before they expire."""

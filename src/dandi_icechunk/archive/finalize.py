@@ -8,6 +8,7 @@ writes its own record and the checksum lookup, checks and records the result.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from ..errors import FinalizeError
 from ..location import StorageLocation
@@ -25,9 +26,18 @@ from .ledger import (
 _log = logging.getLogger("dandi_icechunk")
 
 
-def finalize_draft(location: StorageLocation, zarr_id: str, dandiset_id: str | None = None) -> CommitInfo:
+@dataclass(frozen=True)
+class Finalized:
+    """A finalized upload: its commit metadata, snapshot and branch."""
+
+    info: CommitInfo
+    snapshot_id: str
+    branch: str
+
+
+def finalize_draft(location: StorageLocation, zarr_id: str, dandiset_id: str | None = None) -> Finalized:
     """Finalize an upload: check the refs, record the new draft, enter it in the checksum
-    lookup (which uploaders cannot write) and return its commit metadata.
+    lookup (which uploaders cannot write) and return what was finalized.
 
     With ``dandiset_id`` (what the archive always passes), the Dandiset's draft branch must
     still descend from the snapshot last finalized for it: a branch another writer reset or
@@ -55,7 +65,7 @@ def finalize_draft(location: StorageLocation, zarr_id: str, dandiset_id: str | N
             )
         record_draft(location, repository.zarr_id, DraftRecord(dandiset_id, branch, tip))
     register_checksum(location, info.zarr_checksum, repository.zarr_id, tip, embargoed=repository.embargoed)
-    return info
+    return Finalized(info, tip, branch)
 
 
 def attach_draft(

@@ -32,7 +32,6 @@ from ...session import DEFAULT_BRANCH
 from ..credentials import CredentialVendor, VendedCredentials
 from ..embargo import unembargo_zarr
 from ..finalize import attach_draft, finalize_draft
-from ..ledger import recorded_drafts
 from ..publish import CHECKSUM_KEY
 from ..publish import check_publishable as _check_assets
 from ..publish import prepare_publish as _prepare_assets
@@ -117,8 +116,7 @@ def finalize(zarr: ZarrArchive) -> FinalizedDraft | None:
     location = AdapterSettings.load().location
     dandiset_id = zarr.dandiset.identifier
     try:
-        info = finalize_draft(location, str(zarr.zarr_id), dandiset_id)
-        draft = recorded_drafts(location, str(zarr.zarr_id))[dandiset_id]
+        finalized = finalize_draft(location, str(zarr.zarr_id), dandiset_id)
     except (DandiIcechunkError, icechunk.IcechunkError) as exc:
         reason = first_line(exc)
         logger.warning("finalize of Icechunk Zarr %s refused: %s", zarr.zarr_id, reason)
@@ -128,7 +126,8 @@ def finalize(zarr: ZarrArchive) -> FinalizedDraft | None:
             )
             IcechunkZarr.objects.filter(pk=zarr.pk).update(finalize_error=reason)
         return None
-    return FinalizedDraft(info.zarr_checksum, info.file_count, info.size, draft.snapshot_id, draft.branch)
+    info = finalized.info
+    return FinalizedDraft(info.zarr_checksum, info.file_count, info.size, finalized.snapshot_id, finalized.branch)
 
 
 def ingested(zarr: ZarrArchive, finalized: FinalizedDraft) -> None:
