@@ -175,3 +175,28 @@ def test_the_cli_reads_a_public_bucket_with_no_aws_credentials_at_all(
     assert result.snapshot_id in out.output
     exported = CliRunner().invoke(main, ["--storage", storage, "export", zid, str(tmp_path / "out.zarr")], env=env)
     assert exported.exit_code == 0, exported.output
+
+
+def test_snapshot_files_list_pages_by_prefix_and_read_files_as_uploaded(
+    location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from dandi_icechunk.snapshot_files import SnapshotFiles
+
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr")
+    upload_zarr(src, location, zarr_id, dedup=False)
+    repo = ZarrRepository.open(location, zarr_id)
+    files = SnapshotFiles.open(repo, repo.resolve())
+    on_disk = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    assert list(files.keys) == on_disk
+    level0 = [k for k in on_disk if k.startswith("0")]  # a string prefix, as S3's: "0/..." and "0/.zarray"
+    assert files.list(prefix="0") == level0
+    pages, after = [], ""
+    while page := files.list(prefix="0", after=after, limit=3):
+        pages.append(page)
+        after = page[-1]
+    assert [k for p in pages for k in p] == level0 and all(len(p) <= 3 for p in pages)
+    assert files.list(prefix="nothing/") == []
+    for key in (on_disk[0], level0[-1], ".zattrs"):
+        assert asyncio.run(files.read(key)) == (src / key).read_bytes()

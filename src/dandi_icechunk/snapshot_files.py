@@ -1,17 +1,21 @@
-"""A snapshot's files as they were uploaded: read every one back, and verify them.
+"""A snapshot's files as they were uploaded: read one, list them, read every one back, verify.
 
 Chunk bytes come from Icechunk (stored unchanged), metadata documents from the digest index
-(kept verbatim), so a Zarr v2 upload comes back as the same Zarr v2 files. Readers export them
+(kept verbatim), so a Zarr v2 upload comes back as the same Zarr v2 files. The HTTP view and the
+archive's files endpoint serve them one at a time (:class:`SnapshotFiles`); readers export them
 (:mod:`dandi_icechunk.read.export`); the archive's audit and ``dandi-icechunk verify`` check them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import icechunk
@@ -25,6 +29,67 @@ from .objects import DEFAULT_JOBS
 from .progress import NoProgress, Progress
 from .records import JsonRecord
 from .session import ZarrRepository
+
+
+@dataclass(frozen=True)
+class SnapshotFiles:
+    """One snapshot's files, opened for reading one at a time.
+
+    >>> files = SnapshotFiles.open(repository, snapshot_id)
+    >>> files.list(prefix="0/", limit=1000)
+    >>> asyncio.run(files.read("0/.zarray"))
+    """
+
+    zarr_id: str
+    snapshot_id: str
+    written_at: datetime
+    index: DigestIndex
+    hierarchy: Hierarchy | None
+    store: Any
+
+    @classmethod
+    def open(cls, repository: ZarrRepository, snapshot_id: str, *, index: DigestIndex | None = None) -> SnapshotFiles:
+        """Open ``snapshot_id`` (its digest ``index`` is loaded unless given)."""
+        index = repository.index(snapshot_id) if index is None else index
+        return cls(
+            zarr_id=repository.zarr_id,
+            snapshot_id=snapshot_id,
+            written_at=repository.icechunk.lookup_snapshot(snapshot_id).written_at,
+            index=index,
+            hierarchy=Hierarchy.from_documents(index.documents) if index.documents else None,
+            store=repository.icechunk.readonly_session(snapshot_id=snapshot_id).store,
+        )
+
+    @cached_property
+    def keys(self) -> tuple[str, ...]:
+        """Every file's key, sorted."""
+        return tuple(sorted(self.index.files))
+
+    @cached_property
+    def directories(self) -> frozenset[str]:
+        """Every directory that holds a file ("" is the root)."""
+        found = {""}
+        for key in self.index.files:
+            parts = key.split("/")[:-1]
+            found.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        return frozenset(found)
+
+    def list(self, *, prefix: str = "", after: str = "", limit: int | None = None) -> list[str]:
+        """Keys starting with ``prefix`` (as a string, like S3's ``Prefix``) that sort after
+        ``after``, in order, at most ``limit``."""
+        start = bisect.bisect_right(self.keys, after) if after >= prefix else bisect.bisect_left(self.keys, prefix)
+        found: list[str] = []
+        for key in self.keys[start:]:
+            if not key.startswith(prefix) or (limit is not None and len(found) >= limit):
+                break
+            found.append(key)
+        return found
+
+    async def read(self, key: str) -> bytes | None:
+        """The file's bytes as uploaded; ``None`` for a chunk missing from the repository."""
+        if key in self.index.documents:
+            return self.index.documents[key]
+        return await _get_chunk(self.store, self.hierarchy, key)
 
 
 @dataclass(frozen=True)
@@ -60,25 +125,21 @@ def read_snapshot_files(
     ``data`` is ``None`` for a chunk missing from the repository.
     """
     try:
-        store = repository.icechunk.readonly_session(snapshot_id=snapshot_id).store
+        files = SnapshotFiles.open(repository, snapshot_id, index=index)
     except icechunk.IcechunkError as exc:
         raise IntegrityError(
             f"snapshot {snapshot_id} of {repository.zarr_id} cannot be read: {first_line(exc)}; "
             "run `dandi-icechunk audit --repair` on its publication"
         ) from None
-    hierarchy = Hierarchy.from_documents(index.documents) if index.documents else None
     progress.start("reading", index.file_count, index.size)
 
     async def one(key: str) -> None:
-        if key in index.documents:
-            data: bytes | None = index.documents[key]
-        else:
-            data = await _get_chunk(store, hierarchy, key)
+        data = await files.read(key)
         await asyncio.to_thread(handle, key, data)
         progress.advance(1, len(data or b""))
 
     try:
-        asyncio.run(run_bounded(one, sorted(index.files), jobs))
+        asyncio.run(run_bounded(one, files.keys, jobs))
     finally:
         progress.finish()
 

@@ -18,8 +18,6 @@ import html
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -28,13 +26,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from zarr.buffer import default_buffer_prototype
 
 from ..errors import DandiIcechunkError, RepositoryNotFoundError
-from ..hierarchy import Hierarchy, is_document
-from ..index import DigestIndex
+from ..hierarchy import is_document
 from ..location import StorageLocation
 from ..session import ZarrRepository
+from ..snapshot_files import SnapshotFiles
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -43,26 +40,15 @@ _IMMUTABLE = "public, max-age=31536000, immutable"
 _EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """What serving one snapshot needs, kept between requests."""
-
-    snapshot_id: str
-    index: DigestIndex
-    hierarchy: Hierarchy | None
-    store: Any
-    directories: frozenset[str]
-
-
 class _Snapshots:
     """A small LRU of opened snapshots."""
 
     def __init__(self, location: StorageLocation) -> None:
         self.location = location
-        self._cache: OrderedDict[tuple[str, str], _Snapshot] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], SnapshotFiles] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, zarr_id: str, ref: str) -> _Snapshot:
+    def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
         with self._lock:
             if (zarr_id, ref) in self._cache:
                 self._cache.move_to_end((zarr_id, ref))
@@ -72,18 +58,8 @@ class _Snapshots:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
         sid = repo.resolve(snapshot_id=ref) if _SNAPSHOT_ID.fullmatch(ref) else repo.resolve(tag=ref)
-        index = repo.index(sid)
-        directories = {""}
-        for key in index.files:
-            parts = key.split("/")[:-1]
-            directories.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        snapshot = _Snapshot(
-            snapshot_id=sid,
-            index=index,
-            hierarchy=Hierarchy.from_documents(index.documents) if index.documents else None,
-            store=repo.icechunk.readonly_session(snapshot_id=sid).store,
-            directories=frozenset(directories),
-        )
+        snapshot = SnapshotFiles.open(repo, sid)
+        snapshot.keys, snapshot.directories  # noqa: B018 - computed here, off the event loop
         with self._lock:  # loading above is not serialised; only the LRU's bookkeeping is
             self._cache[(zarr_id, ref)] = snapshot
             if len(self._cache) > _CACHE_SIZE:
@@ -129,7 +105,7 @@ def create_app(location: StorageLocation) -> Starlette:
             return Response(status_code=416, headers={"Content-Range": f"bytes */{digest.size}"})
         if request.method == "HEAD":
             return Response(status_code=200, media_type=media, headers={**headers, "Content-Length": str(digest.size)})
-        data = await _read(snapshot, key)
+        data = await snapshot.read(key)
         if data is None:
             return PlainTextResponse(f"{key} is missing from the repository; run dandi-icechunk audit", 500)
         if span is None:
@@ -144,14 +120,6 @@ def create_app(location: StorageLocation) -> Starlette:
     )
     methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "PATCH"]
     return Starlette(routes=[Route("/{path:path}", serve, methods=methods)], middleware=[cors])
-
-
-async def _read(snapshot: _Snapshot, key: str) -> bytes | None:
-    if key in snapshot.index.documents:
-        return snapshot.index.documents[key]
-    target = snapshot.hierarchy.icechunk_key(key) if snapshot.hierarchy else None
-    buffer = await snapshot.store.get(target, default_buffer_prototype()) if target else None
-    return buffer.to_bytes() if buffer is not None else None
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -169,10 +137,10 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return "invalid" if start > end or start >= size else (start, end)
 
 
-def _listing(snapshot: _Snapshot, directory: str, request: Request) -> Response:
+def _listing(snapshot: SnapshotFiles, directory: str, request: Request) -> Response:
     prefix = f"{directory}/" if directory else ""
     children = sorted(
-        {k[len(prefix):].split("/")[0] + ("/" if "/" in k[len(prefix):] else "") for k in snapshot.index.files if k.startswith(prefix)}
+        {k[len(prefix):].split("/")[0] + ("/" if "/" in k[len(prefix):] else "") for k in snapshot.list(prefix=prefix)}
     )
     base = request.url.path if request.url.path.endswith("/") else request.url.path + "/"
     links = "\n".join(f'<a href="{html.escape(base + c)}">{html.escape(c)}</a><br>' for c in children)
