@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,8 @@ from .objects import DEFAULT_JOBS
 from .progress import NoProgress, Progress
 from .records import JsonRecord
 from .session import ZarrRepository
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,21 @@ class SnapshotFiles:
         if key in self.index.documents:
             return self.index.documents[key]
         return await _get_chunk(self.store, self.hierarchy, key)
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """(first, last) byte that a single HTTP ``Range`` header asks of a file of ``size`` bytes; None for the whole file, "invalid" if unsatisfiable."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if not match or match.groups() == ("", ""):
+        return "invalid"
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start, end = int(first), min(size - 1, int(last)) if last else size - 1
+    return "invalid" if start > end or start >= size else (start, end)
 
 
 @dataclass(frozen=True)

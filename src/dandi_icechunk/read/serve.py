@@ -31,10 +31,9 @@ from ..errors import DandiIcechunkError, RepositoryNotFoundError
 from ..hierarchy import is_document
 from ..location import StorageLocation
 from ..session import ZarrRepository
-from ..snapshot_files import SnapshotFiles
+from ..snapshot_files import SnapshotFiles, byte_range
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _CACHE_SIZE = 64
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
@@ -100,7 +99,7 @@ def create_app(location: StorageLocation) -> Starlette:
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         media = "application/json" if is_document(key) else "application/octet-stream"
-        span = _byte_range(request.headers.get("range"), digest.size)
+        span = byte_range(request.headers.get("range"), digest.size)
         if span == "invalid":
             return Response(status_code=416, headers={"Content-Range": f"bytes */{digest.size}"})
         if request.method == "HEAD":
@@ -120,21 +119,6 @@ def create_app(location: StorageLocation) -> Starlette:
     )
     methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "PATCH"]
     return Starlette(routes=[Route("/{path:path}", serve, methods=methods)], middleware=[cors])
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
-    """(first, last) byte of a single ``Range``, None for the whole file, "invalid" if unsatisfiable."""
-    if not header:
-        return None
-    match = _RANGE.fullmatch(header.strip())
-    if not match or match.groups() == ("", ""):
-        return "invalid"
-    first, last = match.groups()
-    if first == "":
-        start, end = max(0, size - int(last)), size - 1
-    else:
-        start, end = int(first), min(size - 1, int(last)) if last else size - 1
-    return "invalid" if start > end or start >= size else (start, end)
 
 
 def _listing(snapshot: SnapshotFiles, directory: str, request: Request) -> Response:

@@ -5,7 +5,8 @@ credentials for its prefix only; the archive's own ``finalize`` then runs :func:
 place of listing the objects) and :func:`ingested`. Read: :func:`asset_metadata` gives a draft
 asset its Dandiset's finalized snapshot and a published asset its own. Validate and publish:
 :func:`validate_asset` and :func:`check_publishable` read the bucket and write nothing;
-:func:`prepare_publish` runs inside the publish transaction and tags after it commits. Reuse:
+:func:`prepare_publish` runs inside the publish transaction and tags after it commits. Files:
+:func:`files` lists and downloads a snapshot's files (:mod:`.files`). Reuse:
 :func:`attach` gives another Dandiset its own draft of a Zarr. Embargo: :func:`unembargo`.
 """
 
@@ -36,6 +37,7 @@ from ..publish import CHECKSUM_KEY
 from ..publish import check_publishable as _check_assets
 from ..publish import prepare_publish as _prepare_assets
 from .conf import AdapterSettings
+from .files import files  # noqa: F401 - the archive's files endpoint, for Icechunk Zarrs
 from .models import IcechunkDraft, IcechunkZarr
 
 logger = logging.getLogger(__name__)
