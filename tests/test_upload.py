@@ -116,6 +116,32 @@ def test_reupload_writes_only_changed_and_new_files_and_removes_deleted_ones(
     assert history[0].info is not None and history[0].info.zarr_checksum == second.zarr_checksum
 
 
+def test_patch_mode_keeps_remote_files_missing_locally_and_writes_only_local_changes(
+    location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr", shape=(16, 64, 64), chunks=(4, 16, 16))
+    upload_zarr(src, location, zarr_id)
+    full = tree_bytes(src)
+    shutil.rmtree(src / "1")  # a lab keeps only level 0 locally, then edits it
+    zarr.open_array(str(src / "0"), mode="r+")[0:4, 0:16, 0:16] = 3
+    edited = tree_bytes(src)
+    expected = {**full, **edited}
+
+    patched = upload_zarr(src, location, zarr_id, delete_missing=False)
+    assert (patched.files_written, patched.files_deleted) == (1, 0)
+    assert patched.file_count == len(expected)
+    repo = ZarrRepository.open(location, zarr_id)
+    out = export_snapshot(repo, tmp_path / "out.zarr")
+    assert tree_bytes(Path(out.destination)) == expected
+    assert patched.zarr_checksum == reference_checksum(Path(out.destination))
+    assert verify_snapshot(repo).ok
+    # the level deleted locally still reads through Icechunk
+    group = _plain_icechunk_group(location, zarr_id, patched.snapshot_id or "")
+    np.testing.assert_array_equal(group["1"][:], zarr.open_array(str(Path(out.destination) / "1"), mode="r")[:])
+    # and the default mode then removes it
+    assert upload_zarr(src, location, zarr_id).files_deleted == len(full) - len(edited)
+
+
 def test_upload_with_no_change_makes_no_commit(location: StorageLocation, zarr_id: str, tmp_path: Path) -> None:
     src = make_zarr_v3(tmp_path / "a.zarr")
     first = upload_zarr(src, location, zarr_id)

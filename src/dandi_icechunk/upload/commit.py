@@ -80,6 +80,7 @@ def upload_zarr(
     progress: Progress | None = None,
     dedup: bool = True,
     digest_cache: DigestCache | None = None,
+    delete_missing: bool = True,
 ) -> UploadResult:
     """Upload the Zarr directory ``path`` as one commit on ``branch`` of the repository of
     ``zarr_id`` at ``location`` (created, under the prefix ``embargoed`` selects, if new).
@@ -95,6 +96,8 @@ def upload_zarr(
     the checksum lookup. Uploads with vended credentials (one prefix only) pass ``dedup=False``:
     the archive does both (:func:`~dandi_icechunk.archive_hooks.finalize_upload`).
     With ``digest_cache``, local files unchanged since the last upload are not hashed again.
+    Without ``delete_missing`` (dandi-cli's ``--zarr-mode patch``), files of the branch tip that
+    are not in the local Zarr are kept: the new snapshot holds both.
 
     >>> upload_zarr("sample.ome.zarr", StorageLocation.resolve(), zarr_id).snapshot_id
     'YB0DXG4KM8HMTY0S0TJ0'
@@ -136,6 +139,11 @@ def upload_zarr(
     session = writer.writable_session(branch)
     base_sid = session.snapshot_id
     base_index = writer.index(base_sid)
+    hierarchy = local.hierarchy
+    if not delete_missing:
+        new_index = base_index.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
+        hierarchy = Hierarchy.from_documents(new_index.documents)
+        checksum_job = _in_background(new_index.zarr_checksum)
     delta = base_index.delta_to(new_index)
     written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
     # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
@@ -149,8 +157,8 @@ def upload_zarr(
         )
         with _storage_errors(writer.zarr_id):
             removed_nodes = _write_changes(
-                session, local, new_index, old_hierarchy, written_chunks, dropped_chunks, jobs,
-                progress,
+                session, local, new_index, hierarchy, old_hierarchy, written_chunks, dropped_chunks,
+                jobs, progress,
             )
     checksum = checksum_job.result()
     result = UploadResult(
@@ -283,6 +291,7 @@ def _write_changes(
     session: icechunk.Session,
     local: LocalZarr,
     new_index: DigestIndex,
+    hierarchy: Hierarchy,
     old_hierarchy: Hierarchy | None,
     written_chunks: list[str],
     dropped_chunks: list[str],
@@ -294,7 +303,7 @@ def _write_changes(
     Returns the number of nodes removed.
     """
     store = session.store
-    new_nodes = local.hierarchy.nodes
+    new_nodes = hierarchy.nodes
     old_nodes = old_hierarchy.nodes if old_hierarchy else {}
     # A node whose type changed is removed and made again.
     gone = [
