@@ -1,14 +1,19 @@
-"""The real dandi-cli (``dandi upload``, through ``dandi-icechunk dandi-upload``) against the
-real dandi-archive, patched, served on 127.0.0.1 by ``scripts/test-archive.sh``: NWB files as
-today, each Zarr asset one Icechunk commit through begin-upload, finalize and the checksum
-comparison; a re-upload after a change commits on top; a bad API key changes nothing."""
+"""The real dandi-cli against the real dandi-archive, patched, served on 127.0.0.1 by
+``scripts/test-archive.sh``, two ways: the released dandi-cli through ``dandi-icechunk dandi``,
+and dandi-cli with ``integrations/dandi-cli/dandi-cli.patch`` applied, run as plain ``dandi``.
+Upload: NWB files as today, each Zarr asset one Icechunk commit through begin-upload, finalize
+and the checksum comparison; a re-upload after a change commits on top; ``--zarr-mode patch``
+keeps what is gone locally; a bad API key changes nothing. Download: each version's own
+snapshot, verified by dandi-cli's checksum; ``dandi digest`` agrees with the archive."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,17 +44,44 @@ def _call(archive: dict[str, str], method: str, path: str, **kwargs: Any) -> Any
     response = requests.request(method, f"{archive['api_url']}/{path}", timeout=60,
                                 headers={"Authorization": f"token {archive['api_key']}"}, **kwargs)
     response.raise_for_status()
-    return response.json()
+    return response.json() if response.content else None
 
 
-def _dandi_upload(archive: dict[str, str], dandiset_dir: Path, *args: str, api_key: str | None = None) -> subprocess.CompletedProcess[str]:
+ROUTES = ["released", "patched"]
+
+
+@pytest.fixture(scope="module")
+def patched_dandi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The installed dandi-cli with the project's patch applied, as a directory for PYTHONPATH."""
+    import dandi
+
+    root = tmp_path_factory.mktemp("dandi-cli")
+    shutil.copytree(Path(dandi.__file__).parent, root / "dandi", ignore=shutil.ignore_patterns("__pycache__"))
+    patch = Path(__file__).parents[1] / "integrations" / "dandi-cli" / "dandi-cli.patch"
+    applied = subprocess.run(["git", "apply", str(patch)], cwd=root, capture_output=True, text=True)
+    assert applied.returncode == 0, f"the dandi-cli patch does not apply to dandi {dandi.__version__}: {applied.stderr}"
+    return root
+
+
+def _dandi(archive: dict[str, str], route: str, patched: Path, cwd: Path, *args: str,
+           api_key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``dandi ARGS`` as a lab runs it, with the API key in the instance's variable."""
     from dandi.utils import get_instance
 
     variable = get_instance(archive["api_url"]).name.upper().replace("-", "_") + "_API_KEY"
     env = {**os.environ, variable: api_key or archive["api_key"]}
-    command = [str(Path(sys.executable).with_name("dandi-icechunk")), "dandi-upload", "-i", archive["api_url"],
-               "--validation", "skip", *args]
-    return subprocess.run(command, cwd=dandiset_dir, env=env, capture_output=True, text=True, timeout=600)
+    if route == "released":
+        command = [str(Path(sys.executable).with_name("dandi-icechunk")), "dandi", *args]
+    else:
+        command = [sys.executable, "-c", "from dandi.cli.command import main; main()", *args]
+        env["PYTHONPATH"] = os.pathsep.join([str(patched), env.get("PYTHONPATH", "")])
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _upload(archive: dict[str, str], route: str, patched: Path, dandiset_dir: Path, *args: str,
+            api_key: str | None = None) -> subprocess.CompletedProcess[str]:
+    return _dandi(archive, route, patched, dandiset_dir, "upload", "-i", archive["api_url"], "--validation", "skip",
+                  *args, api_key=api_key)
 
 
 def _nwb(path: Path) -> None:
@@ -69,7 +101,9 @@ def _nwb(path: Path) -> None:
 def dandiset_dir(archive: dict[str, str], tmp_path: Path) -> Path:
     """A new Dandiset in the archive and its local directory, as `dandi download` lays it out."""
     created = _call(archive, "POST", "dandisets/", json={"name": "Icechunk upload", "metadata": {
-        "name": "Icechunk upload", "description": "dandi-cli against the archive"}})
+        "name": "Icechunk upload", "description": "dandi-cli against the archive", "license": ["spdx:CC-BY-4.0"],
+        "contributor": [{"schemaKey": "Person", "name": "Lab, A", "email": "a@example.org",
+                         "roleName": ["dcite:ContactPerson"]}]}})
     root = tmp_path / created["identifier"]
     root.mkdir()
     (root / "dandiset.yaml").write_text(f"identifier: DANDI:{created['identifier']}\n")
@@ -82,13 +116,14 @@ def _assets(archive: dict[str, str], dandiset: str) -> dict[str, dict[str, Any]]
             for a in listed}
 
 
+@pytest.mark.parametrize("route", ROUTES)
 def test_dandi_upload_of_a_dandiset_commits_each_zarr_to_icechunk_and_nwb_as_today(
-    archive: dict[str, str], dandiset_dir: Path
+    archive: dict[str, str], dandiset_dir: Path, route: str, patched_dandi: Path
 ) -> None:
     dandiset = dandiset_dir.name
     _nwb(dandiset_dir / "sub-1" / "sub-1_ecephys.nwb")
     source = make_ome_zarr_v2(dandiset_dir / ZARR)
-    done = _dandi_upload(archive, dandiset_dir)
+    done = _upload(archive, route, patched_dandi, dandiset_dir)
     assert done.returncode == 0, done.stderr[-2000:]
 
     assets = _assets(archive, dandiset)
@@ -105,7 +140,7 @@ def test_dandi_upload_of_a_dandiset_commits_each_zarr_to_icechunk_and_nwb_as_tod
 
     # a change, uploaded again: one more commit on top of the first, read back
     zarr.open_array(str(source / "0"), mode="r+")[0, 0:4, 0:4] = 5
-    again = _dandi_upload(archive, dandiset_dir, "--existing", "refresh")
+    again = _upload(archive, route, patched_dandi, dandiset_dir, "--existing", "refresh")
     assert again.returncode == 0, again.stderr[-2000:]
     changed = SnapshotReference.from_asset(_assets(archive, dandiset)[ZARR])
     assert changed.zarr_id == ref.zarr_id and changed.snapshot_id != ref.snapshot_id
@@ -115,9 +150,94 @@ def test_dandi_upload_of_a_dandiset_commits_each_zarr_to_icechunk_and_nwb_as_tod
     )
 
 
-def test_a_bad_api_key_is_one_error_and_changes_nothing(archive: dict[str, str], dandiset_dir: Path) -> None:
+def test_a_bad_api_key_is_one_error_and_changes_nothing(
+    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+) -> None:
     make_ome_zarr_v2(dandiset_dir / ZARR)
-    refused = _dandi_upload(archive, dandiset_dir, api_key="0" * 40)
+    refused = _upload(archive, "released", patched_dandi, dandiset_dir, api_key="0" * 40)
     assert refused.returncode != 0
     assert "401" in refused.stderr or "Invalid token" in refused.stderr or "API key" in refused.stderr
     assert _call(archive, "GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _publish(archive: dict[str, str], dandiset: str) -> str:
+    """Publish the draft once the archive's validation passed it; the new version's name."""
+    deadline = time.monotonic() + 120
+    while (info := _call(archive, "GET", f"dandisets/{dandiset}/versions/draft/info/"))["status"] != "Valid":
+        assert time.monotonic() < deadline, f"the draft did not validate: {info.get('version_validation_errors')} {info.get('asset_validation_errors')}"
+        time.sleep(1)
+    _call(archive, "POST", f"dandisets/{dandiset}/versions/draft/publish/")
+    while True:
+        versions = [v["version"] for v in _call(archive, "GET", f"dandisets/{dandiset}/versions/")["results"]]
+        if len(versions) > 1:
+            return next(v for v in versions if v != "draft")
+        assert time.monotonic() < deadline, "the publish did not finish"
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_dandi_download_gets_each_versions_own_snapshot_verified_and_digest_agrees(
+    archive: dict[str, str], dandiset_dir: Path, route: str, patched_dandi: Path, tmp_path: Path
+) -> None:
+    dandiset = dandiset_dir.name
+    source = make_ome_zarr_v2(dandiset_dir / ZARR)
+    assert _upload(archive, route, patched_dandi, dandiset_dir).returncode == 0
+    v1_files = _tree(source)
+    version = _publish(archive, dandiset)
+    zarr.open_array(str(source / "0"), mode="r+")[0, 0:4, 0:4] = 9  # the draft moves on
+    again = _upload(archive, route, patched_dandi, dandiset_dir, "--existing", "refresh")
+    assert again.returncode == 0, again.stderr[-2000:]
+    draft_files = _tree(source)
+    assert draft_files != v1_files
+
+    api = archive["api_url"]
+    for name, files in ((version, v1_files), ("draft", draft_files)):
+        out = tmp_path / name
+        out.mkdir()
+        got = _dandi(archive, route, patched_dandi, out, "download", "-i", api, "--download", "assets",
+                     f"{api}/dandisets/{dandiset}/versions/{name}/")
+        assert got.returncode == 0, got.stderr[-3000:]
+        assert "differs" not in got.stdout + got.stderr  # dandi-cli checked each file and the Zarr checksum
+        assert _tree(out / dandiset / ZARR if (out / dandiset).exists() else out / ZARR) == files, name
+
+    # --zarr filters: only level 0's own files (a glob's * stops at /)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    got = _dandi(archive, route, patched_dandi, partial, "download", "-i", api, "--download", "assets",
+                 "--zarr", "glob:0/*", f"{api}/dandisets/{dandiset}/versions/{version}/")
+    assert got.returncode == 0, got.stderr[-3000:]
+    downloaded = _tree(partial / dandiset / ZARR if (partial / dandiset).exists() else partial / ZARR)
+    assert downloaded and downloaded == {k: v for k, v in v1_files.items() if k.startswith("0/") and k.count("/") == 1}
+
+    # dandi digest of the local Zarr is what the archive recorded for the draft
+    digest = _dandi(archive, route, patched_dandi, dandiset_dir, "digest", "-d", "zarr-checksum", ZARR)
+    assert digest.returncode == 0, digest.stderr[-2000:]
+    recorded = _assets(archive, dandiset)[ZARR]["digest"]["dandi:dandi-zarr-checksum"]
+    assert recorded in digest.stdout
+
+
+def test_zarr_mode_patch_keeps_what_is_gone_locally(
+    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+) -> None:
+    source = make_ome_zarr_v2(dandiset_dir / ZARR)
+    assert _upload(archive, "released", patched_dandi, dandiset_dir).returncode == 0
+    full = _tree(source)
+    shutil.rmtree(source / "1")  # level 1 removed locally to save space; level 0 edited
+    zarr.open_array(str(source / "0"), mode="r+")[0, 0:4, 0:4] = 2
+    expected = {**full, **_tree(source)}
+    done = _upload(archive, "released", patched_dandi, dandiset_dir, "--existing", "refresh", "--zarr-mode", "patch")
+    assert done.returncode == 0, done.stderr[-2000:]
+    asset = _assets(archive, dandiset_dir.name)[ZARR]
+    out = open_dataset(asset, group="1", anonymous=True)  # level 1 is still there
+    assert out["image"].size > 0
+    from dandi.support.digests import get_zarr_checksum
+
+    rebuilt = dandiset_dir.parent / "expected.zarr"
+    for key, data in expected.items():
+        (rebuilt / key).parent.mkdir(parents=True, exist_ok=True)
+        (rebuilt / key).write_bytes(data)
+    assert asset["digest"]["dandi:dandi-zarr-checksum"] == get_zarr_checksum(rebuilt)

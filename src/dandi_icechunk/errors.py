@@ -85,4 +85,13 @@ class CredentialError(DandiIcechunkError):
 
 
 class ArchiveRequestError(DandiIcechunkError):
-    """The DANDI archive refused a request or could not be reached."""
+    """The DANDI archive refused a request (``status`` is its HTTP status) or could not be
+    reached (``status`` is None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ArchiveWithoutIcechunkError(ArchiveRequestError):
+    """The DANDI archive does not run the dandi-icechunk adapter: Zarrs upload as before."""

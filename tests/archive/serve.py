@@ -1,7 +1,7 @@
 """Serve the patched archive's HTTP API on 127.0.0.1 for clients in other processes (dandi-cli
 in the project's own virtualenv): migrate, make an approved user with an API key, write
 ``{"api_url", "api_key"}`` to the file named by the first argument, then run the server until
-stopped. Run through ``run.py on run tests/archive/serve.py INFO.json`` (its services)."""
+stopped, with the archive's scheduled metadata validation every second, as its Celery beat runs it. Run through ``run.py on run tests/archive/serve.py INFO.json`` (its services)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 
 
 def main(info_path: str) -> None:
@@ -36,7 +38,17 @@ def main(info_path: str) -> None:
     with open(info_path + ".partial", "w") as f:
         json.dump({"api_url": f"{url}/api", "api_key": key}, f)
     os.replace(info_path + ".partial", info_path)
+    threading.Thread(target=_validate_forever, name="validation", daemon=True).start()
     call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True, verbosity=0)
+
+
+def _validate_forever() -> None:
+    from dandiapi.api.tasks.scheduled import validate_draft_version_metadata, validate_pending_asset_metadata
+
+    while True:
+        validate_pending_asset_metadata()
+        validate_draft_version_metadata()
+        time.sleep(1)
 
 
 if __name__ == "__main__":

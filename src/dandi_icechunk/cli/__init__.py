@@ -1,10 +1,11 @@
 """The ``dandi-icechunk`` command line, one module per caller.
 
-:mod:`.main` holds the command group; :mod:`.upload` (uploaders), :mod:`.read` (readers) and
-:mod:`.archive` (what the archive runs) add their commands to it.
+:mod:`.main` holds the command group; :mod:`.upload` (uploaders), :mod:`.read` (readers),
+:mod:`.archive` (what the archive runs) and :mod:`.dandi` (dandi-cli's own commands, with
+Icechunk Zarrs) add their commands to it.
 """
 
-from . import archive, read, upload
+from . import archive, dandi, read, upload
 from .main import main
 
-__all__ = ["archive", "main", "read", "upload"]
+__all__ = ["archive", "dandi", "main", "read", "upload"]

@@ -109,20 +109,3 @@ def _print_upload(name: str, result: UploadResult) -> None:
         f"{result.files_deleted} deleted; now {result.file_count} files, {size_text(result.size)}\n"
         f"  dandi-zarr-checksum {result.zarr_checksum}"
     )
-
-
-@main.command(
-    "dandi-upload",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
-)
-@click.argument("dandi_args", nargs=-1, type=click.UNPROCESSED)
-def dandi_upload(dandi_args: tuple[str, ...]) -> None:
-    """dandi-cli's `dandi upload` (same options: -i, -J, --existing, --validation, ...), with
-    each Zarr asset committed to its Icechunk repository through the archive."""
-    with user_errors():
-        from ..upload.dandi_cli import icechunk_zarr_assets
-
-        from dandi.cli.cmd_upload import upload as dandi_upload_command
-
-        with icechunk_zarr_assets():
-            dandi_upload_command.main(args=list(dandi_args), prog_name="dandi-icechunk dandi-upload")

@@ -1,14 +1,10 @@
-"""dandi-cli's own ``dandi upload``, with each Zarr asset uploaded as one Icechunk commit.
-
-dandi-cli maps Zarr directories to :class:`dandi.files.ZarrAsset` through a class table
-(``DandiFileFactory.CLASSES``) and has no plugin mechanism; :func:`icechunk_zarr_assets` swaps
-in :class:`IcechunkZarrAsset` for the duration of an upload, so that everything else (NWB
-files, ``-i``, API keys, ``--existing``, ``--validation``, ``-J``, pyout progress) is dandi-cli's
-own. ``dandi-icechunk dandi-upload ARGS`` runs ``dandi upload ARGS`` this way.
+"""dandi-cli's Zarr assets, uploaded as one Icechunk commit each through the archive.
 
 For each Zarr asset: the archive is asked to begin an upload (it says where, on which branch,
-and vends credentials for that repository only), the changed chunks are committed, the archive
-finalizes, and its checksum must equal the local one before the asset is created or updated.
+and vends credentials for that repository only), the changed chunks are committed (with
+``--zarr-mode patch``, files missing locally are kept), the archive finalizes, and its checksum
+must equal the local one before the asset is created or updated. An archive that does not run
+the dandi-icechunk adapter gets dandi-cli's own upload.
 """
 
 from __future__ import annotations
@@ -17,21 +13,21 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from ..errors import ArchiveRequestError, MissingExtraError
+from ..errors import ArchiveRequestError, ArchiveWithoutIcechunkError, MissingExtraError
 
 try:
     import requests
     from dandi.dandiapi import RemoteAsset, RemoteDandiset, RemoteZarrAsset, set_asset_schema_key
     from dandi.files import ZarrAsset
-    from dandi.files._private import DandiFileFactory, DandiFileType
+    from dandi.files.bids import ZarrBIDSAsset
 except ImportError:  # pragma: no cover - the "upload" extra
     raise MissingExtraError("uploading with dandi-cli", "upload") from None
 
-from .archive import archive_zarr_state, begin_archive_upload, finalize_archive_upload
-from .commit import UploadResult, upload_zarr
+from ..upload.archive import archive_zarr_state, begin_archive_upload, finalize_archive_upload
+from ..upload.commit import UploadResult, upload_zarr
 
 _FINALIZE_POLL_S = 0.5
 _FINALIZE_TIMEOUT_S = 3600
@@ -64,8 +60,12 @@ def _api_key(dandiset: RemoteDandiset) -> str:
     return str(header.removeprefix("token "))
 
 
-class IcechunkZarrAsset(ZarrAsset):
-    """A local Zarr that dandi-cli uploads as one Icechunk commit through the archive."""
+class IcechunkZarrUpload:
+    """What makes a dandi-cli Zarr asset upload as one Icechunk commit (mixed into dandi-cli's
+    own Zarr asset classes, plain and BIDS)."""
+
+    filepath: Path
+    path: str
 
     def iter_upload(
         self,
@@ -75,19 +75,18 @@ class IcechunkZarrAsset(ZarrAsset):
         replacing: RemoteAsset | None = None,
         zarr_mode: str = "full",
     ) -> Iterator[dict[str, Any]]:
-        if str(zarr_mode) not in ("full", "ZarrMode.FULL"):
-            raise ArchiveRequestError(
-                f"{self.path}: --zarr-mode patch is not supported for Icechunk uploads yet (an "
-                "upload commits the local Zarr as it is); run without it"
-            )
         asset_path = metadata.setdefault("path", self.path)
         set_asset_schema_key(metadata)
         client, api_key = dandiset.client, _api_key(dandiset)
         yield {"status": "producing asset"}
         zarr_id = replacing.zarr if isinstance(replacing, RemoteZarrAsset) else self._new_zarr(dandiset, asset_path)
-        upload = begin_archive_upload(client.api_url, zarr_id, api_key=api_key)
+        try:
+            upload = begin_archive_upload(client.api_url, zarr_id, api_key=api_key)
+        except ArchiveWithoutIcechunkError:
+            yield from super().iter_upload(dandiset, metadata, jobs, replacing, zarr_mode)  # type: ignore[misc]
+            return
         result: UploadResult | None = None
-        for status in self._commit(upload, zarr_id, jobs):
+        for status in self._commit(upload, zarr_id, jobs, delete_missing=str(zarr_mode) != "patch"):
             if "result" in status:
                 result = status["result"]
             else:
@@ -103,7 +102,10 @@ class IcechunkZarrAsset(ZarrAsset):
             )
         body = {"metadata": metadata, "zarr_id": zarr_id}
         if replacing is not None:
-            data = client.put(replacing.api_path, json=body)
+            # The draft asset now at this path: the archive gives a published one a new draft asset
+            # when its Zarr changes.
+            current = dandiset.get_asset_by_path(asset_path)
+            data = client.put(current.api_path, json=body)
         else:
             data = client.post(f"{dandiset.version_api_path}assets/", json=body)
         asset = RemoteAsset.from_data(dandiset, data)
@@ -122,7 +124,7 @@ class IcechunkZarrAsset(ZarrAsset):
             (existing,) = dandiset.client.paginate("/zarr/", params={"dandiset": dandiset.identifier, "name": name})
             return str(existing["zarr_id"])
 
-    def _commit(self, upload: Any, zarr_id: str, jobs: int | None) -> Iterator[dict[str, Any]]:
+    def _commit(self, upload: Any, zarr_id: str, jobs: int | None, *, delete_missing: bool) -> Iterator[dict[str, Any]]:
         """Run the upload in a thread, relaying its progress as status dicts; the last item
         carries the result under ``"result"``."""
         statuses: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -134,6 +136,7 @@ class IcechunkZarrAsset(ZarrAsset):
                     self.filepath, upload.location, zarr_id, branch=upload.branch,
                     embargoed=upload.embargoed, dedup=False, jobs=jobs or 5,
                     progress=_QueueProgress(statuses), dandiset=upload.dandiset,
+                    delete_missing=delete_missing,
                 )
             except BaseException as exc:  # handed to the generator's thread
                 outcome["error"] = exc
@@ -163,12 +166,9 @@ class IcechunkZarrAsset(ZarrAsset):
         raise ArchiveRequestError(f"the archive did not finalize Zarr {zarr_id} within an hour; run again")
 
 
-@contextmanager
-def icechunk_zarr_assets() -> Iterator[None]:
-    """While inside, dandi-cli treats every local Zarr as an :class:`IcechunkZarrAsset`."""
-    original = DandiFileFactory.CLASSES
-    DandiFileFactory.CLASSES = {**original, DandiFileType.ZARR: IcechunkZarrAsset}
-    try:
-        yield
-    finally:
-        DandiFileFactory.CLASSES = original
+class IcechunkZarrAsset(IcechunkZarrUpload, ZarrAsset):
+    """A local Zarr that dandi-cli uploads as one Icechunk commit through the archive."""
+
+
+class IcechunkZarrBIDSAsset(IcechunkZarrUpload, ZarrBIDSAsset):
+    """A Zarr inside a BIDS dataset, uploaded as one Icechunk commit through the archive."""

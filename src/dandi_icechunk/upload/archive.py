@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..errors import ArchiveRequestError, CredentialError
+from ..errors import ArchiveRequestError, ArchiveWithoutIcechunkError, CredentialError
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
 
 
@@ -46,7 +46,7 @@ def _request(method: str, url: str, api_key: str, body: Any = None) -> Any:
             payload = response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()[:500]
-        raise ArchiveRequestError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
+        raise ArchiveRequestError(f"{method} {url}: HTTP {exc.code}: {detail}", exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ArchiveRequestError(f"{method} {url}: the archive is unreachable ({exc}); run again") from None
     return json.loads(payload) if payload else None
@@ -79,9 +79,15 @@ class ArchiveCredentials:
 
 def begin_archive_upload(api_url: str, zarr_id: str, *, api_key: str) -> ArchiveUpload:
     """Ask the archive at ``api_url`` (``https://HOST/api``) to begin an Icechunk upload of
-    ``zarr_id`` (made with ``POST /zarr/``): it marks the Zarr pending and says where to write."""
+    ``zarr_id`` (made with ``POST /zarr/``): it marks the Zarr pending and says where to write.
+    Raises :class:`ArchiveWithoutIcechunkError` when the archive has no such endpoint."""
     zarr_id = validate_zarr_id(zarr_id)
-    answer = _request("POST", f"{api_url.rstrip('/')}/zarr/{zarr_id}/icechunk/upload/", api_key)
+    try:
+        answer = _request("POST", f"{api_url.rstrip('/')}/zarr/{zarr_id}/icechunk/upload/", api_key)
+    except ArchiveRequestError as exc:
+        if exc.status != 404 or "No ZarrArchive matches" in str(exc):
+            raise
+        raise ArchiveWithoutIcechunkError(f"{api_url} does not offer Icechunk uploads") from None
     provider = ArchiveCredentials(answer["credentials_url"], api_key, _credentials(answer["credentials"]))
     location = dataclasses.replace(StorageLocation.parse(answer["storage"]), credentials_provider=provider)
     return ArchiveUpload(zarr_id, answer["dandiset"], answer["branch"], answer["embargoed"], location)
