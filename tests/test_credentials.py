@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dandi_icechunk.location import S3Credentials, StorageLocation
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.reuse import find_by_checksum
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.testing import S3Server, make_zarr_v3
+from dandi_icechunk.testing import S3Server, make_zarr_v3, run_seaweedfs
 from dandi_icechunk.upload import upload_zarr
 
 from .conftest import tree_bytes
@@ -141,3 +142,46 @@ def test_each_zarr_has_one_upload_user_with_at_most_two_live_keys_and_expiry_rem
     assert vendor.revoke_expired(now=datetime.now(UTC) + timedelta(minutes=10)) == 3
     with pytest.raises(iam.exceptions.NoSuchEntityException):
         iam.get_user(UserName=zid)
+
+
+@pytest.fixture(scope="module")
+def sts_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS with an STS role the archive identity may assume (as on AWS)."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs-sts"), sts_role="zarr-uploads") as server:
+        yield server
+
+
+def test_sts_sessions_upload_their_repository_only_without_delete_for_an_hour_at_most(
+    sts_s3_server: S3Server, tmp_path: Path
+) -> None:
+    admin = sts_s3_server.location()
+    vendor = CredentialVendor(admin, ttl=timedelta(hours=12), role_arn=S3Server.role_arn("zarr-uploads"))
+    mine, other = str(uuid.uuid4()), str(uuid.uuid4())
+    upload_zarr(make_zarr_v3(tmp_path / "b.zarr", seed=12), admin, other, dedup=False)
+    vended = vendor.vend(mine)
+    creds = vended.credentials
+    assert creds.session_token and creds.expires_at is not None
+    assert timedelta(0) < creds.expires_at - datetime.now(UTC) <= timedelta(hours=1, minutes=1)  # 12 h asked
+    assert vended.user.endswith(f"/zarr-{mine}")
+
+    src = make_zarr_v3(tmp_path / "a.zarr", seed=11)
+    uploader = _static(sts_s3_server, creds)
+    result = upload_zarr(src, uploader, mine, dedup=False)
+    out = export_snapshot(ZarrRepository.open(admin, mine), tmp_path / "back.zarr", snapshot_id=result.snapshot_id)
+    assert tree_bytes(Path(out.destination)) == tree_bytes(src)
+
+    client = boto3.client("s3", endpoint_url=sts_s3_server.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key,
+                          aws_session_token=creds.session_token)
+    bucket = sts_s3_server.bucket
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        client.delete_object(Bucket=bucket, Key=f"{admin.repository_prefix(mine)}/repo")
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        client.get_object(Bucket=bucket, Key=f"{admin.repository_prefix(other)}/repo")
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        client.put_object(Bucket=bucket, Key=f"{admin.repository_prefix(other)}/chunks/evil", Body=b"x")
+    before = ZarrRepository.open(admin, other).resolve()
+    with pytest.raises(DandiIcechunkError):
+        upload_zarr(src, uploader, other, dedup=False)
+    assert ZarrRepository.open(admin, other).resolve() == before
+    assert vendor.revoke_expired(datetime.now(UTC) + timedelta(days=1)) == 0  # sessions expire by themselves

@@ -1,17 +1,21 @@
 """Short-lived upload credentials scoped to one repository, vended by the archive.
 
 Uploaders never hold bucket-wide credentials. For each upload the archive calls
-:meth:`CredentialVendor.vend`, which gives the Zarr's IAM user (one per Zarr, named by its
-zarr_id, whose only policy allows GetObject, PutObject and ListBucket on that repository's
-prefix; no DeleteObject: an uploader cannot destroy anything) a new access key, with an expiry
-the archive enforces by calling :meth:`CredentialVendor.revoke_expired` (deleting expired keys,
-and users left with none). The user's name being the zarr_id lets DANDI's bucket policy pin
-vended users to their own embargoed repository (``${aws:username}``, see
-:mod:`dandi_icechunk.archive.policy`). On AWS the same
-policy would be an STS session policy; SeaweedFS implements IAM users and policies but not
-STS for arbitrary roles, so this is the closest it supports. Clients pass a
-``credentials_provider`` that asks again before expiry (Icechunk's refreshable credentials),
-so a long upload survives the expiry of each key.
+:meth:`CredentialVendor.vend`, which gives credentials that may GetObject, PutObject and
+ListBucket on that repository's prefix only (no DeleteObject: an uploader cannot destroy
+anything), in one of two ways:
+
+- **STS** (AWS; SeaweedFS with roles in its IAM config), when a ``role_arn`` is given:
+  ``AssumeRole`` with the repository's policy as the inline session policy, for the TTL (at
+  most an hour, at least AWS's 15 minutes). Nothing to clean up: sessions expire by themselves.
+- **IAM users** (servers without STS): the Zarr's IAM user (one per Zarr, named by its zarr_id,
+  with the same policy) gets a new access key, with an expiry the archive enforces by calling
+  :meth:`CredentialVendor.revoke_expired` (deleting expired keys, and users left with none). The
+  user's name being the zarr_id lets DANDI's bucket policy pin vended users to their own
+  embargoed repository (``${aws:username}``, see :mod:`dandi_icechunk.archive.policy`).
+
+Clients pass a ``credentials_provider`` that asks again before expiry (Icechunk's refreshable
+credentials), so a long upload survives the expiry of each key or session.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ..location import S3Credentials, StorageLocation, validate_zarr_id
 from ..objects import RepositoryObjects, prefix_objects
 
 DEFAULT_TTL = timedelta(hours=1)
+_STS_SECONDS = (900, 3600)  # AWS's shortest session; the longest this project hands out
 _RECORDS = "zarr-icechunk-credentials"
 
 
@@ -95,18 +100,31 @@ class CredentialVendor:
     >>> upload_location = vendor.upload_location(zarr_id)   # refreshes itself before expiry
     """
 
-    def __init__(self, location: StorageLocation, *, ttl: timedelta = DEFAULT_TTL) -> None:
+    def __init__(
+        self, location: StorageLocation, *, ttl: timedelta = DEFAULT_TTL, role_arn: str | None = None
+    ) -> None:
         if location.kind != "s3":
             raise CredentialError("credentials are vended only for S3 buckets")
         self.location = location
         self.ttl = ttl
+        self.role_arn = role_arn
         self._clients: tuple[Any, RepositoryObjects] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "ttl": self.ttl}
+        return {"location": self.location, "ttl": self.ttl, "role_arn": self.role_arn}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["location"], ttl=state["ttl"])  # type: ignore[misc]
+        self.__init__(state["location"], ttl=state["ttl"], role_arn=state.get("role_arn"))  # type: ignore[misc]
+
+    def _client(self, service: str) -> Any:
+        location, creds = self.location, self.location.credentials
+        return boto3.client(
+            service,
+            endpoint_url=location.endpoint_url,
+            region_name=location.region or "us-east-1",
+            aws_access_key_id=creds.access_key_id if creds else None,
+            aws_secret_access_key=creds.secret_access_key if creds else None,
+        )
 
     @property
     def _iam(self) -> Any:
@@ -119,16 +137,9 @@ class CredentialVendor:
     def _connect(self) -> tuple[Any, RepositoryObjects]:
         if self._clients is not None:
             return self._clients
-        location, creds = self.location, self.location.credentials
-        iam = boto3.client(
-            "iam",
-            endpoint_url=location.endpoint_url,
-            region_name=location.region or "us-east-1",
-            aws_access_key_id=creds.access_key_id if creds else None,
-            aws_secret_access_key=creds.secret_access_key if creds else None,
-        )
+        location = self.location
         records = prefix_objects(location, "/".join(p for p in (location.prefix, _RECORDS) if p))
-        self._clients = (iam, records)
+        self._clients = (self._client("iam"), records)
         return self._clients
 
     def vend(self, zarr_id: str, *, embargoed: bool = False) -> VendedCredentials:
@@ -136,6 +147,8 @@ class CredentialVendor:
         user keeps at most two keys (AWS's limit): the oldest goes when a third is made."""
         zarr_id = validate_zarr_id(zarr_id)
         prefix = self.location.repository_prefix(zarr_id, embargoed=embargoed)
+        if self.role_arn is not None:
+            return self._assume_role(zarr_id, prefix)
         user = zarr_id
         issued_at = datetime.now(UTC)
         expires_at = issued_at + self.ttl
@@ -163,6 +176,21 @@ class CredentialVendor:
             credentials=S3Credentials(key["AccessKeyId"], key["SecretAccessKey"], expires_at=expires_at),
         )
 
+    def _assume_role(self, zarr_id: str, prefix: str) -> VendedCredentials:
+        seconds = min(max(int(self.ttl.total_seconds()), _STS_SECONDS[0]), _STS_SECONDS[1])
+        try:
+            answer = self._client("sts").assume_role(
+                RoleArn=self.role_arn, RoleSessionName=f"zarr-{zarr_id}", DurationSeconds=seconds,
+                Policy=json.dumps(repository_policy(self.location.bucket, prefix)),
+            )
+        except Exception as exc:  # botocore raises ClientError and connection errors
+            raise CredentialError(f"cannot vend credentials for {zarr_id}: {exc}") from None
+        c = answer["Credentials"]
+        return VendedCredentials(
+            zarr_id=zarr_id, prefix=prefix, user=answer["AssumedRoleUser"]["Arn"],
+            credentials=S3Credentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], c["Expiration"]),
+        )
+
     def _issued(self, key: dict[str, Any]) -> datetime:
         """When an access key was made: the server's date (AWS), else from our record of it
         (SeaweedFS reports none); oldest first when neither is known."""
@@ -183,7 +211,9 @@ class CredentialVendor:
 
     def revoke_expired(self, now: datetime | None = None) -> int:
         """Delete every vended key that has expired, and users left with no key; return how
-        many keys."""
+        many keys. (STS sessions expire by themselves: nothing to do.)"""
+        if self.role_arn is not None:
+            return 0
         now = now or datetime.now(UTC)
         revoked = 0
         for name, _, _ in list(self._records.list_with_times("")):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -101,6 +102,9 @@ def make_zarr_v3(
     return Path(path)
 
 
+_SEAWEEDFS_ACCOUNT = "arn:aws:iam::000000000000"  # its default account
+
+
 @dataclass(frozen=True)
 class S3Server:
     """A running S3 server on loopback and the admin credentials of its bucket."""
@@ -119,6 +123,11 @@ class S3Server:
             endpoint_url=self.endpoint_url,
             credentials=S3Credentials(self.access_key_id, self.secret_access_key),
         )
+
+    @staticmethod
+    def role_arn(role: str) -> str:
+        """The ARN of a role made with ``run_seaweedfs(sts_role=role)``."""
+        return f"{_SEAWEEDFS_ACCOUNT}:role/{role}"
 
     def client(self) -> Any:
         """A boto3 S3 client with the admin credentials."""
@@ -152,6 +161,23 @@ def _free_port_pair(taken: set[int]) -> int:
         return port
 
 
+def _sts_config(bucket: str, role: str) -> dict[str, Any]:
+    """SeaweedFS's IAM config for STS: one role, trusted by the admin, allowed all of ``bucket``."""
+    return {
+        "sts": {"tokenDuration": "1h", "maxSessionLength": "1h", "issuer": "dandi-icechunk-tests",
+                "signingKey": base64.b64encode(os.urandom(32)).decode()},
+        "policy": {"defaultEffect": "Deny"},
+        "policies": [{"name": "bucket", "document": {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:*"],
+             "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}}],
+        "roles": [{"roleName": role, "roleArn": S3Server.role_arn(role), "attachedPolicies": ["bucket"],
+                   "maxSessionDuration": 3600,
+                   "trustPolicy": {"Version": "2012-10-17", "Statement": [
+                       {"Effect": "Allow", "Principal": {"AWS": f"{_SEAWEEDFS_ACCOUNT}:user/admin"},
+                        "Action": ["sts:AssumeRole"]}]}}],
+    }
+
+
 @contextmanager
 def run_seaweedfs(
     data_dir: str | Path,
@@ -160,12 +186,15 @@ def run_seaweedfs(
     object_lock: bool = False,
     identities: list[dict[str, Any]] | None = None,
     iam_writable: bool = False,
+    sts_role: str | None = None,
 ) -> Iterator[S3Server]:
     """Start SeaweedFS (``weed mini``) on 127.0.0.1 with free ports, make ``bucket``, stop after.
 
     ``object_lock`` makes the bucket with Object Lock (and so versioning) enabled; ``identities``
     adds SeaweedFS identities (``{"name", "credentials", "actions"}``) beside the admin one;
-    ``iam_writable`` lets the admin create IAM users and policies (credential vending).
+    ``iam_writable`` lets the admin create IAM users and policies (credential vending);
+    ``sts_role`` (a name) defines that role, which the admin may assume through STS and which
+    may do anything in ``bucket``; its ARN is ``S3Server.role_arn(sts_role)``.
     Every listener is bound to loopback and telemetry is off; nothing leaves the machine.
     """
     weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
@@ -179,6 +208,9 @@ def run_seaweedfs(
     }
     config = data / "identities.json"
     config.write_text(json.dumps({"identities": [admin, *(identities or [])]}))
+    iam_config = data / "iam.json"
+    if sts_role is not None:
+        iam_config.write_text(json.dumps(_sts_config(bucket, sts_role)))
     taken: set[int] = set()
     ports = {name: _free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "admin")}
     command = [
@@ -187,6 +219,7 @@ def run_seaweedfs(
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         *(f"-{name}.port={port}" for name, port in ports.items()),
         *(["-s3.iam.readOnly=false"] if iam_writable else []),
+        *([f"-s3.iam.config={iam_config}"] if sts_role is not None else []),
     ]
     (data / "store").mkdir(exist_ok=True)
     log = open(data / "weed.log", "wb")

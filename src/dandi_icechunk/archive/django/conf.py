@@ -6,6 +6,9 @@
     storage credentials (none on AWS: the instance role).
 ``DANDI_ICECHUNK_CREDENTIALS_TTL``
     Lifetime of vended upload credentials, in seconds (default 3600).
+``DANDI_ICECHUNK_UPLOAD_ROLE_ARN``
+    Vend upload credentials as STS sessions of this role (AWS), each limited by a session policy
+    to one repository. Default none: one IAM user per Zarr (servers without STS).
 ``DANDI_ICECHUNK_OBJECT_LOCK``
     Put legal holds on what a publish reaches (the bucket must have Object Lock). Default False.
 ``DANDI_ICECHUNK_GC_RESTORE_WINDOW``
@@ -28,6 +31,7 @@ from ...location import S3Credentials, StorageLocation
 class AdapterSettings:
     location: StorageLocation
     credentials_ttl: timedelta
+    upload_role_arn: str | None
     object_lock: bool
     gc_restore_window: timedelta
 
@@ -36,6 +40,7 @@ class AdapterSettings:
         return cls(
             location=_location(),
             credentials_ttl=timedelta(seconds=getattr(settings, "DANDI_ICECHUNK_CREDENTIALS_TTL", 3600)),
+            upload_role_arn=getattr(settings, "DANDI_ICECHUNK_UPLOAD_ROLE_ARN", None),
             object_lock=getattr(settings, "DANDI_ICECHUNK_OBJECT_LOCK", False),
             gc_restore_window=timedelta(days=getattr(settings, "DANDI_ICECHUNK_GC_RESTORE_WINDOW", 30)),
         )

@@ -97,7 +97,7 @@ def begin_upload(zarr: ZarrArchive) -> tuple[IcechunkDraft, VendedCredentials]:
 def vend_credentials(zarr: ZarrArchive) -> VendedCredentials:
     conf = AdapterSettings.load()
     try:
-        return CredentialVendor(conf.location, ttl=conf.credentials_ttl).vend(
+        return CredentialVendor(conf.location, ttl=conf.credentials_ttl, role_arn=conf.upload_role_arn).vend(
             str(zarr.zarr_id), embargoed=zarr.embargoed
         )
     except DandiIcechunkError as exc:

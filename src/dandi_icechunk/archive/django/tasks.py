@@ -89,5 +89,5 @@ def collect_zarr_garbage(*, dry_run: bool = False) -> list[dict]:
 @shared_task
 def revoke_expired_credentials() -> int:
     conf = AdapterSettings.load()
-    return CredentialVendor(conf.location, ttl=conf.credentials_ttl).revoke_expired()
+    return CredentialVendor(conf.location, ttl=conf.credentials_ttl, role_arn=conf.upload_role_arn).revoke_expired()
 
