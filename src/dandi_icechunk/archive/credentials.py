@@ -5,9 +5,11 @@ Uploaders never hold bucket-wide credentials. For each upload the archive calls
 ListBucket on that repository's prefix only (no DeleteObject: an uploader cannot destroy
 anything), in one of two ways:
 
-- **STS** (AWS; SeaweedFS with roles in its IAM config), when a ``role_arn`` is given:
-  ``AssumeRole`` with the repository's policy as the inline session policy, for the TTL (at
-  most an hour, at least AWS's 15 minutes). Nothing to clean up: sessions expire by themselves.
+- **STS** (AWS; SeaweedFS with roles in its IAM config), when a ``role_arn`` is given, for
+  public Zarrs: ``AssumeRole`` with the repository's policy as the inline session policy, for
+  the TTL (at most an hour, at least AWS's 15 minutes). Nothing to clean up: sessions expire by
+  themselves. (Embargoed Zarrs keep IAM users: the bucket policy's embargo exemption is keyed
+  on ``aws:username``, which sessions lack.)
 - **IAM users** (servers without STS): the Zarr's IAM user (one per Zarr, named by its zarr_id,
   with the same policy) gets a new access key, with an expiry the archive enforces by calling
   :meth:`CredentialVendor.revoke_expired` (deleting expired keys, and users left with none). The
@@ -147,7 +149,7 @@ class CredentialVendor:
         user keeps at most two keys (AWS's limit): the oldest goes when a third is made."""
         zarr_id = validate_zarr_id(zarr_id)
         prefix = self.location.repository_prefix(zarr_id, embargoed=embargoed)
-        if self.role_arn is not None:
+        if self.role_arn is not None and not embargoed:
             return self._assume_role(zarr_id, prefix)
         user = zarr_id
         issued_at = datetime.now(UTC)
@@ -211,9 +213,7 @@ class CredentialVendor:
 
     def revoke_expired(self, now: datetime | None = None) -> int:
         """Delete every vended key that has expired, and users left with no key; return how
-        many keys. (STS sessions expire by themselves: nothing to do.)"""
-        if self.role_arn is not None:
-            return 0
+        many keys. (STS sessions expire by themselves.)"""
         now = now or datetime.now(UTC)
         revoked = 0
         for name, _, _ in list(self._records.list_with_times("")):
