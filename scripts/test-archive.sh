@@ -7,7 +7,7 @@
 #   - the publish hook's offline schema validation with the archive's dandischema pin (0.12.1;
 #     the default suite runs it with the newest dandischema);
 #   - the real dandi-cli (the project's .venv) against the archive served on 127.0.0.1
-#     (tests/test_dandi_cli_archive.py; the default suite skips it).
+#     (tests/test_dandi_cli_archive.py, released and patched dandi-cli; the default suite skips it).
 # Usage: bash scripts/test-archive.sh [PYTEST ARGS for tests/archive...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
