@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -241,3 +242,49 @@ def test_zarr_mode_patch_keeps_what_is_gone_locally(
         (rebuilt / key).parent.mkdir(parents=True, exist_ok=True)
         (rebuilt / key).write_bytes(data)
     assert asset["digest"]["dandi:dandi-zarr-checksum"] == get_zarr_checksum(rebuilt)
+
+
+def test_a_plain_zarr_stays_plain_and_uploads_as_before(
+    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+) -> None:
+    """A Zarr first uploaded by dandi-cli alone (presigned PUTs) keeps that route."""
+    source = make_ome_zarr_v2(dandiset_dir / ZARR)
+    plain = [str(Path(sys.executable).with_name("dandi")), "upload", "-i", archive["api_url"], "--validation", "skip"]
+    from dandi.utils import get_instance
+
+    env = {**os.environ, get_instance(archive["api_url"]).name.upper().replace("-", "_") + "_API_KEY": archive["api_key"]}
+    first = subprocess.run(plain, cwd=dandiset_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    zarr.open_array(str(source / "0"), mode="r+")[0, 0:4, 0:4] = 6
+    again = _upload(archive, "released", patched_dandi, dandiset_dir, "--existing", "refresh")
+    assert again.returncode == 0, again.stderr[-2000:]
+    asset = _assets(archive, dandiset_dir.name)[ZARR]
+    state = _call(archive, "GET", f"zarr/{_zarr_id(archive, dandiset_dir.name)}/icechunk/")
+    assert (state["icechunk"], state["status"]) == (False, "Complete")
+    from dandi.support.digests import get_zarr_checksum
+
+    assert asset["digest"]["dandi:dandi-zarr-checksum"] == get_zarr_checksum(source)
+
+
+def _zarr_id(archive: dict[str, str], dandiset: str) -> str:
+    [found] = _call(archive, "GET", "zarr/", params={"dandiset": dandiset})["results"]
+    return str(found["zarr_id"])
+
+
+@pytest.mark.parametrize(("case", "said"), [("wrong instance", "Could not retrieve server info"),
+                                           ("not an owner", "403")])
+def test_bad_uploads_end_in_one_clear_error_and_create_nothing(
+    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path, case: str, said: str
+) -> None:
+    make_ome_zarr_v2(dandiset_dir / ZARR)
+    if case == "wrong instance":
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+        refused = _dandi(archive, "released", patched_dandi, dandiset_dir, "upload", "-i", dead, "--validation", "skip")
+    else:
+        refused = _upload(archive, "released", patched_dandi, dandiset_dir, api_key=archive["other_api_key"])
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error:") and said in last, refused.stderr[-2000:]
+    assert _call(archive, "GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0

@@ -93,5 +93,6 @@ class ArchiveRequestError(DandiIcechunkError):
         self.status = status
 
 
-class ArchiveWithoutIcechunkError(ArchiveRequestError):
-    """The DANDI archive does not run the dandi-icechunk adapter: Zarrs upload as before."""
+class PlainUploadOnlyError(ArchiveRequestError):
+    """The DANDI archive takes this Zarr's upload only as before (presigned PUTs): it does not
+    run the dandi-icechunk adapter, or the Zarr already holds files uploaded that way."""

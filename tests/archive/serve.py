@@ -1,7 +1,8 @@
 """Serve the patched archive's HTTP API on 127.0.0.1 for clients in other processes (dandi-cli
-in the project's own virtualenv): migrate, make an approved user with an API key, write
-``{"api_url", "api_key"}`` to the file named by the first argument, then run the server until
-stopped, with the archive's scheduled metadata validation every second, as its Celery beat runs it. Run through ``run.py on run tests/archive/serve.py INFO.json`` (its services)."""
+in the project's own virtualenv): migrate, make two approved users with API keys, write
+``{"api_url", "api_key", "other_api_key"}`` to the file named by the first argument, then run
+the server until stopped, with the archive's scheduled metadata validation every second, as its
+Celery beat runs it. Run through ``run.py on run tests/archive/serve.py INFO.json``."""
 
 from __future__ import annotations
 
@@ -33,10 +34,9 @@ def main(info_path: str) -> None:
     from dandiapi.api.tests.factories import UserFactory
     from rest_framework.authtoken.models import Token
 
-    user = UserFactory.create()
-    key = Token.objects.get_or_create(user=user)[0].key
+    key, other_key = (Token.objects.get_or_create(user=UserFactory.create())[0].key for _ in range(2))
     with open(info_path + ".partial", "w") as f:
-        json.dump({"api_url": f"{url}/api", "api_key": key}, f)
+        json.dump({"api_url": f"{url}/api", "api_key": key, "other_api_key": other_key}, f)
     os.replace(info_path + ".partial", info_path)
     threading.Thread(target=_validate_forever, name="validation", daemon=True).start()
     call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True, verbosity=0)

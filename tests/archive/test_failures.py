@@ -82,7 +82,7 @@ def test_a_plain_zarr_with_files_stays_plain_and_keeps_its_presigned_uploads(
     zarr_id = archive.call("POST", "zarr/", json={"name": "plain.zarr", "dandiset": dandiset})["zarr_id"]
     [url] = archive.call("POST", f"zarr/{zarr_id}/files/", json=[{"path": "zarr.json", "base64md5": "mZFLkyvTelC5g8XnyQrpOw=="}])
     assert requests.put(url, data=b"{}", headers={"Content-MD5": "mZFLkyvTelC5g8XnyQrpOw=="}, timeout=30).ok
-    refused = archive.call("POST", f"zarr/{zarr_id}/icechunk/upload/", expect=400)
+    refused = archive.call("POST", f"zarr/{zarr_id}/icechunk/upload/", expect=409)
     assert "stays a plain Zarr" in str(refused)
     archive.call("POST", f"zarr/{zarr_id}/finalize/", expect=204)  # as today
     assert ZarrArchive.objects.get(zarr_id=zarr_id).status == "Complete"

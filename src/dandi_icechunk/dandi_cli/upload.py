@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArchiveRequestError, ArchiveWithoutIcechunkError, MissingExtraError
+from ..errors import ArchiveRequestError, PlainUploadOnlyError, MissingExtraError
 
 try:
     import requests
@@ -82,7 +82,7 @@ class IcechunkZarrUpload:
         zarr_id = replacing.zarr if isinstance(replacing, RemoteZarrAsset) else self._new_zarr(dandiset, asset_path)
         try:
             upload = begin_archive_upload(client.api_url, zarr_id, api_key=api_key)
-        except ArchiveWithoutIcechunkError:
+        except PlainUploadOnlyError:
             yield from super().iter_upload(dandiset, metadata, jobs, replacing, zarr_mode)  # type: ignore[misc]
             return
         result: UploadResult | None = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..errors import ArchiveRequestError, ArchiveWithoutIcechunkError, CredentialError
+from ..errors import ArchiveRequestError, PlainUploadOnlyError, CredentialError
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
 
 
@@ -80,14 +80,17 @@ class ArchiveCredentials:
 def begin_archive_upload(api_url: str, zarr_id: str, *, api_key: str) -> ArchiveUpload:
     """Ask the archive at ``api_url`` (``https://HOST/api``) to begin an Icechunk upload of
     ``zarr_id`` (made with ``POST /zarr/``): it marks the Zarr pending and says where to write.
-    Raises :class:`ArchiveWithoutIcechunkError` when the archive has no such endpoint."""
+    Raises :class:`PlainUploadOnlyError` when the archive has no such endpoint, or keeps this
+    Zarr a plain one."""
     zarr_id = validate_zarr_id(zarr_id)
     try:
         answer = _request("POST", f"{api_url.rstrip('/')}/zarr/{zarr_id}/icechunk/upload/", api_key)
     except ArchiveRequestError as exc:
+        if exc.status == 409:  # a Zarr that holds files uploaded with presigned URLs
+            raise PlainUploadOnlyError(str(exc), exc.status) from None
         if exc.status != 404 or "No ZarrArchive matches" in str(exc):
             raise
-        raise ArchiveWithoutIcechunkError(f"{api_url} does not offer Icechunk uploads") from None
+        raise PlainUploadOnlyError(f"{api_url} does not offer Icechunk uploads", exc.status) from None
     provider = ArchiveCredentials(answer["credentials_url"], api_key, _credentials(answer["credentials"]))
     location = dataclasses.replace(StorageLocation.parse(answer["storage"]), credentials_provider=provider)
     return ArchiveUpload(zarr_id, answer["dandiset"], answer["branch"], answer["embargoed"], location)

@@ -80,7 +80,7 @@ def begin_upload(zarr: ZarrArchive) -> tuple[IcechunkDraft, VendedCredentials]:
             raise DandiError(
                 f"Zarr {zarr.zarr_id} holds files uploaded with presigned URLs: it stays a plain "
                 "Zarr. Create a new Zarr to upload it as an Icechunk repository",
-                status.HTTP_400_BAD_REQUEST,
+                status.HTTP_409_CONFLICT,
             )
         icechunk_zarr = IcechunkZarr.objects.create(zarr_archive=zarr)
     elif icechunk_zarr.finalize_error:
