@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 import zarr
@@ -15,6 +16,8 @@ from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
 from dandiapi.api.models import Dandiset
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 
+from dandi_icechunk.errors import AccessDeniedError
+from dandi_icechunk.read import open_dataset
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.testing import make_ome_zarr_v2
 
@@ -93,6 +96,14 @@ def test_an_embargoed_zarrs_files_reach_its_owner_by_api_key_and_nobody_else(liv
     key = sorted(files)[-1]
     assert _download(archive, zarr_id, key).content == files[key]
 
+    # the owner reads it with xarray and a DANDI API key, through the archive
+    created = archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
+                           json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    asset = archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/{created['asset_id']}/")
+    level0 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
+    read = open_dataset(asset, group="0", dandi_api_key=archive.api_key, dandi_api_url=archive.api)
+    np.testing.assert_array_equal(read["image"].values, level0)
+
     stranger = Archive(live_server.url, api_key(UserFactory.create()))
     anonymous = Archive(live_server.url, "")
     anonymous.headers = {}
@@ -100,3 +111,5 @@ def test_an_embargoed_zarrs_files_reach_its_owner_by_api_key_and_nobody_else(liv
         outsider.call("GET", f"zarr/{zarr_id}/files/", expect=404)
         outsider.call("GET", f"zarr/{zarr_id}/files/", expect=404, params={"snapshot": result.snapshot_id})
         assert _download(outsider, zarr_id, key, snapshot=result.snapshot_id).status_code == 404
+        with pytest.raises(AccessDeniedError, match="private"):
+            open_dataset(asset, group="0", dandi_api_key=outsider.api_key, dandi_api_url=archive.api)  # "": no key

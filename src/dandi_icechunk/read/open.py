@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
 from ..objects import REPO_OBJECT
-from ..reference import ZARR_MEDIA_TYPE, SnapshotReference
+from ..reference import ZARR_MEDIA_TYPE, SnapshotReference, repository_zarr_id
 from ..session import ZarrRepository
 from .ngff import multiscale, open_ngff_level, open_ngff_tree
 
@@ -86,9 +86,45 @@ def open_session(
 
 
 def open_zarr(source: Source, *, path: str | None = None, **kwargs: Any) -> zarr.Group | zarr.Array:
-    """The Zarr group (or array) of one snapshot, read-only. ``kwargs`` as for :func:`open_session`."""
-    store = open_session(source, **kwargs).store
-    return zarr.open(store, mode="r", path=path or "")
+    """The Zarr group (or array) of one snapshot, read-only. ``kwargs`` as for :func:`open_session`,
+    or ``dandi_api_key`` (and ``dandi_api_url``) to read through the archive (:func:`read_store`)."""
+    return zarr.open(read_store(source, **kwargs), mode="r", path=path or "")
+
+
+def read_store(
+    source: Source, *, dandi_api_key: str | None = None, dandi_api_url: str | None = None, **kwargs: Any
+) -> Any:
+    """The read-only Zarr store of the snapshot ``source`` names: its Icechunk session's store
+    (``kwargs`` as for :func:`open_session`), or, with ``dandi_api_key``, the files the archive
+    serves to that key (:class:`~dandi_icechunk.read.archive_store.ArchiveFilesStore`): embargoed
+    Zarrs are read this way by their owners. The archive's API URL (``https://HOST/api``) is
+    ``dandi_api_url``, else the one in the asset's ``contentUrl``."""
+    if dandi_api_key is None:
+        return open_session(source, **kwargs).store
+    from .archive_store import ArchiveFilesStore
+
+    reference = _reference(source, kwargs.get("asset_path"))
+    if reference is not None:
+        zarr_id, snapshot_id = repository_zarr_id(reference.repository), reference.snapshot_id
+    elif kwargs.get("snapshot_id"):
+        zarr_id, snapshot_id = validate_zarr_id(str(source)), str(kwargs["snapshot_id"])
+    else:
+        raise ValueError("reading through the archive needs published metadata, or a zarr_id with snapshot_id=")
+    api_url = dandi_api_url or _archive_api_url(source, kwargs.get("asset_path"))
+    store = ArchiveFilesStore(api_url, zarr_id, snapshot_id, dandi_api_key)
+    store.check_readable()
+    return store
+
+
+def _archive_api_url(source: Source, asset_path: str | None) -> str:
+    """The archive's API URL from an asset's ``contentUrl`` (``https://HOST/api/assets/...``)."""
+    asset: Any = source
+    if isinstance(source, Sequence) and not isinstance(source, str):
+        asset = _pick(source, asset_path)
+    for url in (asset.get("contentUrl") or []) if isinstance(asset, Mapping) else []:
+        if "/api/assets/" in str(url):
+            return str(url).split("/api/assets/", 1)[0] + "/api"
+    raise ValueError("give dandi_api_url= (https://HOST/api): the asset metadata names no archive")
 
 
 def open_dataset(
@@ -102,27 +138,30 @@ def open_dataset(
     location: StorageLocation | None = None,
     credentials: S3Credentials | None = None,
     anonymous: bool | None = None,
+    dandi_api_key: str | None = None,
+    dandi_api_url: str | None = None,
     **xarray_kwargs: Any,
 ) -> xr.Dataset:
     """The ``xarray.Dataset`` of one snapshot (one group of it). An OME-NGFF image gives one
     resolution level (its full resolution, or the level ``group`` names, e.g. ``"0"``) with the
     NGFF axes as dimensions and their scales as coordinates; :func:`open_datatree` gives them
     all. ``xarray_kwargs`` are xarray's (``decode_times``, ``mask_and_scale``, ``chunks`` with
-    the ``dask`` extra, ...)."""
-    session = open_session(
+    the ``dask`` extra, ...). With ``dandi_api_key``, read through the archive (:func:`read_store`)."""
+    store = read_store(
         source, asset_path=asset_path, snapshot_id=snapshot_id, tag=tag, branch=branch,
         location=location, credentials=credentials, anonymous=anonymous,
+        dandi_api_key=dandi_api_key, dandi_api_url=dandi_api_url,
     )
     chunks = xarray_kwargs.pop("chunks", None)
-    dataset = store_dataset(session.store, group, **xarray_kwargs)
+    dataset = store_dataset(store, group, **xarray_kwargs)
     return dataset.chunk(chunks) if chunks is not None else dataset
 
 
 def open_datatree(source: Source, **kwargs: Any) -> xr.DataTree:
     """Every group of one snapshot as an ``xarray.DataTree``; an OME-NGFF image gives one child
     per resolution level (a bioformats2raw layout, one per image). ``kwargs`` as for
-    :func:`open_session`."""
-    return store_datatree(open_session(source, **kwargs).store)
+    :func:`read_store`."""
+    return store_datatree(read_store(source, **kwargs))
 
 
 def store_dataset(store: Any, group: str | None = None, **decoders: Any) -> xr.Dataset:
