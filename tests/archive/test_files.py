@@ -54,8 +54,10 @@ def test_files_endpoint_serves_the_draft_and_each_published_snapshot_as_uploaded
                  json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
     validate()
     version = archive.publish(dandiset)
-    published = SnapshotReference.from_asset(archive.published_asset(dandiset, version)).snapshot_id
+    published_asset = archive.published_asset(dandiset, version)
+    published = SnapshotReference.from_asset(published_asset).snapshot_id
     v1 = local_tree(source)
+    v1_level0 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
     zarr.open_array(str(source / "0"), mode="r+")[0, 0:8, 0:16] = 7  # the draft moves on
     archive.upload(zarr_id, source)
     draft = local_tree(source)
@@ -71,6 +73,10 @@ def test_files_endpoint_serves_the_draft_and_each_published_snapshot_as_uploaded
             etag = got.headers["ETag"].removeprefix("W/")  # weak when the archive gzips the response
             assert (got.status_code, got.content, etag) == (200, data, f'"{hashlib.md5(data).hexdigest()}"')
     assert [e["Key"] for e in _listing(archive, zarr_id, prefix="1/")] == sorted(k for k in draft if k.startswith("1/"))
+    # the archive's URL of the published asset is a reference too; read through the archive
+    asset_url = f"{archive.api}/dandisets/{dandiset}/versions/{version}/assets/{published_asset['identifier']}/"
+    via_archive = open_dataset(asset_url, group="0", dandi_api_key=archive.api_key, dandi_api_url=archive.api)
+    np.testing.assert_array_equal(via_archive["image"].values, v1_level0)
 
     chunk = sorted(k for k in draft if k.startswith("0/0"))[0]
     resumed = _download(archive, zarr_id, chunk, headers={"Range": "bytes=5-"})
