@@ -206,6 +206,10 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], sizes: dict[str,
     return out
 
 
+def _rate(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def table(summary: dict[str, Any], sizes: dict[str, dict[str, int]], rounds: int) -> str:
     lines = [
         (f"`dandi upload` of one Zarr asset into dandi-archive (adapter on), median of {rounds} "
@@ -236,7 +240,7 @@ def table(summary: dict[str, Any], sizes: dict[str, dict[str, int]], rounds: int
                 stored += f", {len(r['errors'])} failed" if r["errors"] else ""
                 lines.append(
                     f"| {where} | {what} | {r['label']} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) "
-                    f"| {r['MBps']:.1f} | {r['files_per_s']:.0f} | {rss} | {stored} | {ratio_text} |"
+                    f"| {_rate(r['MBps'])} | {_rate(r['files_per_s'])} | {rss} | {stored} | {ratio_text} |"
                 )
     agree = [f"{name} {PHASES[phase]}: {'yes' if row.get('checksums_agree') else 'NO'}"
              for name, phases in summary.items() for phase, row in phases.items()]

@@ -42,6 +42,7 @@ from .archive.credentials import CredentialVendor, VendedCredentials
 from .archive.embargo import UnembargoResult, unembargo_zarr
 from .archive.finalize import attach_draft, finalize_draft
 from .archive.gc import DEFAULT_RESTORE_WINDOW, GCResult, collect_garbage
+from .archive.migrate import MigrationError, MigrationResult, migrate_zarr
 from .archive.publish import (
     PreparedPublish,
     PublishError,
@@ -57,6 +58,8 @@ from .session import CommitInfo, publish_tag
 
 __all__ = [
     "FinalizeError",
+    "MigrationError",
+    "MigrationResult",
     "PreparedPublish",
     "PublishError",
     "attach_zarr_to_dandiset",
@@ -64,6 +67,7 @@ __all__ = [
     "check_publishable",
     "collect_zarr_garbage",
     "finalize_upload",
+    "migrate_zarr",
     "prepare_publish",
     "protect_published",
     "publish_dandiset",

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import icechunk
@@ -36,6 +36,7 @@ from .errors import InvalidZarrIdError, StorageLocationError
 STORAGE_ENV_VAR = "DANDI_ICECHUNK_STORAGE"
 PUBLIC_PREFIX = "zarr-icechunk"
 EMBARGOED_PREFIX = "zarr-icechunk-embargoed"
+LEGACY_PREFIX = "zarr"  # where the archive keeps Zarrs uploaded with presigned PUTs
 CHECKSUMS_PREFIX = "zarr-icechunk-checksums"
 ARCHIVE_PREFIX = "zarr-icechunk-archive"
 _S3_QUERY_KEYS = {"endpoint_url", "region"}
@@ -194,6 +195,39 @@ class StorageLocation:
         """Key prefix (inside the bucket) of the repository of ``zarr_id``."""
         area = EMBARGOED_PREFIX if embargoed else PUBLIC_PREFIX
         return "/".join(p for p in (self.prefix, area, validate_zarr_id(zarr_id)) if p)
+
+    def legacy_prefix(self, zarr_id: str) -> str:
+        """Key prefix of the Zarr ``zarr_id`` as the archive stored it before Icechunk
+        (``zarr/<zarr_id>``): the objects a migrated repository references in place."""
+        return "/".join(p for p in (self.prefix, LEGACY_PREFIX, validate_zarr_id(zarr_id)) if p)
+
+    def legacy_container(self) -> str:
+        """The URL prefix of the virtual chunk container holding the legacy Zarrs."""
+        return f"s3://{self.bucket}/" + "/".join(p for p in (self.prefix, LEGACY_PREFIX) if p) + "/"
+
+    def legacy_container_config(self) -> icechunk.VirtualChunkContainer:
+        """The virtual chunk container of the legacy Zarrs, as a migrated repository declares it."""
+        store = icechunk.s3_store(
+            region=self.region or "us-east-1", endpoint_url=self.endpoint_url,
+            allow_http=bool(self.endpoint_url and self.endpoint_url.startswith("http://")),
+            s3_compatible=self.endpoint_url is not None, force_path_style=self.endpoint_url is not None,
+        )
+        return icechunk.VirtualChunkContainer(self.legacy_container(), store)
+
+    def legacy_access(self) -> dict[str, Any]:
+        """``authorize_virtual_chunk_access`` for reading the legacy Zarrs with this location's
+        credentials (none for local locations)."""
+        if self.kind != "s3":
+            return {}
+        if self.credentials_provider is not None:
+            creds: Any = icechunk.s3_credentials(get_credentials=_IcechunkCredentials(self.credentials_provider))
+        elif self.credentials is not None:
+            c = self.credentials
+            creds = icechunk.s3_credentials(access_key_id=c.access_key_id, secret_access_key=c.secret_access_key,
+                                            session_token=c.session_token)
+        else:
+            creds = icechunk.s3_credentials(anonymous=True) if self.anonymous else icechunk.s3_credentials(from_env=True)
+        return icechunk.containers_credentials({self.legacy_container(): creds})
 
     def repository_url(self, zarr_id: str, *, embargoed: bool = False) -> str:
         """The URL of the repository of ``zarr_id`` (no credentials in it), as published

@@ -212,7 +212,9 @@ class ZarrRepository:
                     except AccessDeniedError as exc:
                         refused, found = refused or exc, False
                 if found:
-                    repo = icechunk.Repository.open(storage, config=config)
+                    repo = icechunk.Repository.open(
+                        storage, config=config, authorize_virtual_chunk_access=location.legacy_access() or None
+                    )
                     return cls(location, zarr_id, repo, embargoed=area)
             if refused is not None and not create:
                 raise AccessDeniedError(
@@ -225,7 +227,9 @@ class ZarrRepository:
                     "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
                 )
             storage = location.icechunk_storage(zarr_id, embargoed=embargoed)
-            repo = icechunk.Repository.open_or_create(storage, config=config)
+            repo = icechunk.Repository.open_or_create(
+                storage, config=config, authorize_virtual_chunk_access=location.legacy_access() or None
+            )
             return cls(location, zarr_id, repo, embargoed=embargoed)
         except DandiIcechunkError:
             raise

@@ -1,4 +1,4 @@
-"""What the archive runs, as commands: publish, audit, gc, attach, unembargo."""
+"""What the archive runs, as commands: publish, audit, gc, attach, unembargo, migrate."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..archive.gc import DEFAULT_RESTORE_WINDOW, collect_garbage
 from ..archive_hooks import (
     attach_zarr_to_dandiset,
     audit_published,
+    migrate_zarr,
     publish_dandiset,
     unembargo_dandiset_zarrs,
 )
@@ -184,3 +185,28 @@ def unembargo(ctx: click.Context, zarr_ids: tuple[str, ...], as_json: bool) -> N
             click.echo(f"{r.zarr_id}: moved {r.objects_moved} objects ({size_text(r.bytes_moved)}) in {r.seconds:.1f} s")
 
     emit(as_json, [r.to_json() for r in results], text)
+
+
+@main.command()
+@click.argument("zarr_id")
+@click.option("--checksum", required=True, help="The dandi-zarr-checksum the archive recorded for the Zarr.")
+@click.option("--dandiset", help="Dandiset ID, recorded in the commit metadata.")
+@click.option("--embargoed", is_flag=True, help="Make the repository under the private prefix.")
+@json_option
+@click.pass_context
+def migrate(ctx: click.Context, zarr_id: str, checksum: str, dandiset: str | None, embargoed: bool, as_json: bool) -> None:
+    """Make a Zarr stored the old way (zarr/ZARR_ID/ in the bucket) a repository, without copying
+    a chunk: chunks reference the existing objects, pinned by ETag. Nothing is committed unless
+    the objects' checksum is the archive's (--checksum) and they do not change meanwhile."""
+    with user_errors():
+        result = migrate_zarr(ctx.obj, validate_zarr_id(zarr_id), expected_checksum=checksum, dandiset=dandiset,
+                              embargoed=embargoed)
+
+    def text() -> None:
+        click.echo(
+            f"{result.zarr_id}: snapshot {result.snapshot_id}, {result.virtual_chunks} chunks referenced in place, "
+            f"{result.stored_files} metadata file(s) stored ({size_text(result.stored_bytes)}); "
+            f"dandi-zarr-checksum {result.zarr_checksum}"
+        )
+
+    emit(as_json, result.to_json(), text)

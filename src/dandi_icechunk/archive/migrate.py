@@ -1,0 +1,165 @@
+"""Migrate a Zarr the archive stored before Icechunk (objects under ``zarr/<zarr_id>/``) into an
+Icechunk repository without copying a chunk byte.
+
+Each chunk becomes a virtual reference to its existing object, pinned by ETag (reads send
+``If-Match`` and fail if the object was overwritten); the metadata documents, zero-byte files and
+files of no array are read (small) and stored as an upload stores them, so Zarr v2 stays v2 and
+``export`` gives the same files. The checksum recomputed from the listing (the archive's
+``dandi-zarr-checksum`` is computed from ETags) must equal the one the archive recorded, and the
+listing must not change while the repository is written, or nothing is committed. The legacy
+objects and their URLs are untouched.
+
+>>> migrate_zarr(location, zarr_id, expected_checksum=archive_recorded_checksum)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import icechunk
+from zarr.buffer import cpu
+
+from ..errors import DandiIcechunkError, InvalidArgumentError, RepositoryNotFoundError
+from ..hierarchy import Hierarchy, is_document, node_key
+from ..index import DigestIndex, FileDigest, store_index
+from ..location import StorageLocation, validate_zarr_id
+from ..objects import prefix_objects
+from ..records import JsonRecord
+from ..reuse import register_checksum
+from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, current_user, manifest_splitting
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+class MigrationError(DandiIcechunkError):
+    """A legacy Zarr cannot be migrated as it is: nothing was committed."""
+
+
+@dataclass(frozen=True)
+class MigrationResult(JsonRecord):
+    """What a migration made: one snapshot whose chunks reference the legacy objects."""
+
+    zarr_id: str
+    repository: str
+    snapshot_id: str
+    zarr_checksum: str
+    file_count: int
+    size: int
+    virtual_chunks: int
+    stored_files: int
+    stored_bytes: int
+
+
+def migrate_zarr(
+    location: StorageLocation,
+    zarr_id: str,
+    *,
+    expected_checksum: str,
+    embargoed: bool = False,
+    dandiset: str | None = None,
+    user: str | None = None,
+) -> MigrationResult:
+    """Make the legacy Zarr ``zarr_id`` at ``location`` a repository (its ``main`` branch), with
+    its chunks referenced in place. Raises :class:`MigrationError` (nothing committed) when the
+    listing's checksum is not ``expected_checksum``, an ETag is no MD5 (a multipart upload), the
+    Zarr is empty or changes meanwhile, or the repository already holds an upload. Run again
+    after a failure: a repository left without a commit is taken over."""
+    zarr_id = validate_zarr_id(zarr_id)
+    if location.kind != "s3":
+        raise InvalidArgumentError("legacy Zarrs live in the archive's S3 bucket; give an s3:// location")
+    legacy = prefix_objects(location, location.legacy_prefix(zarr_id))
+    listing = _listing(legacy, location, zarr_id)
+    files = {key: FileDigest(etag, size) for key, (etag, size) in listing.items()}
+    checksum = DigestIndex(None, files).zarr_checksum()
+    if checksum != expected_checksum:
+        raise MigrationError(
+            f"the objects of Zarr {zarr_id} have checksum {checksum}, the archive recorded "
+            f"{expected_checksum}: the Zarr changed or is incomplete; nothing was migrated"
+        )
+    documents = {k: _read(legacy, k) for k, d in files.items() if is_document(k) or d.size == 0}
+    hierarchy = Hierarchy.from_documents(documents)
+    chunks, stray = hierarchy.chunk_keys(k for k in files if k not in documents)
+    documents.update({k: _read(legacy, k) for k in stray})
+    index = DigestIndex(hierarchy.zarr_format, files, documents)
+
+    config = icechunk.RepositoryConfig(manifest=icechunk.ManifestConfig(splitting=manifest_splitting(hierarchy)))
+    config.set_virtual_chunk_container(location.legacy_container_config())
+    repository = _repository(location, zarr_id, embargoed, config)
+    session = repository.writable_session(DEFAULT_BRANCH)
+    base = session.snapshot_id
+    container = f"{location.legacy_container()}{zarr_id}/"
+
+    async def write_nodes() -> None:
+        for path in sorted(hierarchy.nodes, key=lambda p: (p.count("/"), p) if p else (-1, p)):
+            await session.store.set(node_key(path), cpu.Buffer.from_bytes(hierarchy.nodes[path].icechunk_document))
+
+    asyncio.run(write_nodes())
+    for key, target in chunks.items():
+        etag, size = listing[key]
+        session.store.set_virtual_ref(target, container + key, offset=0, length=size, checksum=f'"{etag}"')
+    if _listing(legacy, location, zarr_id) != listing:
+        raise MigrationError(f"Zarr {zarr_id} changed while it was being migrated; nothing was migrated, run again")
+
+    def info_for(parent: str) -> CommitInfo:
+        if parent != base:
+            raise MigrationError(f"someone committed to {zarr_id} during its migration; nothing was migrated")
+        return CommitInfo(
+            zarr_checksum=checksum, file_count=index.file_count, size=index.size,
+            index_id=store_index(repository.objects, index), zarr_format=index.zarr_format,
+            user=user or current_user(), dandiset=dandiset,
+        )
+
+    snapshot_id = repository.commit(session, f"Migrate Zarr {zarr_id} in place ({len(chunks)} chunks referenced)", info_for)
+    register_checksum(location, checksum, zarr_id, snapshot_id, embargoed=repository.embargoed)
+    return MigrationResult(
+        zarr_id=zarr_id, repository=repository.url, snapshot_id=snapshot_id, zarr_checksum=checksum,
+        file_count=index.file_count, size=index.size, virtual_chunks=len(chunks),
+        stored_files=len(documents), stored_bytes=sum(len(v) for v in documents.values()),
+    )
+
+
+def _listing(legacy: object, location: StorageLocation, zarr_id: str) -> dict[str, tuple[str, int]]:
+    """key -> (MD5 ETag, size) of every legacy object; refuses what a migration cannot pin."""
+    entries = legacy.listing()  # type: ignore[attr-defined]
+    if not entries:
+        raise MigrationError(f"no objects under {location.legacy_prefix(zarr_id)}: nothing to migrate")
+    found: dict[str, tuple[str, int]] = {}
+    multipart: list[str] = []
+    for entry in entries:
+        etag = entry["ETag"].strip('"')
+        if not _MD5.fullmatch(etag):
+            multipart.append(entry["Key"])
+        found[entry["Key"]] = (etag, int(entry["Size"]))
+    if multipart:
+        raise MigrationError(
+            f"{len(multipart)} object(s) of Zarr {zarr_id} have no MD5 ETag (multipart uploads; first: "
+            f"{sorted(multipart)[0]}): their checksum cannot be checked from the listing; nothing was migrated"
+        )
+    return found
+
+
+def _read(legacy: object, key: str) -> bytes:
+    data = legacy.get(key)  # type: ignore[attr-defined]
+    if data is None:
+        raise MigrationError(f"{key} disappeared during the migration; nothing was migrated, run again")
+    return bytes(data)
+
+
+def _repository(
+    location: StorageLocation, zarr_id: str, embargoed: bool, config: icechunk.RepositoryConfig
+) -> ZarrRepository:
+    """A new repository, or one an interrupted migration left without any upload."""
+    try:
+        existing = ZarrRepository.open(location, zarr_id, config=config)
+    except RepositoryNotFoundError:
+        existing = None
+    if existing is not None:
+        if existing.commit_info(existing.resolve()) is not None:
+            raise MigrationError(f"Zarr {zarr_id} is already an Icechunk repository with uploads; nothing to migrate")
+        existing.icechunk.save_config()
+        return existing
+    repository = ZarrRepository.open(location, zarr_id, create=True, embargoed=embargoed, config=config)
+    repository.icechunk.save_config()
+    return repository

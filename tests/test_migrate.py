@@ -1,0 +1,137 @@
+"""Migrating a Zarr the archive stored the old way (objects under zarr/<zarr_id>/, one PUT with
+Content-MD5 each, as dandi-cli uploads) into a repository that references them in place."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import icechunk
+import numpy as np
+import pytest
+import zarr
+
+from dandi_icechunk.archive.migrate import MigrationError, migrate_zarr
+from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.objects import prefix_objects, repository_objects
+from dandi_icechunk.read import open_dataset
+from dandi_icechunk.read.export import export_snapshot
+from dandi_icechunk.reuse import find_by_checksum
+from dandi_icechunk.session import ZarrRepository
+from dandi_icechunk.snapshot_files import verify_snapshot
+from dandi_icechunk.testing import S3Server, make_ome_zarr_v2
+from dandi_icechunk.upload import upload_zarr
+
+from .conftest import reference_checksum, tree_bytes
+
+
+def _legacy_upload(server: S3Server, location: StorageLocation, zarr_id: str, src: Path) -> dict[str, str]:
+    """PUT every file under zarr/<zarr_id>/ with Content-MD5, as dandi-cli's presigned uploads do."""
+    client = server.client()
+    etags = {}
+    for key, data in tree_bytes(src).items():
+        md5 = hashlib.md5(data)
+        client.put_object(Bucket=server.bucket, Key=f"{location.legacy_prefix(zarr_id)}/{key}", Body=data,
+                          ContentMD5=base64.b64encode(md5.digest()).decode())
+        etags[key] = md5.hexdigest()
+    return etags
+
+
+def test_a_legacy_zarr_becomes_a_repository_of_references_without_copying_a_chunk(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    files = tree_bytes(src)
+    _legacy_upload(s3_server, s3_location, zarr_id, src)
+    legacy_before = prefix_objects(s3_location, s3_location.legacy_prefix(zarr_id)).listing()  # type: ignore[attr-defined]
+
+    result = migrate_zarr(s3_location, zarr_id, expected_checksum=reference_checksum(src), dandiset="000123")
+    assert result.zarr_checksum == reference_checksum(src) and result.file_count == len(files)
+    assert result.virtual_chunks + result.stored_files == len(files) and result.virtual_chunks > 0
+    repo_keys = [k for k, _, _ in repository_objects(s3_location, zarr_id).list_with_times("chunks/")]
+    assert repo_keys == []  # zero chunk bytes copied
+    assert prefix_objects(s3_location, s3_location.legacy_prefix(zarr_id)).listing() == legacy_before  # type: ignore[attr-defined]
+
+    repo = ZarrRepository.open(s3_location, zarr_id)
+    out = export_snapshot(repo, tmp_path / "out.zarr")
+    assert tree_bytes(Path(out.destination)) == files  # v2 stays v2, byte for byte
+    assert verify_snapshot(repo).ok
+    level0 = np.asarray(zarr.open_array(str(src / "0"), mode="r")[:])
+    np.testing.assert_array_equal(open_dataset(zarr_id, location=s3_location, group="0")["image"].values, level0)
+    assert find_by_checksum(s3_location, result.zarr_checksum) == (zarr_id, result.snapshot_id)
+
+    # plain Icechunk reads it too, once the legacy container is authorized
+    storage = s3_location.icechunk_storage(zarr_id)
+    plain = icechunk.Repository.open(storage, authorize_virtual_chunk_access=s3_location.legacy_access())
+    group = zarr.open_group(plain.readonly_session(snapshot_id=result.snapshot_id).store, mode="r")
+    np.testing.assert_array_equal(group["0"][:], level0)
+
+    # an upload on top writes native chunks for what changed and keeps the rest referenced
+    zarr.open_array(str(src / "0"), mode="r+")[0, 0:4, 0:4] = 1
+    changed = upload_zarr(src, s3_location, zarr_id, dedup=False)
+    assert changed.files_written == 1
+    again = export_snapshot(ZarrRepository.open(s3_location, zarr_id), tmp_path / "again.zarr")
+    assert tree_bytes(Path(again.destination)) == tree_bytes(src)
+
+
+def test_an_overwritten_legacy_object_is_caught_by_verify_not_read_silently(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    _legacy_upload(s3_server, s3_location, zarr_id, src)
+    migrate_zarr(s3_location, zarr_id, expected_checksum=reference_checksum(src))
+    chunk = next(k for k in tree_bytes(src) if k.startswith("0/0"))
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=f"{s3_location.legacy_prefix(zarr_id)}/{chunk}",
+                                  Body=b"overwritten")
+    problems = verify_snapshot(ZarrRepository.open(s3_location, zarr_id)).problems
+    assert any(chunk in p for p in problems)
+
+
+@pytest.mark.parametrize(("fault", "said"), [("wrong checksum", "the archive recorded"),
+                                            ("multipart etag", "no MD5 ETag"), ("empty", "nothing to migrate")])
+def test_a_zarr_that_cannot_be_checked_is_refused_and_nothing_is_committed(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path, fault: str, said: str
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    expected = reference_checksum(src)
+    if fault != "empty":
+        _legacy_upload(s3_server, s3_location, zarr_id, src)
+    if fault == "wrong checksum":
+        expected = "0" * 32 + "-1--1"
+    if fault == "multipart etag":
+        client = s3_server.client()
+        key = f"{s3_location.legacy_prefix(zarr_id)}/0/.zarray"
+        upload = client.create_multipart_upload(Bucket=s3_server.bucket, Key=key)
+        part = client.upload_part(Bucket=s3_server.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1,
+                                  Body=(src / "0" / ".zarray").read_bytes())
+        client.complete_multipart_upload(Bucket=s3_server.bucket, Key=key, UploadId=upload["UploadId"],
+                                         MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    with pytest.raises(MigrationError, match=said) as refused:
+        migrate_zarr(s3_location, zarr_id, expected_checksum=expected)
+    assert "\n" not in str(refused.value)
+    try:
+        repo = ZarrRepository.open(s3_location, zarr_id)
+    except Exception:
+        return  # no repository at all
+    assert repo.commit_info(repo.resolve()) is None
+
+
+def test_the_migrate_command_says_what_it_did_or_why_not_in_one_line(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from dandi_icechunk.cli import main
+
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    _legacy_upload(s3_server, s3_location, zarr_id, src)
+    storage = f"s3://{s3_server.bucket}/{s3_location.prefix}?endpoint_url={s3_server.endpoint_url}"
+    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key_id, "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key}
+    refused = CliRunner().invoke(main, ["--storage", storage, "migrate", zarr_id, "--checksum", "x"], env=env)
+    assert refused.exit_code != 0 and "the archive recorded x" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    done = CliRunner().invoke(main, ["--storage", storage, "migrate", zarr_id, "--checksum", reference_checksum(src),
+                                     "--json"], env=env)
+    assert done.exit_code == 0, done.output
+    assert '"virtual_chunks"' in done.output
