@@ -248,7 +248,7 @@ def table(summary: dict[str, Any], sizes: dict[str, dict[str, int]], rounds: int
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any]) -> Path | None:
+def plot(summary: dict[str, Any], sizes: dict[str, dict[str, int]]) -> Path | None:
     try:
         import matplotlib.pyplot as plt
         from plots import COLORS, _save
@@ -270,7 +270,8 @@ def plot(summary: dict[str, Any]) -> Path | None:
                     hi.append(r["s"]["max"] - r["s"]["median"])
             ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, color=colors[key], label=CONTENDERS[key][0])
         ax.set_xticks(range(len(PHASES)), list(PHASES.values()))
-        ax.set(ylabel="dandi upload wall time (s)", title=f"{name} Zarr (median, min-max)")
+        ax.set(ylabel="dandi upload wall time (s)",
+               title=f"{name} Zarr, {sizes[name]['bytes'] / 1e6:.0f} MB in {sizes[name]['files']} files (median, min-max)")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, OUT / "dandi-upload.png")
@@ -316,7 +317,7 @@ def main() -> None:
         "sizes": sizes, "summary": summary, "runs": runs,
     }
     write_results(OUT, "dandi-upload", results, table(summary, sizes, args.rounds))
-    plot(summary)
+    plot(summary, sizes)
     failed = [(n, p, k) for n, ps in summary.items() for p, row in ps.items() for k in CONTENDERS
               if row[k].get("errors") or not row[k].get("route_as_expected", False)]
     if failed:

@@ -63,7 +63,8 @@ def test_a_legacy_zarr_becomes_a_repository_of_references_without_copying_a_chun
 
     # plain Icechunk reads it too, once the legacy container is authorized
     storage = s3_location.icechunk_storage(zarr_id)
-    plain = icechunk.Repository.open(storage, authorize_virtual_chunk_access=s3_location.legacy_access())
+    access = s3_location.virtual_chunk_access([s3_location.legacy_container()])
+    plain = icechunk.Repository.open(storage, authorize_virtual_chunk_access=access)
     group = zarr.open_group(plain.readonly_session(snapshot_id=result.snapshot_id).store, mode="r")
     np.testing.assert_array_equal(group["0"][:], level0)
 

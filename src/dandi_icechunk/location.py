@@ -21,7 +21,7 @@ import dataclasses
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +107,7 @@ class StorageLocation:
     credentials: S3Credentials | None = None
     anonymous: bool = False
     credentials_provider: CredentialsProvider | None = None
+    legacy_root: str = LEGACY_PREFIX
 
     @classmethod
     def parse(cls, url: str) -> StorageLocation:
@@ -198,12 +199,13 @@ class StorageLocation:
 
     def legacy_prefix(self, zarr_id: str) -> str:
         """Key prefix of the Zarr ``zarr_id`` as the archive stored it before Icechunk
-        (``zarr/<zarr_id>``): the objects a migrated repository references in place."""
-        return "/".join(p for p in (self.prefix, LEGACY_PREFIX, validate_zarr_id(zarr_id)) if p)
+        (``zarr/<zarr_id>``, at the bucket's root, ``legacy_root`` being the archive's
+        ``DANDI_ZARR_PREFIX_NAME``): the objects a migrated repository references in place."""
+        return f"{self.legacy_root}/{validate_zarr_id(zarr_id)}"
 
     def legacy_container(self) -> str:
         """The URL prefix of the virtual chunk container holding the legacy Zarrs."""
-        return f"s3://{self.bucket}/" + "/".join(p for p in (self.prefix, LEGACY_PREFIX) if p) + "/"
+        return f"s3://{self.bucket}/{self.legacy_root}/"
 
     def legacy_container_config(self) -> icechunk.VirtualChunkContainer:
         """The virtual chunk container of the legacy Zarrs, as a migrated repository declares it."""
@@ -214,10 +216,12 @@ class StorageLocation:
         )
         return icechunk.VirtualChunkContainer(self.legacy_container(), store)
 
-    def legacy_access(self) -> dict[str, Any]:
-        """``authorize_virtual_chunk_access`` for reading the legacy Zarrs with this location's
-        credentials (none for local locations)."""
-        if self.kind != "s3":
+    def virtual_chunk_access(self, containers: Iterable[str]) -> dict[str, Any]:
+        """``authorize_virtual_chunk_access`` for the virtual chunk ``containers`` (URL prefixes)
+        of a repository that lie in this location's bucket, with this location's credentials:
+        a migrated repository's legacy objects. Containers elsewhere get nothing of ours."""
+        own = [c for c in containers if self.kind == "s3" and c.startswith(f"s3://{self.bucket}/")]
+        if not own:
             return {}
         if self.credentials_provider is not None:
             creds: Any = icechunk.s3_credentials(get_credentials=_IcechunkCredentials(self.credentials_provider))
@@ -227,7 +231,7 @@ class StorageLocation:
                                             session_token=c.session_token)
         else:
             creds = icechunk.s3_credentials(anonymous=True) if self.anonymous else icechunk.s3_credentials(from_env=True)
-        return icechunk.containers_credentials({self.legacy_container(): creds})
+        return icechunk.containers_credentials(dict.fromkeys(own, creds))
 
     def repository_url(self, zarr_id: str, *, embargoed: bool = False) -> str:
         """The URL of the repository of ``zarr_id`` (no credentials in it), as published

@@ -156,6 +156,18 @@ def _icechunk_errors(what: str) -> Iterator[None]:
 
 
 
+def _with_virtual_access(
+    repo: icechunk.Repository, location: StorageLocation, storage: icechunk.Storage,
+    config: icechunk.RepositoryConfig | None,
+) -> icechunk.Repository:
+    """``repo``, opened again with read access to its virtual chunk containers in the location's
+    bucket when it has any (a migrated Zarr's legacy objects)."""
+    access = location.virtual_chunk_access(repo.config.virtual_chunk_containers or {})
+    if not access:
+        return repo
+    return icechunk.Repository.open(storage, config=config, authorize_virtual_chunk_access=access)
+
+
 class ZarrRepository:
     """The Icechunk repository of one Zarr asset, with DANDI's view of its snapshots."""
 
@@ -212,9 +224,7 @@ class ZarrRepository:
                     except AccessDeniedError as exc:
                         refused, found = refused or exc, False
                 if found:
-                    repo = icechunk.Repository.open(
-                        storage, config=config, authorize_virtual_chunk_access=location.legacy_access() or None
-                    )
+                    repo = _with_virtual_access(icechunk.Repository.open(storage, config=config), location, storage, config)
                     return cls(location, zarr_id, repo, embargoed=area)
             if refused is not None and not create:
                 raise AccessDeniedError(
@@ -227,9 +237,7 @@ class ZarrRepository:
                     "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
                 )
             storage = location.icechunk_storage(zarr_id, embargoed=embargoed)
-            repo = icechunk.Repository.open_or_create(
-                storage, config=config, authorize_virtual_chunk_access=location.legacy_access() or None
-            )
+            repo = icechunk.Repository.open_or_create(storage, config=config)
             return cls(location, zarr_id, repo, embargoed=embargoed)
         except DandiIcechunkError:
             raise

@@ -50,11 +50,13 @@ def _location() -> StorageLocation:
     storage = default_storage
     key, secret = getattr(storage, "access_key", None), getattr(storage, "secret_key", None)
     credentials = S3Credentials(key, secret, getattr(storage, "security_token", None)) if key and secret else None
+    legacy_root = getattr(settings, "DANDI_ZARR_PREFIX_NAME", "zarr")  # where the archive's own Zarrs are
     url = getattr(settings, "DANDI_ICECHUNK_STORAGE_URL", None)
     if url:
-        return dataclasses.replace(StorageLocation.parse(url), credentials=credentials)
+        return dataclasses.replace(StorageLocation.parse(url), credentials=credentials, legacy_root=legacy_root)
     return StorageLocation(
         kind="s3",
+        legacy_root=legacy_root,
         bucket=storage.bucket_name,
         prefix=getattr(settings, "DANDI_ICECHUNK_PREFIX", ""),
         endpoint_url=getattr(storage, "endpoint_url", None),

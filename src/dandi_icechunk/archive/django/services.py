@@ -8,6 +8,7 @@ asset its Dandiset's finalized snapshot and a published asset its own. Validate 
 :func:`prepare_publish` runs inside the publish transaction and tags after it commits. Files:
 :func:`files` lists and downloads a snapshot's files (:mod:`.files`). Reuse:
 :func:`attach` gives another Dandiset its own draft of a Zarr. Embargo: :func:`unembargo`.
+Migration: :func:`migrate` makes a plain Zarr a repository in place.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ...session import DEFAULT_BRANCH
 from ..credentials import CredentialVendor, VendedCredentials
 from ..embargo import unembargo_zarr
 from ..finalize import attach_draft, finalize_draft
+from ..migrate import migrate_zarr
 from ..publish import CHECKSUM_KEY
 from ..publish import check_publishable as _check_assets
 from ..publish import prepare_publish as _prepare_assets
@@ -283,6 +285,30 @@ def reopen_draft_on_refusal(dandiset_id: int) -> Iterator[None]:
         ).update(status=Version.Status.PENDING)
         logger.error("publish of Dandiset %s refused (draft reopened: %s): %s",
                      dandiset_id, bool(reopened), first_line(exc))
+
+
+def migrate(zarr_id: str) -> IcechunkDraft:
+    """Make a plain Zarr (Complete, its checksum recorded) an Icechunk repository in place, its
+    chunks referenced where they are (``docs/migration.md``); from then on it is an Icechunk
+    Zarr: presigned uploads are refused, its draft asset names the snapshot, it can be published.
+    The Zarr stays locked while its objects are read, so no presigned upload changes them."""
+    with transaction.atomic():
+        zarr = ZarrArchive.objects.select_for_update(of=["self"]).select_related("dandiset").get(zarr_id=zarr_id)
+        if is_icechunk(zarr):
+            raise DandiError(f"Zarr {zarr.zarr_id} is already an Icechunk repository", status.HTTP_400_BAD_REQUEST)
+        if zarr.status != ZarrArchiveStatus.COMPLETE or not zarr.checksum:
+            raise DandiError(f"Zarr {zarr.zarr_id} is {zarr.status}: finalize it before migrating it",
+                             status.HTTP_400_BAD_REQUEST)
+        try:
+            result = migrate_zarr(AdapterSettings.load().location, str(zarr.zarr_id), expected_checksum=zarr.checksum,
+                                  embargoed=zarr.embargoed, dandiset=zarr.dandiset.identifier)
+        except DandiIcechunkError as exc:
+            raise DandiError(f"cannot migrate Zarr {zarr.zarr_id}: {first_line(exc)}", status.HTTP_409_CONFLICT) from None
+        icechunk_zarr = IcechunkZarr.objects.create(zarr_archive=zarr)
+        return IcechunkDraft.objects.create(
+            zarr=icechunk_zarr, dandiset=zarr.dandiset, branch=DEFAULT_BRANCH, snapshot_id=result.snapshot_id,
+            checksum=result.zarr_checksum, size=result.size, file_count=result.file_count,
+        )
 
 
 def unembargo(dandiset: Dandiset) -> None:

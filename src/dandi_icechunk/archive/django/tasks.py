@@ -5,7 +5,9 @@
 - :func:`audit_embargoed_zarrs`: no embargoed Icechunk Zarr can be read without credentials;
 - :func:`collect_zarr_garbage`: each repository's unreachable objects older than the restore
   window, keeping every snapshot a published asset names;
-- :func:`revoke_expired_credentials`: delete vended upload users whose credentials expired.
+- :func:`revoke_expired_credentials`: delete vended upload users whose credentials expired;
+- :func:`migrate_zarr_archive`: make one plain Zarr an Icechunk repository in place (run by the
+  operator, one task per Zarr: Celery spreads them over its workers).
 
 :data:`~.schedule.BEAT_SCHEDULE` runs them.
 """
@@ -16,6 +18,7 @@ import logging
 
 from celery import shared_task
 from dandiapi.api.models import Asset, Dandiset
+from dandiapi.api.services.exceptions import DandiError
 
 from ...errors import RepositoryNotFoundError
 from ...reference import SnapshotReference
@@ -91,3 +94,16 @@ def revoke_expired_credentials() -> int:
     conf = AdapterSettings.load()
     return CredentialVendor(conf.location, ttl=conf.credentials_ttl, role_arn=conf.upload_role_arn).revoke_expired()
 
+
+
+@shared_task(soft_time_limit=6 * 3600)
+def migrate_zarr_archive(zarr_id: str) -> dict:
+    """Migrate one plain Zarr in place (:func:`.services.migrate`); its result, or why not."""
+    from .services import migrate
+
+    try:
+        draft = migrate(zarr_id)
+    except DandiError as exc:
+        logger.error("migration of Zarr %s refused: %s", zarr_id, exc.message)
+        return {"zarr_id": zarr_id, "migrated": False, "error": exc.message}
+    return {"zarr_id": zarr_id, "migrated": True, "snapshot_id": draft.snapshot_id, "checksum": draft.checksum}
