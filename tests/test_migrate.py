@@ -136,3 +136,36 @@ def test_the_migrate_command_says_what_it_did_or_why_not_in_one_line(
                                      "--json"], env=env)
     assert done.exit_code == 0, done.output
     assert '"virtual_chunks"' in done.output
+
+
+def test_publishing_a_migrated_zarr_holds_its_legacy_objects_and_the_audit_restores_an_overwritten_one(
+    locked_s3_server: S3Server, zarr_id: str, tmp_path: Path
+) -> None:
+    from dandi_icechunk.archive.audit import Publication, audit_publications, protect_published_objects
+    from dandi_icechunk.archive_hooks import publish_dandiset
+    from dandi_icechunk.testing import draft_zarr_asset
+
+    location = locked_s3_server.location(prefix=f"t-{zarr_id[:8]}")
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    etags = _legacy_upload(locked_s3_server, location, zarr_id, src)
+    result = migrate_zarr(location, zarr_id, expected_checksum=reference_checksum(src))
+    published = publish_dandiset(
+        "000123", "0.260101.1200", [draft_zarr_asset(zarr_id, src.name, result.zarr_checksum, result.size)],
+        location=location,
+    )[0]
+    held = protect_published_objects(location, zarr_id)
+    client = locked_s3_server.client()
+    chunk = next(k for k in etags if k.startswith("0/0"))
+    legacy_key = f"{location.legacy_prefix(zarr_id)}/{chunk}"
+    [version] = client.list_object_versions(Bucket=locked_s3_server.bucket, Prefix=legacy_key)["Versions"]
+    hold = client.get_object_legal_hold(Bucket=locked_s3_server.bucket, Key=legacy_key, VersionId=version["VersionId"])
+    assert hold["LegalHold"]["Status"] == "ON" and held.objects_held >= result.virtual_chunks
+
+    client.put_object(Bucket=locked_s3_server.bucket, Key=legacy_key, Body=b"tampered")
+    publication = Publication.from_asset(published)
+    report = audit_publications([publication], location)
+    assert any(f"legacy object {chunk} overwritten" in p for p in report.problems)
+    repaired = audit_publications([publication], location, repair=True)
+    assert repaired.ok and any(f"restored overwritten legacy object {chunk}" in r for r in repaired.repairs)
+    level0 = np.asarray(zarr.open_array(str(src / "0"), mode="r")[:])
+    np.testing.assert_array_equal(open_dataset(published, credentials=location.credentials, group="0")["image"].values, level0)

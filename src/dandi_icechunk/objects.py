@@ -344,9 +344,14 @@ def versioned_objects(
     location: StorageLocation, zarr_id: str, *, embargoed: bool = False
 ) -> VersionedObjects | None:
     """Version access to a repository prefix, or ``None`` where the bucket keeps no versions."""
+    return versioned_prefix(location, location.repository_prefix(zarr_id, embargoed=embargoed))
+
+
+def versioned_prefix(location: StorageLocation, prefix: str) -> VersionedObjects | None:
+    """Version access to ``prefix`` in the bucket, or ``None`` where the bucket keeps no versions."""
     if location.kind != "s3":
         return None
-    objects = _S3Objects(location, location.repository_prefix(zarr_id, embargoed=embargoed))
+    objects = _S3Objects(location, prefix)
     with _storage_errors(f"reading the versioning of s3://{location.bucket}"):
         status = objects._client.get_bucket_versioning(Bucket=location.bucket).get("Status")
     return objects if status == "Enabled" else None

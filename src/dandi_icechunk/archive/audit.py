@@ -7,7 +7,10 @@ published metadata. Reading every file finds deleted and overwritten objects pre
 Repair needs a versioned bucket (DANDI's is, and nobody may delete object versions there):
 objects under Icechunk's write-once prefixes that were deleted or overwritten get their first
 version back, and a ``repo`` object that lost a tag or a snapshot is rolled back to its newest
-earlier version in which every publication of the repository is whole again.
+earlier version in which every publication of the repository is whole again. A migrated Zarr's
+published snapshots also reference legacy objects outside the repository (``zarr/<zarr_id>/``),
+pinned by ETag: the version with that ETag is held, an overwritten or deleted one is reported and
+brought back.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import icechunk
+
 from ..errors import AccessDeniedError, DandiIcechunkError
 from ..location import StorageLocation
 from ..objects import (
@@ -28,6 +33,7 @@ from ..objects import (
     VersionedObjects,
     repository_objects,
     versioned_objects,
+    versioned_prefix,
 )
 from ..records import JsonRecord
 from ..reference import SnapshotReference
@@ -143,9 +149,55 @@ def _check(
 
 
 def _damage(location: StorageLocation, zarr_id: str, pubs: list[Publication], jobs: int) -> list[str]:
-    """Everything wrong with the publications of one repository: tampered write-once objects,
-    then whatever reading every published snapshot back finds."""
-    return _tampered(location, zarr_id) + _check(location, zarr_id, pubs, jobs, deep=True)
+    """Everything wrong with the publications of one repository: tampered write-once objects and
+    legacy objects, then whatever reading every published snapshot back finds."""
+    legacy = [f"{zarr_id}: legacy object {key} {what}" for key, what, _ in _legacy_damage(location, zarr_id, pubs)]
+    return _tampered(location, zarr_id) + legacy + _check(location, zarr_id, pubs, jobs, deep=True)
+
+
+def legacy_references(location: StorageLocation, zarr_id: str, snapshot_ids: Iterable[str]) -> dict[str, str]:
+    """Key (under the legacy prefix of ``zarr_id``) -> pinned ETag of every legacy object the
+    snapshots reference (a migrated Zarr's chunks that no upload replaced)."""
+    if location.kind != "s3":
+        return {}
+    repo = ZarrRepository.open(location, zarr_id)
+    if location.legacy_container() not in (repo.icechunk.config.virtual_chunk_containers or {}):
+        return {}  # never migrated
+    container = f"{location.legacy_container()}{zarr_id}/"
+    pinned: dict[str, str] = {}
+    for snapshot_id in snapshot_ids:
+        locations = repo.icechunk.readonly_session(snapshot_id=snapshot_id).all_virtual_chunk_locations()
+        if not locations:
+            continue
+        files = repo.index(snapshot_id).files
+        for url in locations:
+            if url.startswith(container):
+                key = url[len(container):]
+                pinned[key] = files[key].md5
+    return pinned
+
+
+def _legacy_damage(location: StorageLocation, zarr_id: str, pubs: list[Publication]) -> list[tuple[str, str, str | None]]:
+    """(key, "overwritten" or "deleted", ID of the version with the pinned ETag or None) of each
+    referenced legacy object whose latest version is not the pinned one (versioned buckets)."""
+    try:
+        pinned = legacy_references(location, zarr_id, {p.snapshot_id for p in pubs})
+    except (DandiIcechunkError, icechunk.IcechunkError):
+        return []  # an unreadable repository or snapshot is reported by _check
+    objects = versioned_prefix(location, location.legacy_prefix(zarr_id)) if pinned else None
+    if objects is None:
+        return []
+    histories: dict[str, list[ObjectVersion]] = defaultdict(list)
+    for version in objects.versions(""):
+        histories[version.key].append(version)
+    damage: list[tuple[str, str, str | None]] = []
+    for key, etag in sorted(pinned.items()):
+        latest = next((v for v in histories[key] if v.is_latest), None)
+        if latest is not None and not latest.is_delete_marker and latest.etag.strip('"') == etag:
+            continue
+        original = next((v.version_id for v in histories[key] if not v.is_delete_marker and v.etag.strip('"') == etag), None)
+        damage.append((key, "deleted" if latest is None or latest.is_delete_marker else "overwritten", original))
+    return damage
 
 
 def _versioned(location: StorageLocation, zarr_id: str) -> VersionedObjects | None:
@@ -180,6 +232,13 @@ def _repair(location: StorageLocation, zarr_id: str, pubs: list[Publication]) ->
     if objects is None:
         return [f"{zarr_id}: cannot repair: the bucket keeps no object versions"]
     repairs = _restore_write_once_objects(zarr_id, objects)
+    legacy = versioned_prefix(location, location.legacy_prefix(zarr_id)) if location.kind == "s3" else None
+    for key, what, version_id in _legacy_damage(location, zarr_id, pubs):
+        if legacy is None or version_id is None:
+            repairs.append(f"{zarr_id}: cannot repair {what} legacy object {key}: no version with its ETag is left")
+            continue
+        legacy.restore(key, version_id)
+        repairs.append(f"{zarr_id}: restored {what} legacy object {key}")
     if _check(location, zarr_id, pubs, jobs=1, deep=False):
         repairs.extend(_roll_back_repo_object(location, zarr_id, pubs, objects))
     return repairs
@@ -196,7 +255,8 @@ class ProtectResult(JsonRecord):
 
 def protect_published_objects(location: StorageLocation, zarr_id: str) -> ProtectResult:
     """Put an Object Lock legal hold on the first version of every write-once object of a
-    repository (chunks, manifests, snapshots, transaction logs, digest indexes).
+    repository (chunks, manifests, snapshots, transaction logs, digest indexes), and on the
+    version of every legacy object a tagged (published) snapshot references.
 
     Icechunk does not tell which chunk objects a snapshot reaches, so this holds every object
     written so far: a superset of what the published snapshots reach. It grows with the
@@ -216,6 +276,13 @@ def protect_published_objects(location: StorageLocation, zarr_id: str) -> Protec
             objects.legal_hold(first.key, first.version_id)
             held += 1
             size += first.size
+    pinned = legacy_references(location, zarr_id, repo.tags_by_snapshot())
+    legacy = versioned_prefix(location, location.legacy_prefix(zarr_id)) if pinned else None
+    for version in legacy.versions("") if legacy is not None else ():
+        if not version.is_delete_marker and pinned.get(version.key) == version.etag.strip('"'):
+            legacy.legal_hold(version.key, version.version_id)
+            held += 1
+            size += version.size
     return ProtectResult(zarr_id=repo.zarr_id, objects_held=held, bytes_held=size)
 
 
