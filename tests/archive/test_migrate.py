@@ -36,7 +36,10 @@ def _presigned_upload(archive: Archive, zarr_id: str, files: dict[str, bytes]) -
         batch = keys[start : start + 255]
         urls = archive.call("POST", f"zarr/{zarr_id}/files/", json=[{"path": k, "base64md5": md5s[k]} for k in batch])
         for key, url in zip(batch, urls, strict=True):
-            assert requests.put(url, data=files[key], headers={"Content-MD5": md5s[key]}, timeout=60).ok
+            headers = {"Content-MD5": md5s[key]}
+            if "x-amz-tagging" in url:  # an embargoed Zarr's objects are tagged, as dandi-cli tags them
+                headers["x-amz-tagging"] = "embargoed=true"
+            assert requests.put(url, data=files[key], headers=headers, timeout=60).ok
     archive.call("POST", f"zarr/{zarr_id}/finalize/", expect=204)
 
 
@@ -78,3 +81,34 @@ def test_a_zarr_uploaded_the_old_way_migrates_in_place_and_then_publishes(
     assert SnapshotReference.from_asset(published).snapshot_id == outcome["snapshot_id"]
     assert published["digest"]["dandi:dandi-zarr-checksum"] == outcome["checksum"]
     np.testing.assert_array_equal(open_dataset(published, group="0")["image"].values, level0)
+
+
+def test_an_embargoed_zarr_migrates_under_the_private_prefix_and_stays_private(
+    live_server: Any, tmp_path: Path, adapter_location: StorageLocation, deny_embargoed_reads: Any
+) -> None:
+    from dandiapi.api.models import Dandiset
+
+    from dandi_icechunk.errors import DandiIcechunkError
+    from dandi_icechunk.session import ZarrRepository
+
+    owner = UserFactory.create()
+    dandiset = DraftVersionFactory.create(
+        dandiset__owners=[owner], dandiset__embargo_status=Dandiset.EmbargoStatus.EMBARGOED).dandiset.identifier
+    archive = Archive(live_server.url, api_key(owner))
+    zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
+    source = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    _presigned_upload(archive, zarr_id, local_tree(source))
+    created = archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
+                           json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    deny_embargoed_reads()
+
+    assert migrate_zarr_archive(zarr_id)["migrated"]
+    assert ZarrRepository.open(adapter_location, zarr_id).embargoed  # under zarr-icechunk-embargoed/
+    anonymous = StorageLocation(kind="s3", bucket=adapter_location.bucket, endpoint_url=adapter_location.endpoint_url,
+                                anonymous=True, legacy_root=adapter_location.legacy_root)
+    with pytest.raises(DandiIcechunkError):
+        ZarrRepository.open(anonymous, zarr_id).resolve()
+    asset = archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/{created['asset_id']}/")
+    level0 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
+    owned = open_dataset(asset, group="0", dandi_api_key=archive.api_key, dandi_api_url=archive.api)
+    np.testing.assert_array_equal(owned["image"].values, level0)
