@@ -169,3 +169,63 @@ def test_publishing_a_migrated_zarr_holds_its_legacy_objects_and_the_audit_resto
     assert repaired.ok and any(f"restored overwritten legacy object {chunk}" in r for r in repaired.repairs)
     level0 = np.asarray(zarr.open_array(str(src / "0"), mode="r")[:])
     np.testing.assert_array_equal(open_dataset(published, credentials=location.credentials, group="0")["image"].values, level0)
+
+
+def test_many_zarrs_migrate_from_an_s3_inventory_resumably_with_one_result_file_each(
+    locked_s3_server: S3Server, tmp_path: Path
+) -> None:
+    import csv
+    import gzip
+    import json
+    import uuid
+    from urllib.parse import quote
+
+    from click.testing import CliRunner
+
+    from dandi_icechunk.cli import main
+
+    server = locked_s3_server
+    location = server.location(prefix=f"t-{uuid.uuid4().hex[:8]}")
+    good, wrong, deleted = (str(uuid.uuid4()) for _ in range(3))
+    checksums = {}
+    for n, zarr_id in enumerate((good, wrong, deleted)):
+        src = make_ome_zarr_v2(tmp_path / f"{n}.ome.zarr")
+        _legacy_upload(server, location, zarr_id, src)
+        checksums[zarr_id] = reference_checksum(src)
+    client = server.client()
+    client.delete_object(Bucket=server.bucket, Key=f"{location.legacy_prefix(deleted)}/0/.zarray")  # a delete marker
+    inventory = tmp_path / "inventory.csv.gz"
+    with gzip.open(inventory, "wt", newline="") as f:  # what S3 Inventory writes: no header, keys URL-encoded
+        out = csv.writer(f)
+        for zarr_id in (good, wrong, deleted):
+            listed = client.list_object_versions(Bucket=server.bucket, Prefix=location.legacy_prefix(zarr_id) + "/")
+            for v in listed.get("Versions", []):
+                out.writerow([server.bucket, quote(v["Key"]), v["VersionId"], str(v["IsLatest"]).lower(), "false",
+                              v["Size"], v["LastModified"].isoformat(), v["ETag"].strip('"')])
+            for m in listed.get("DeleteMarkers", []):
+                out.writerow([server.bucket, quote(m["Key"]), m["VersionId"], str(m["IsLatest"]).lower(), "true",
+                              "", m["LastModified"].isoformat(), ""])
+
+    def plan(wrong_checksum: str) -> Path:
+        path = tmp_path / "zarrs.csv"
+        rows = [(good, checksums[good]), (wrong, wrong_checksum), (deleted, checksums[deleted])]
+        path.write_text("zarr_id,checksum\n" + "".join(f"{z},{c}\n" for z, c in rows))
+        return path
+
+    storage = f"s3://{server.bucket}/{location.prefix}?endpoint_url={server.endpoint_url}"
+    env = {"AWS_ACCESS_KEY_ID": server.access_key_id, "AWS_SECRET_ACCESS_KEY": server.secret_access_key}
+    results = tmp_path / "results"
+    command = ["--storage", storage, "migrate-many", "--results", str(results), "--inventory", str(inventory), "--json"]
+    first = CliRunner().invoke(main, [*command, str(plan("0" * 32 + "-1--1"))], env=env)
+    assert first.exit_code == 1
+    assert json.loads(first.output) == {"migrated": 1, "refused": 2, "skipped": 0}
+    outcome = {z: json.loads((results / f"{z}.json").read_text()) for z in (good, wrong, deleted)}
+    assert outcome[good]["migrated"] and outcome[good]["virtual_chunks"] > 0
+    assert "the archive recorded" in outcome[wrong]["error"]
+    assert "delete markers" in outcome[deleted]["error"]
+
+    again = CliRunner().invoke(main, [*command, str(plan(checksums[wrong]))], env=env)
+    assert json.loads(again.output) == {"migrated": 1, "refused": 1, "skipped": 1}
+    assert json.loads((results / f"{wrong}.json").read_text())["migrated"]
+    repo = ZarrRepository.open(location, wrong)
+    assert verify_snapshot(repo).ok

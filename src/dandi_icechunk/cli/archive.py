@@ -1,16 +1,22 @@
-"""What the archive runs, as commands: publish, audit, gc, attach, unembargo, migrate."""
+"""What the archive runs, as commands: publish, audit, gc, attach, unembargo, migrate, migrate-many."""
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..archive.audit import Publication
 from ..archive.gc import DEFAULT_RESTORE_WINDOW, collect_garbage
+from ..archive.migrate import inventory_listings
+from ..archive.migrate import migrate_many as migrate_many_zarrs
 from ..archive_hooks import (
     attach_zarr_to_dandiset,
     audit_published,
@@ -23,9 +29,11 @@ from ..location import validate_zarr_id
 from ..reference import ZARR_MEDIA_TYPE, SnapshotReference
 from .main import (
     emit,
+    jobs_option,
     json_option,
     main,
     one_ref,
+    progress_for,
     ref_options,
     size_text,
     user_errors,
@@ -210,3 +218,51 @@ def migrate(ctx: click.Context, zarr_id: str, checksum: str, dandiset: str | Non
         )
 
     emit(as_json, result.to_json(), text)
+
+
+_INVENTORY_COLUMNS = "Bucket,Key,VersionId,IsLatest,IsDeleteMarker,Size,LastModifiedDate,ETag"
+
+
+@main.command("migrate-many")
+@click.argument("zarrs_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory of per-Zarr result files (<zarr_id>.json); Zarrs already migrated there are skipped.")
+@click.option("--inventory", "inventories", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="S3 Inventory CSV file(s) (.csv or .csv.gz) of the bucket, instead of listing it.")
+@click.option("--inventory-columns", default=_INVENTORY_COLUMNS, show_default=True,
+              help="The inventory's columns (its manifest's fileSchema).")
+@click.option("--no-recheck", is_flag=True, help="Do not list each Zarr again before committing (with --inventory).")
+@jobs_option
+@json_option
+@click.pass_context
+def migrate_many(
+    ctx: click.Context, zarrs_csv: Path, results: Path, inventories: tuple[Path, ...], inventory_columns: str,
+    no_recheck: bool, jobs: int, as_json: bool,
+) -> None:
+    """Migrate every Zarr of ZARRS_CSV (columns zarr_id, checksum[, embargoed]), as `migrate`
+    does one, JOBS at a time; resumable, one result file per Zarr."""
+    with user_errors():
+        with zarrs_csv.open(newline="") as f:
+            zarrs = [(validate_zarr_id(r["zarr_id"]), r["checksum"], r.get("embargoed", "").lower() in ("1", "true"))
+                     for r in csv.DictReader(f)]
+        listings = None
+        if inventories:
+            columns = [c.strip() for c in inventory_columns.split(",")]
+            listings = inventory_listings(ctx.obj, _inventory_rows(inventories, columns))
+        counts = migrate_many_zarrs(ctx.obj, zarrs, results, listings=listings, recheck=not no_recheck, jobs=jobs,
+                                    progress=progress_for(as_json))
+
+    def text() -> None:
+        click.echo(f"{counts['migrated']} migrated, {counts['refused']} refused (see {results}), "
+                   f"{counts['skipped']} already migrated")
+
+    emit(as_json, counts, text)
+    if counts["refused"]:
+        sys.exit(1)
+
+
+def _inventory_rows(paths: tuple[Path, ...], columns: list[str]) -> Iterator[dict[str, str]]:
+    for path in paths:
+        with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="")) as f:
+            for row in csv.reader(f):
+                yield dict(zip(columns, row, strict=False))
