@@ -288,3 +288,30 @@ def test_bad_uploads_end_in_one_clear_error_and_create_nothing(
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("Error:") and said in last, refused.stderr[-2000:]
     assert _call(archive, "GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0
+
+
+def test_a_zarr_uploaded_by_plain_dandi_cli_migrates_in_place_then_publishes_and_downloads(
+    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path, tmp_path: Path
+) -> None:
+    """The legacy route end to end: dandi-cli's own presigned upload, the archive's migration
+    (no byte copied), publish, and dandi download of the published version."""
+    source = make_ome_zarr_v2(dandiset_dir / ZARR)
+    plain = [str(Path(sys.executable).with_name("dandi")), "upload", "-i", archive["api_url"], "--validation", "skip"]
+    from dandi.utils import get_instance
+
+    env = {**os.environ, get_instance(archive["api_url"]).name.upper().replace("-", "_") + "_API_KEY": archive["api_key"]}
+    uploaded = subprocess.run(plain, cwd=dandiset_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert uploaded.returncode == 0, uploaded.stderr[-2000:]
+    zarr_id = _zarr_id(archive, dandiset_dir.name)
+    migrated = _call(archive, "POST", f"zarr/{zarr_id}/icechunk/migrate/")
+    from dandi.support.digests import get_zarr_checksum
+
+    assert migrated["checksum"] == get_zarr_checksum(source)
+    assert _call(archive, "GET", f"zarr/{zarr_id}/icechunk/")["icechunk"] is True
+    version = _publish(archive, dandiset_dir.name)
+    out = tmp_path / "download"
+    out.mkdir()
+    got = _dandi(archive, "patched", patched_dandi, out, "download", "-i", archive["api_url"], "--download", "assets",
+                 f"{archive['api_url']}/dandisets/{dandiset_dir.name}/versions/{version}/")
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert _tree(out / dandiset_dir.name / ZARR if (out / dandiset_dir.name).exists() else out / ZARR) == _tree(source)

@@ -1,4 +1,5 @@
-"""The adapter's endpoints: begin an Icechunk upload, renew its credentials, see its state."""
+"""The adapter's endpoints: begin an Icechunk upload, renew its credentials, see its state,
+migrate a plain Zarr in place."""
 
 from __future__ import annotations
 
@@ -95,3 +96,13 @@ def state_view(request: Request, zarr_id: str) -> Response:
             for d in drafts
         ],
     })
+
+
+@api_view(["POST"])
+def migrate_view(request: Request, zarr_id: str) -> Response:
+    """Make a plain Zarr (Complete) an Icechunk repository in place, its chunks referenced where
+    they are (owners only): from then on it uploads through Icechunk and can be published."""
+    zarr = _owned_zarr(request, zarr_id, lock=False)
+    draft = services.migrate(str(zarr.zarr_id))
+    return Response({"zarr_id": str(zarr.zarr_id), "snapshot_id": draft.snapshot_id, "checksum": draft.checksum,
+                     "file_count": draft.file_count, "size": draft.size})
