@@ -189,7 +189,7 @@ def test_snapshot_files_list_pages_by_prefix_and_read_files_as_uploaded(
     repo = ZarrRepository.open(location, zarr_id)
     files = SnapshotFiles.open(repo, repo.resolve())
     on_disk = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
-    assert list(files.keys) == on_disk
+    assert files.list() == on_disk
     level0 = [k for k in on_disk if k.startswith("0")]  # a string prefix, as S3's: "0/..." and "0/.zarray"
     assert files.list(prefix="0") == level0
     pages, after = [], ""

@@ -6,17 +6,27 @@ The index lets an upload decide what changed without reading chunks back, gives 
 ``dandi-zarr-checksum`` of the snapshot, and keeps the metadata documents exactly as uploaded.
 Index objects are content-addressed (ID = SHA-256 of the bytes) and written once, before the
 commit that names them: a crash leaves at most an unreferenced index, never a wrong one.
+
+Large indexes are split into shards (format 2): runs of keys in sorted order whose boundaries
+fall where a key's hash says so (content-defined), so a change touches only its own shard, and
+an update writes only the shards that changed; the root object names them with their key
+ranges. :class:`IndexReader` reads one shard at a time, for readers that must not hold a whole
+index in memory (the HTTP view, the archive's files endpoint).
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import gzip
 import hashlib
 import json
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
@@ -24,7 +34,13 @@ from .hierarchy import is_document
 from .objects import RepositoryObjects
 
 INDEX_PREFIX = "dandi/index/"
-_FORMAT = "dandi-icechunk-index/1"
+SHARD_PREFIX = f"{INDEX_PREFIX}shards/"
+_FORMAT_V1 = "dandi-icechunk-index/1"
+_FORMAT = "dandi-icechunk-index/2"
+SHARD_TARGET = 4096
+"""Expected files per shard; an index of at most this many files keeps them in its root."""
+_SHARD_MAX = 4 * SHARD_TARGET
+_READ_SHARDS = 16
 
 
 @dataclass(frozen=True)
@@ -94,55 +110,193 @@ class DigestIndex:
                 documents[key] = source.documents[key]
         return DigestIndex(zarr_format=source.zarr_format, files=files, documents=documents)
 
-    def to_bytes(self) -> bytes:
-        """Deterministic serialization (gzip-compressed JSON, keys sorted)."""
+    def root_body(self) -> dict[str, Any]:
+        """The root object's fields other than the files: format, Zarr format, documents."""
         documents: dict[str, str] = {}
-        extras: dict[str, bytes] = {}
+        extras: dict[str, str] = {}
         for key, data in sorted(self.documents.items()):
             if is_document(key):
                 documents[key] = data.decode()
             else:
-                extras[key] = data
-        body: dict[str, object] = {
-            "format": _FORMAT,
-            "zarr_format": self.zarr_format,
-            "files": {k: [d.md5, d.size] for k, d in sorted(self.files.items())},
-            "documents": documents,
-        }
-        if extras:  # absent otherwise, so an index without them keeps its bytes (and ID)
-            body["extras"] = {k: base64.b64encode(v).decode() for k, v in extras.items()}
-        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        return gzip.compress(raw, compresslevel=6, mtime=0)
+                extras[key] = base64.b64encode(data).decode()
+        body: dict[str, Any] = {"format": _FORMAT, "zarr_format": self.zarr_format, "documents": documents}
+        if extras:
+            body["extras"] = extras
+        return body
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> DigestIndex:
-        """Inverse of :meth:`to_bytes`."""
-        body = json.loads(gzip.decompress(data))
-        if body.get("format") != _FORMAT:
-            raise IntegrityError(f"unknown digest index format {body.get('format')!r}")
-        return cls(
-            zarr_format=body["zarr_format"],
-            files={k: FileDigest(md5, size) for k, (md5, size) in body["files"].items()},
-            documents={
-                **{k: v.encode() for k, v in body["documents"].items()},
-                **{k: base64.b64decode(v) for k, v in body.get("extras", {}).items()},
-            },
-        )
+    def shards(self) -> list[list[tuple[str, FileDigest]]]:
+        """The files in sorted runs, cut after each key whose hash is a boundary (or at
+        ``_SHARD_MAX``): inserting or removing a key changes only its own run."""
+        runs: list[list[tuple[str, FileDigest]]] = [[]]
+        for key, digest in sorted(self.files.items()):
+            runs[-1].append((key, digest))
+            if _is_boundary(key) or len(runs[-1]) >= _SHARD_MAX:
+                runs.append([])
+        return [r for r in runs if r]
 
 
-def store_index(objects: RepositoryObjects, index: DigestIndex) -> str:
-    """Write ``index`` (if not already there) and return its ID."""
-    data = index.to_bytes()
+def _is_boundary(key: str) -> bool:
+    return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % SHARD_TARGET == 0
+
+
+def _gzip_json(body: Any) -> bytes:
+    """Deterministic bytes (keys in the order given, fixed mtime) of a JSON body."""
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def _files_body(run: Iterable[tuple[str, FileDigest]]) -> dict[str, list[Any]]:
+    return {k: [d.md5, d.size] for k, d in run}
+
+
+def _files(body: Mapping[str, list[Any]]) -> dict[str, FileDigest]:
+    return {k: FileDigest(md5, size) for k, (md5, size) in body.items()}
+
+
+def _documents(body: Mapping[str, Any]) -> dict[str, bytes]:
+    return {
+        **{k: v.encode() for k, v in body["documents"].items()},
+        **{k: base64.b64decode(v) for k, v in body.get("extras", {}).items()},
+    }
+
+
+def _get_checked(objects: RepositoryObjects, key: str, object_id: str, what: str) -> bytes:
+    data = objects.get(key)
+    if data is None:
+        raise IntegrityError(f"{what} {object_id} is missing from the repository")
+    if hashlib.sha256(data).hexdigest() != object_id:
+        raise IntegrityError(f"{what} {object_id} is corrupt (its bytes do not match its ID)")
+    return data
+
+
+def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored_shards: Iterable[str] = ()) -> str:
+    """Write ``index`` (its shards, then its root; what is already stored is not written again)
+    and return its ID. ``stored_shards``: shard IDs known to be stored (the parent's)."""
+    body = index.root_body()
+    if index.file_count <= SHARD_TARGET:
+        body["files"] = _files_body(sorted(index.files.items()))
+    else:
+        known = set(stored_shards)
+        table = []
+        for run in index.shards():
+            data = _gzip_json(_files_body(run))
+            shard_id = hashlib.sha256(data).hexdigest()
+            if shard_id not in known:
+                objects.put_if_absent(f"{SHARD_PREFIX}{shard_id}.json.gz", data)
+            table.append([run[0][0], run[-1][0], shard_id, len(run), sum(d.size for _, d in run)])
+        body["shards"] = table
+    data = _gzip_json(body)
     index_id = hashlib.sha256(data).hexdigest()
     objects.put_if_absent(f"{INDEX_PREFIX}{index_id}.json.gz", data)
     return index_id
 
 
 def load_index(objects: RepositoryObjects, index_id: str) -> DigestIndex:
-    """Read the index ``index_id``, checking that its bytes match its ID."""
-    data = objects.get(f"{INDEX_PREFIX}{index_id}.json.gz")
-    if data is None:
-        raise IntegrityError(f"digest index {index_id} is missing from the repository")
-    if hashlib.sha256(data).hexdigest() != index_id:
-        raise IntegrityError(f"digest index {index_id} is corrupt (its bytes do not match its ID)")
-    return DigestIndex.from_bytes(data)
+    """Read the whole index ``index_id``, checking every object's bytes against its ID."""
+    reader = IndexReader.load(objects, index_id)
+    if reader.inline is not None:
+        return DigestIndex(reader.zarr_format, reader.inline, reader.documents)
+    with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
+        parts = list(pool.map(reader.read_shard, range(len(reader.table))))
+    return DigestIndex(reader.zarr_format, {k: d for part in parts for k, d in part.items()}, reader.documents)
+
+
+def index_shard_ids(objects: RepositoryObjects, index_id: str) -> list[str]:
+    """The shard IDs the index ``index_id`` names (none when its files are in its root)."""
+    return [row[2] for row in IndexReader.load(objects, index_id).table]
+
+
+class IndexReader:
+    """One digest index read a shard at a time: the root (documents, the shards' key ranges) in
+    memory, and at most ``cache`` shards. Thread-safe.
+
+    >>> reader = IndexReader.load(repository.objects, info.index_id)
+    >>> reader.get("0/0.0.0"), list(reader.keys(prefix="0/"))
+    """
+
+    def __init__(
+        self,
+        objects: RepositoryObjects | None,
+        zarr_format: Literal[2, 3] | None,
+        documents: dict[str, bytes],
+        *,
+        inline: dict[str, FileDigest] | None = None,
+        table: list[list[Any]] | None = None,
+        cache: int = 4,
+    ) -> None:
+        self.objects, self.zarr_format, self.documents = objects, zarr_format, documents
+        self.inline, self.table = inline, table or []
+        self._firsts = [row[0] for row in self.table]
+        self._inline_keys = sorted(inline) if inline is not None else []
+        self._cache: OrderedDict[int, tuple[list[str], dict[str, FileDigest]]] = OrderedDict()
+        self._size, self._lock = cache, threading.Lock()
+
+    @classmethod
+    def load(cls, objects: RepositoryObjects, index_id: str) -> IndexReader:
+        """The index ``index_id`` (format 1 or 2): its root now, its shards when asked."""
+        data = _get_checked(objects, f"{INDEX_PREFIX}{index_id}.json.gz", index_id, "digest index")
+        root = json.loads(gzip.decompress(data))
+        if root.get("format") not in (_FORMAT, _FORMAT_V1):
+            raise IntegrityError(f"unknown digest index format {root.get('format')!r}")
+        inline = _files(root["files"]) if "files" in root else None
+        return cls(objects, root["zarr_format"], _documents(root), inline=inline, table=root.get("shards"))
+
+    @classmethod
+    def of(cls, index: DigestIndex) -> IndexReader:
+        """A reader of an index already in memory."""
+        return cls(None, index.zarr_format, dict(index.documents), inline=dict(index.files))
+
+    @property
+    def file_count(self) -> int:
+        return len(self.inline) if self.inline is not None else sum(row[3] for row in self.table)
+
+    @property
+    def size(self) -> int:
+        if self.inline is not None:
+            return sum(d.size for d in self.inline.values())
+        return sum(row[4] for row in self.table)
+
+    def read_shard(self, number: int) -> dict[str, FileDigest]:
+        """Shard ``number`` of the table, read from storage and checked."""
+        assert self.objects is not None  # only indexes loaded from storage have shards
+        shard_id = self.table[number][2]
+        data = _get_checked(self.objects, f"{SHARD_PREFIX}{shard_id}.json.gz", shard_id, "digest index shard")
+        return _files(json.loads(gzip.decompress(data)))
+
+    def _shard(self, number: int) -> tuple[list[str], dict[str, FileDigest]]:
+        with self._lock:
+            if number in self._cache:
+                self._cache.move_to_end(number)
+                return self._cache[number]
+        files = self.read_shard(number)
+        loaded = (sorted(files), files)
+        with self._lock:
+            self._cache[number] = loaded
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return loaded
+
+    def get(self, key: str) -> FileDigest | None:
+        """The digest of file ``key``, or None."""
+        if self.inline is not None:
+            return self.inline.get(key)
+        number = bisect.bisect_right(self._firsts, key) - 1
+        if number < 0 or key > self.table[number][1]:
+            return None
+        return self._shard(number)[1].get(key)
+
+    def keys(self, *, prefix: str = "", after: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` that sort after ``after``, in order, read lazily."""
+        start = max(prefix, after)
+        if self.inline is not None:
+            runs: Iterable[list[str]] = [self._inline_keys]
+        else:
+            first = max(0, bisect.bisect_right(self._firsts, start) - 1)
+            runs = (self._shard(n)[0] for n in range(first, len(self.table)))
+        for run in runs:
+            for key in run[bisect.bisect_left(run, start):]:
+                if key == after:
+                    continue
+                if not key.startswith(prefix):
+                    return
+                yield key

@@ -34,7 +34,7 @@ from .errors import (
     first_line,
 )
 from .hierarchy import Hierarchy
-from .index import DigestIndex, load_index
+from .index import DigestIndex, IndexReader, load_index
 from .location import StorageLocation, validate_zarr_id
 from .objects import REPO_OBJECT, RepositoryObjects, repository_objects
 
@@ -304,6 +304,11 @@ class ZarrRepository:
         """The digest index of a snapshot (empty for snapshots with no DANDI metadata)."""
         info = self.commit_info(snapshot_id)
         return load_index(self.objects, info.index_id) if info else DigestIndex.empty()
+
+    def index_reader(self, snapshot_id: str) -> IndexReader:
+        """The digest index of a snapshot, read a shard at a time (see :class:`IndexReader`)."""
+        info = self.commit_info(snapshot_id)
+        return IndexReader.load(self.objects, info.index_id) if info else IndexReader.of(DigestIndex.empty())
 
     def tags_by_snapshot(self) -> dict[str, list[str]]:
         """Snapshot ID -> the tags pointing at it."""

@@ -9,14 +9,13 @@ archive's files endpoint serve them one at a time (:class:`SnapshotFiles`); read
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 import icechunk
@@ -25,7 +24,7 @@ from zarr.buffer import default_buffer_prototype
 from .aio import run_bounded
 from .errors import IntegrityError, first_line
 from .hierarchy import Hierarchy, node_key
-from .index import DigestIndex, FileDigest
+from .index import DigestIndex, FileDigest, IndexReader
 from .objects import DEFAULT_JOBS
 from .progress import NoProgress, Progress
 from .records import JsonRecord
@@ -36,7 +35,8 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 @dataclass(frozen=True)
 class SnapshotFiles:
-    """One snapshot's files, opened for reading one at a time.
+    """One snapshot's files, opened for reading one at a time; the digest index is read a shard
+    at a time, so memory does not grow with the Zarr.
 
     >>> files = SnapshotFiles.open(repository, snapshot_id)
     >>> files.list(prefix="0/", limit=1000)
@@ -46,47 +46,35 @@ class SnapshotFiles:
     zarr_id: str
     snapshot_id: str
     written_at: datetime
-    index: DigestIndex
+    index: IndexReader
     hierarchy: Hierarchy | None
     store: Any
 
     @classmethod
     def open(cls, repository: ZarrRepository, snapshot_id: str, *, index: DigestIndex | None = None) -> SnapshotFiles:
-        """Open ``snapshot_id`` (its digest ``index`` is loaded unless given)."""
-        index = repository.index(snapshot_id) if index is None else index
+        """Open ``snapshot_id`` (its digest index is read as needed, unless given whole)."""
+        reader = repository.index_reader(snapshot_id) if index is None else IndexReader.of(index)
         return cls(
             zarr_id=repository.zarr_id,
             snapshot_id=snapshot_id,
             written_at=repository.icechunk.lookup_snapshot(snapshot_id).written_at,
-            index=index,
-            hierarchy=Hierarchy.from_documents(index.documents) if index.documents else None,
+            index=reader,
+            hierarchy=Hierarchy.from_documents(reader.documents) if reader.documents else None,
             store=repository.icechunk.readonly_session(snapshot_id=snapshot_id).store,
         )
 
-    @cached_property
-    def keys(self) -> tuple[str, ...]:
-        """Every file's key, sorted."""
-        return tuple(sorted(self.index.files))
-
-    @cached_property
-    def directories(self) -> frozenset[str]:
-        """Every directory that holds a file ("" is the root)."""
-        found = {""}
-        for key in self.index.files:
-            parts = key.split("/")[:-1]
-            found.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        return frozenset(found)
+    def digest(self, key: str) -> FileDigest | None:
+        """MD5 and size of file ``key``, or None when the snapshot has no such file."""
+        return self.index.get(key)
 
     def list(self, *, prefix: str = "", after: str = "", limit: int | None = None) -> list[str]:
         """Keys starting with ``prefix`` (as a string, like S3's ``Prefix``) that sort after
         ``after``, in order, at most ``limit``."""
-        start = bisect.bisect_right(self.keys, after) if after >= prefix else bisect.bisect_left(self.keys, prefix)
-        found: list[str] = []
-        for key in self.keys[start:]:
-            if not key.startswith(prefix) or (limit is not None and len(found) >= limit):
-                break
-            found.append(key)
-        return found
+        return list(itertools.islice(self.index.keys(prefix=prefix, after=after), limit))
+
+    def is_directory(self, path: str) -> bool:
+        """Whether ``path`` ("" is the root) holds any file."""
+        return path == "" or bool(self.list(prefix=path.rstrip("/") + "/", limit=1))
 
     async def read(self, key: str) -> bytes | None:
         """The file's bytes as uploaded; ``None`` for a chunk missing from the repository."""
@@ -157,7 +145,7 @@ def read_snapshot_files(
         progress.advance(1, len(data or b""))
 
     try:
-        asyncio.run(run_bounded(one, files.keys, jobs))
+        asyncio.run(run_bounded(one, sorted(index.files), jobs))
     finally:
         progress.finish()
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import icechunk
 
 from ..errors import GarbageCollectionError
-from ..index import INDEX_PREFIX
+from ..index import INDEX_PREFIX, SHARD_PREFIX, index_shard_ids
 from ..location import StorageLocation
 from ..records import JsonRecord
 from ..session import ZarrRepository
@@ -106,15 +106,17 @@ def _would_expire(ic: icechunk.Repository, cutoff: datetime) -> set[str]:
 
 
 def _collect_indexes(repo: ZarrRepository, cutoff: datetime, dry_run: bool) -> tuple[int, int]:
-    """Delete digest indexes that no surviving snapshot names and that are older than ``cutoff``."""
+    """Delete digest indexes (and index shards) that no surviving snapshot names and that are
+    older than ``cutoff``."""
     ic = repo.icechunk
     named: set[str] = set()
     refs = [("branch", b) for b in ic.list_branches()] + [("tag", t) for t in ic.list_tags()]
     for kind, name in refs:
         for snapshot in ic.ancestry(**{kind: name}):
             index_id = snapshot.metadata.get("dandi:index_id")
-            if index_id:
+            if index_id and f"{INDEX_PREFIX}{index_id}.json.gz" not in named:
                 named.add(f"{INDEX_PREFIX}{index_id}.json.gz")
+                named.update(f"{SHARD_PREFIX}{s}.json.gz" for s in index_shard_ids(repo.objects, index_id))
     count = size = 0
     for key, nbytes, modified in repo.objects.list_with_times(INDEX_PREFIX):
         if key not in named and modified < cutoff:

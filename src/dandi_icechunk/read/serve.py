@@ -34,7 +34,7 @@ from ..session import ZarrRepository
 from ..snapshot_files import SnapshotFiles, byte_range
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
-_CACHE_SIZE = 64
+_CACHE_SIZE = 16  # snapshots kept open; each holds its index root and a few shards
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
 
@@ -58,7 +58,6 @@ class _Snapshots:
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
         sid = repo.resolve(snapshot_id=ref) if _SNAPSHOT_ID.fullmatch(ref) else repo.resolve(tag=ref)
         snapshot = SnapshotFiles.open(repo, sid)
-        snapshot.keys, snapshot.directories  # noqa: B018 - computed here, off the event loop
         with self._lock:  # loading above is not serialised; only the LRU's bookkeeping is
             self._cache[(zarr_id, ref)] = snapshot
             if len(self._cache) > _CACHE_SIZE:
@@ -89,9 +88,9 @@ def create_app(location: StorageLocation) -> Starlette:
             snapshot = await run_in_threadpool(snapshots.get, zarr_id, ref)  # off the event loop
         except DandiIcechunkError as exc:
             return PlainTextResponse(str(exc), 404)
-        if key.rstrip("/") in snapshot.directories and (key == "" or key.endswith("/") or key not in snapshot.index.files):
-            return _listing(snapshot, key.rstrip("/"), request)
-        digest = snapshot.index.files.get(key)
+        digest = await run_in_threadpool(snapshot.digest, key) if key and not key.endswith("/") else None
+        if digest is None and await run_in_threadpool(snapshot.is_directory, key):
+            return await run_in_threadpool(_listing, snapshot, key.rstrip("/"), request)
         if digest is None:
             return PlainTextResponse(f"{key} is not in snapshot {snapshot.snapshot_id}", 404)
         etag = f'"{digest.md5}"'

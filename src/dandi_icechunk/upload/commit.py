@@ -29,7 +29,7 @@ from ..errors import (
     first_line,
 )
 from ..hierarchy import Hierarchy, node_key
-from ..index import DigestIndex, IndexDelta, store_index
+from ..index import DigestIndex, IndexDelta, index_shard_ids, store_index
 from ..location import StorageLocation, validate_zarr_id
 from ..objects import DEFAULT_JOBS
 from ..progress import NoProgress, Progress
@@ -188,7 +188,7 @@ def upload_zarr(
             zarr_checksum=checksum if index is new_index else index.zarr_checksum(),
             file_count=index.file_count,
             size=index.size,
-            index_id=store_index(writer.objects, index),
+            index_id=store_index(writer.objects, index, stored_shards=_shard_ids(writer, parent)),
             zarr_format=index.zarr_format,
             user=user or current_user(),
             dandiset=dandiset,
@@ -217,6 +217,12 @@ def upload_zarr(
             "size": info.size,
         }
     )
+
+
+def _shard_ids(repository: ZarrRepository, snapshot_id: str) -> list[str]:
+    """The digest-index shards the snapshot's index names: already stored, not written again."""
+    info = repository.commit_info(snapshot_id)
+    return index_shard_ids(repository.objects, info.index_id) if info else []
 
 
 def _in_background[T](work: Callable[[], T]) -> Future[T]:

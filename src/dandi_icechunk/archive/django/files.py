@@ -53,10 +53,10 @@ def files(zarr: ZarrArchive, request: Request, params: dict[str, Any]) -> HttpRe
     after = params["after"].lstrip("/").rstrip("/")
     keys = snapshot.list(prefix=prefix.rstrip("/"), after=after, limit=params["limit"] + 1)
     page = keys[: params["limit"]]
+    digests = [(key, snapshot.digest(key)) for key in page]
     results = [
-        {"Key": key, "LastModified": snapshot.written_at.isoformat(), "ETag": snapshot.index.files[key].md5,
-         "Size": snapshot.index.files[key].size}
-        for key in page
+        {"Key": key, "LastModified": snapshot.written_at.isoformat(), "ETag": d.md5, "Size": d.size}
+        for key, d in digests if d is not None
     ]
     more = len(keys) > len(page) and page
     return Response({
@@ -98,7 +98,7 @@ def _opened(zarr_id: str, embargoed: bool, snapshot_id: str) -> SnapshotFiles:
 
 
 def _file(snapshot: SnapshotFiles, key: str, request: Request) -> HttpResponse:
-    digest = snapshot.index.files.get(key)
+    digest = snapshot.digest(key)
     if digest is None:
         raise NotFound(f"{key} is not in snapshot {snapshot.snapshot_id} of Zarr {snapshot.zarr_id}")
     headers = {"ETag": f'"{digest.md5}"', "Accept-Ranges": "bytes"}

@@ -1,0 +1,86 @@
+"""The digest index in shards: what an update writes is proportional to what changed, a reader
+holds a few shards at a time, and indexes written before shards existed still read."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+from dandi_icechunk.index import (
+    INDEX_PREFIX,
+    SHARD_PREFIX,
+    SHARD_TARGET,
+    DigestIndex,
+    FileDigest,
+    IndexReader,
+    index_shard_ids,
+    load_index,
+    store_index,
+)
+from dandi_icechunk.objects import prefix_objects
+from dandi_icechunk.location import StorageLocation
+
+
+def _index(n: int, changed: dict[str, FileDigest] | None = None) -> DigestIndex:
+    files = {f"0/{i // 100}/{i % 100}": FileDigest(hashlib.md5(str(i).encode()).hexdigest(), i) for i in range(n)}
+    return DigestIndex(3, {**files, **(changed or {})}, {"zarr.json": b'{"zarr_format":3,"node_type":"group"}'})
+
+
+def _objects(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return prefix_objects(StorageLocation(kind="file", bucket=str(tmp_path)), "repo")
+
+
+def test_a_large_index_is_stored_in_shards_and_reads_back_whole_and_one_shard_at_a_time(tmp_path: Path) -> None:
+    objects = _objects(tmp_path)
+    index = _index(10 * SHARD_TARGET)
+    index_id = store_index(objects, index)
+    shards = index_shard_ids(objects, index_id)
+    assert len(shards) > 3
+    assert load_index(objects, index_id) == index
+
+    reader = IndexReader.load(objects, index_id)
+    assert (reader.file_count, reader.size) == (index.file_count, index.size)
+    everything = sorted(index.files)
+    assert list(reader.keys()) == everything
+    assert all(reader.get(k) == index.files[k] for k in everything[::997])
+    assert reader.get("0/nope") is None and reader.get("") is None
+    assert len(reader._cache) <= 4  # never more than a few shards in memory
+    prefix = "0/123/"
+    assert list(reader.keys(prefix=prefix)) == [k for k in everything if k.startswith(prefix)]
+    middle = everything[len(everything) // 2]
+    assert list(reader.keys(after=middle))[:3] == everything[everything.index(middle) + 1:][:3]
+
+
+def test_an_update_of_one_file_writes_one_shard_and_a_root(tmp_path: Path) -> None:
+    objects = _objects(tmp_path)
+    first = _index(10 * SHARD_TARGET)
+    first_id = store_index(objects, first)
+    before = {k for k, _, _ in objects.list_with_times(SHARD_PREFIX)}
+    changed = _index(10 * SHARD_TARGET, {"0/200/50": FileDigest("0" * 32, 1)})
+    second_id = store_index(objects, changed, stored_shards=index_shard_ids(objects, first_id))
+    after = {k for k, _, _ in objects.list_with_times(SHARD_PREFIX)}
+    assert len(after - before) == 1
+    assert len(set(index_shard_ids(objects, first_id)) ^ set(index_shard_ids(objects, second_id))) == 2
+    assert load_index(objects, second_id) == changed
+
+
+def test_a_small_index_keeps_its_files_in_its_root(tmp_path: Path) -> None:
+    objects = _objects(tmp_path)
+    index = _index(100)
+    index_id = store_index(objects, index)
+    assert index_shard_ids(objects, index_id) == [] and load_index(objects, index_id) == index
+    assert [k for k, _, _ in objects.list_with_times(SHARD_PREFIX)] == []
+
+
+def test_an_index_written_before_shards_still_reads(tmp_path: Path) -> None:
+    objects = _objects(tmp_path)
+    body = {"format": "dandi-icechunk-index/1", "zarr_format": 2, "files": {".zgroup": ["a" * 32, 3], "0/0": ["b" * 32, 5]},
+            "documents": {".zgroup": "{}\\n"}, "extras": {}}
+    data = gzip.compress(json.dumps(body).encode(), mtime=0)
+    index_id = hashlib.sha256(data).hexdigest()
+    objects.put(f"{INDEX_PREFIX}{index_id}.json.gz", data)
+    index = load_index(objects, index_id)
+    assert index.files["0/0"] == FileDigest("b" * 32, 5) and index.documents[".zgroup"] == b"{}\\n"
+    assert list(IndexReader.load(objects, index_id).keys()) == [".zgroup", "0/0"]
