@@ -208,7 +208,7 @@ def index_shard_ids(objects: RepositoryObjects, index_id: str) -> list[str]:
 
 class IndexReader:
     """One digest index read a shard at a time: the root (documents, the shards' key ranges) in
-    memory, and at most ``cache`` shards. Thread-safe.
+    memory, and at most ``cache`` shards (~1 MB each). Thread-safe.
 
     >>> reader = IndexReader.load(repository.objects, info.index_id)
     >>> reader.get("0/0.0.0"), list(reader.keys(prefix="0/"))
@@ -222,7 +222,7 @@ class IndexReader:
         *,
         inline: dict[str, FileDigest] | None = None,
         table: list[list[Any]] | None = None,
-        cache: int = 4,
+        cache: int = 32,
     ) -> None:
         self.objects, self.zarr_format, self.documents = objects, zarr_format, documents
         self.inline, self.table = inline, table or []
@@ -232,14 +232,14 @@ class IndexReader:
         self._size, self._lock = cache, threading.Lock()
 
     @classmethod
-    def load(cls, objects: RepositoryObjects, index_id: str) -> IndexReader:
+    def load(cls, objects: RepositoryObjects, index_id: str, *, cache: int = 32) -> IndexReader:
         """The index ``index_id`` (format 1 or 2): its root now, its shards when asked."""
         data = _get_checked(objects, f"{INDEX_PREFIX}{index_id}.json.gz", index_id, "digest index")
         root = json.loads(gzip.decompress(data))
         if root.get("format") not in (_FORMAT, _FORMAT_V1):
             raise IntegrityError(f"unknown digest index format {root.get('format')!r}")
         inline = _files(root["files"]) if "files" in root else None
-        return cls(objects, root["zarr_format"], _documents(root), inline=inline, table=root.get("shards"))
+        return cls(objects, root["zarr_format"], _documents(root), inline=inline, table=root.get("shards"), cache=cache)
 
     @classmethod
     def of(cls, index: DigestIndex) -> IndexReader:
