@@ -84,9 +84,23 @@ class Archive:
         from dandi.utils import get_instance
 
         self.api_url, self.api_key = info["api_url"], info["api_key"]
+        self.wait_until_up()
         variable = get_instance(self.api_url).name.upper().replace("-", "_") + "_API_KEY"
         # DANDI_NO_ET: no version check against the internet at start-up, for either contender
         self.env = {**os.environ, variable: self.api_key, "DANDI_NO_ET": "1"}
+
+    def wait_until_up(self, timeout: float = 120) -> None:
+        """The archive writes its JSON just before its server starts: wait for ``/info/``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"{self.api_url}/info/", timeout=10).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the archive at {self.api_url} did not answer /info/ in {timeout:.0f} s")
+            time.sleep(0.5)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = requests.request(method, f"{self.api_url}/{path}", timeout=120,

@@ -12,7 +12,6 @@ Writes ``benchmarks/results/serve-memory.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import socket
@@ -22,39 +21,19 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
-
-from zarr.buffer import cpu
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results  # noqa: E402
 
-from dandi_icechunk.index import DigestIndex, FileDigest, store_index  # noqa: E402
 from dandi_icechunk.location import StorageLocation  # noqa: E402
-from dandi_icechunk.session import CommitInfo, ZarrRepository  # noqa: E402
+from dandi_icechunk.testing import synthetic_snapshot  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-_GROUP = b'{"zarr_format":3,"node_type":"group","attributes":{}}'
 
 
 def _key(i: int) -> str:
-    return f"0/c/{i // 1000}/{i % 1000}"
-
-
-def build(root: Path, n: int) -> tuple[str, str]:
-    """A repository whose one snapshot names a digest index of ``n`` files; (zarr_id, snapshot)."""
-    location = StorageLocation(kind="file", bucket=str(root))
-    zarr_id = str(uuid.uuid4())
-    repo = ZarrRepository.open(location, zarr_id, create=True)
-    files = {_key(i): FileDigest(hashlib.md5(i.to_bytes(8, "big")).hexdigest(), 25_000) for i in range(n)}
-    index = DigestIndex(3, {**files, "zarr.json": FileDigest(hashlib.md5(_GROUP).hexdigest(), len(_GROUP))},
-                        {"zarr.json": _GROUP})
-    info = CommitInfo(zarr_checksum=index.zarr_checksum(), file_count=index.file_count, size=index.size,
-                      index_id=store_index(repo.objects, index), zarr_format=3, user="benchmark")
-    session = repo.writable_session()
-    session.store._sync(session.store.set("zarr.json", cpu.Buffer.from_bytes(_GROUP)))
-    return zarr_id, repo.commit(session, "synthetic", lambda parent: info)
+    return f"0/c/{i // 1000}/{i % 1000}"  # as testing.synthetic_snapshot names them
 
 
 def _peak_kb(pid: int) -> int:
@@ -113,7 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-memory-") as tmp:
         root = Path(tmp)
-        built = {n: build(root, n) for n in args.sizes}
+        location = StorageLocation(kind="file", bucket=str(root))
+        built = {n: synthetic_snapshot(location, n) for n in args.sizes}
         samples: dict[int, dict[str, list[float]]] = {n: {"view": [], "rate": [], "whole": []} for n in args.sizes}
         for round_number in range(args.rounds):
             order = args.sizes if round_number % 2 == 0 else list(reversed(args.sizes))

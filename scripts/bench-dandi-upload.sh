@@ -27,4 +27,5 @@ server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -rf "$served"' EXIT
 for _ in $(seq 120); do [ -f "$served/archive.json" ] && break; sleep 1; done
 [ -f "$served/archive.json" ] || { cat "$served/serve.log"; echo "the archive did not start" >&2; exit 1; }
-"$root/.venv/bin/python" "$root/benchmarks/dandi_upload.py" --archive "$served/archive.json" "$@"
+"$root/.venv/bin/python" "$root/benchmarks/dandi_upload.py" --archive "$served/archive.json" "$@" \
+    || { status=$?; echo "== the archive's log (last 40 lines)" >&2; tail -40 "$served/serve.log" >&2; exit "$status"; }

@@ -205,3 +205,16 @@ def test_a_browser_page_on_another_origin_fetches_metadata_and_a_chunk(
     finally:
         page_server.shutdown()
     assert "RESULT 206 bytes 0-15/" in dom and "true 16 true" in dom, dom[-500:]
+
+
+def test_a_snapshot_with_a_sharded_index_is_served_from_its_shards(server: str, location: StorageLocation) -> None:
+    from dandi_icechunk.testing import synthetic_snapshot
+
+    zarr_id, snapshot = synthetic_snapshot(location, 20_000)
+    base = f"{server}/{zarr_id}/{snapshot}"
+    status, headers, _ = _get(f"{base}/0/c/17/345", method="HEAD")
+    assert (status, headers["Content-Length"]) == (200, "25000")
+    assert headers["ETag"] == f'"{hashlib.md5((17_345).to_bytes(8, "big")).hexdigest()}"'
+    assert _get(f"{base}/0/c/20/0", method="HEAD")[0] == 404
+    status, _, body = _get(f"{base}/0/c/19/")
+    assert status == 200 and body.count(b"<a href=") == 1000

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -140,6 +141,27 @@ class S3Server:
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
         )
+
+
+def synthetic_snapshot(location: StorageLocation, n_files: int) -> tuple[str, str]:
+    """A repository whose one snapshot names a digest index of ``n_files`` chunk files
+    (``0/c/<i // 1000>/<i % 1000>``, 25 kB each, as in DANDI's largest Zarr) and a root group:
+    what readers of the index see of a Zarr that size, without its bytes. (zarr_id, snapshot)."""
+    from ..index import DigestIndex, FileDigest, store_index
+    from ..session import CommitInfo, ZarrRepository
+
+    group = b'{"zarr_format":3,"node_type":"group","attributes":{}}'
+    zarr_id = str(uuid.uuid4())
+    repo = ZarrRepository.open(location, zarr_id, create=True)
+    files = {f"0/c/{i // 1000}/{i % 1000}": FileDigest(hashlib.md5(i.to_bytes(8, "big")).hexdigest(), 25_000)
+             for i in range(n_files)}
+    index = DigestIndex(3, {**files, "zarr.json": FileDigest(hashlib.md5(group).hexdigest(), len(group))},
+                        {"zarr.json": group})
+    info = CommitInfo(zarr_checksum=index.zarr_checksum(), file_count=index.file_count, size=index.size,
+                      index_id=store_index(repo.objects, index), zarr_format=3, user="synthetic")
+    session = repo.writable_session()
+    zarr.open_group(session.store, mode="w")
+    return zarr_id, repo.commit(session, "synthetic", lambda parent: info)
 
 
 def _free_port_pair(taken: set[int]) -> int:
