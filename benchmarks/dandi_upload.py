@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 MiB / 1,024 chunks and 147 small shards")
     args = parser.parse_args()
     archive = Archive(json.loads(Path(args.archive).read_text()))
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     sizes: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="dandi-upload-bench-") as tmp_name:
@@ -327,7 +327,8 @@ def main() -> None:
 
     results = {
         "rounds": args.rounds, "quick": args.quick, "wall_s": time.perf_counter() - started,
-        "dandi_cli": dandi.__version__, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "dandi_cli": dandi.__version__, "cpus": os.cpu_count(),
+        "loadavg_1_5_15": {"start": load_before, "end": os.getloadavg()}, "python": platform.python_version(),
         "sizes": sizes, "summary": summary, "runs": runs,
     }
     write_results(OUT, "dandi-upload", results, table(summary, sizes, args.rounds))

@@ -214,6 +214,11 @@ def test_dandi_download_gets_each_versions_own_snapshot_verified_and_digest_agre
     downloaded = _tree(partial / dandiset / ZARR if (partial / dandiset).exists() else partial / ZARR)
     assert downloaded and downloaded == {k: v for k, v in v1_files.items() if k.startswith("0/") and k.count("/") == 1}
 
+    # dandi ls shows the published Zarr asset with its published checksum
+    listed = _dandi(archive, route, patched_dandi, tmp_path, "ls", "-f", "json", "-r",
+                    f"{api}/dandisets/{dandiset}/versions/{version}/")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert ZARR in listed.stdout
     # dandi digest of the local Zarr is what the archive recorded for the draft
     digest = _dandi(archive, route, patched_dandi, dandiset_dir, "digest", "-d", "zarr-checksum", ZARR)
     assert digest.returncode == 0, digest.stderr[-2000:]
@@ -315,3 +320,28 @@ def test_a_zarr_uploaded_by_plain_dandi_cli_migrates_in_place_then_publishes_and
                  f"{archive['api_url']}/dandisets/{dandiset_dir.name}/versions/{version}/")
     assert got.returncode == 0, got.stderr[-3000:]
     assert _tree(out / dandiset_dir.name / ZARR if (out / dandiset_dir.name).exists() else out / ZARR) == _tree(source)
+
+
+def test_an_upload_interrupted_after_begin_runs_again_to_completion(
+    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+) -> None:
+    """What a killed `dandi upload` leaves: a Zarr made, its upload begun (Pending), part of the
+    chunks written but not committed, no asset. Running the same command again finishes."""
+    from dandi_icechunk.upload.archive import begin_archive_upload
+
+    source = make_ome_zarr_v2(dandiset_dir / ZARR)
+    zarr_id = _call(archive, "POST", "zarr/", json={"name": ZARR, "dandiset": dandiset_dir.name})["zarr_id"]
+    begun = begin_archive_upload(archive["api_url"], zarr_id, api_key=archive["api_key"])
+    assert _call(archive, "GET", f"zarr/{zarr_id}/icechunk/")["status"] == "Pending"
+    from dandi_icechunk.session import ZarrRepository
+
+    repo = ZarrRepository.open(begun.location, zarr_id, create=True)  # a session written to, never committed
+    session = repo.writable_session(begun.branch)
+    zarr.open_group(session.store, mode="w")
+    done = _upload(archive, "released", patched_dandi, dandiset_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    asset = _assets(archive, dandiset_dir.name)[ZARR]
+    assert SnapshotReference.from_asset(asset).zarr_id == zarr_id
+    assert _call(archive, "GET", f"zarr/{zarr_id}/icechunk/")["status"] == "Complete"
+    np.testing.assert_array_equal(open_dataset(asset, group="0", anonymous=True)["image"].values,
+                                  np.asarray(zarr.open_array(str(source / "0"), mode="r")[:]))

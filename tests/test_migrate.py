@@ -229,3 +229,20 @@ def test_many_zarrs_migrate_from_an_s3_inventory_resumably_with_one_result_file_
     assert json.loads((results / f"{wrong}.json").read_text())["migrated"]
     repo = ZarrRepository.open(location, wrong)
     assert verify_snapshot(repo).ok
+
+
+def test_a_zarr_changed_since_its_inventory_is_refused_at_the_recheck(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    from dandi_icechunk.archive.migrate import legacy_listing
+
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    _legacy_upload(s3_server, s3_location, zarr_id, src)
+    inventory = legacy_listing(s3_location, zarr_id)  # as yesterday's inventory saw it
+    chunk = next(k for k in inventory if k.startswith("0/0"))
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=f"{s3_location.legacy_prefix(zarr_id)}/{chunk}",
+                                  Body=b"changed since")
+    with pytest.raises(MigrationError, match="changed while it was being migrated"):
+        migrate_zarr(s3_location, zarr_id, expected_checksum=reference_checksum(src), listing=inventory)
+    repo = ZarrRepository.open(s3_location, zarr_id)
+    assert repo.commit_info(repo.resolve()) is None  # nothing committed; a rerun takes the repository over

@@ -19,7 +19,6 @@ from typing import Any
 from ..errors import ArchiveRequestError, PlainUploadOnlyError, MissingExtraError
 
 try:
-    import requests
     from dandi.dandiapi import RemoteAsset, RemoteDandiset, RemoteZarrAsset, set_asset_schema_key
     from dandi.files import ZarrAsset
     from dandi.files.bids import ZarrBIDSAsset
@@ -115,14 +114,12 @@ class IcechunkZarrUpload:
             yield {"status": "done", "asset": asset}
 
     def _new_zarr(self, dandiset: RemoteDandiset, name: str) -> str:
-        try:
-            return str(dandiset.client.post("/zarr/", json={"name": name, "dandiset": dandiset.identifier})["zarr_id"])
-        except requests.HTTPError as exc:
-            if exc.response is None or "Zarr already exists" not in exc.response.text:
-                raise
-            # a Zarr made by an earlier, interrupted run and never attached to an asset
-            (existing,) = dandiset.client.paginate("/zarr/", params={"dandiset": dandiset.identifier, "name": name})
+        """The Zarr of this path: one an earlier, interrupted run made (and never attached to an
+        asset), or a new one."""
+        client, params = dandiset.client, {"dandiset": dandiset.identifier, "name": name}
+        for existing in client.paginate("/zarr/", params=params):
             return str(existing["zarr_id"])
+        return str(client.post("/zarr/", json=params)["zarr_id"])
 
     def _commit(self, upload: Any, zarr_id: str, jobs: int | None, *, delete_missing: bool) -> Iterator[dict[str, Any]]:
         """Run the upload in a thread, relaying its progress as status dicts; the last item
