@@ -77,10 +77,11 @@ def serve_peak(root: Path, zarr_id: str, snapshot: str, n: int, requests: int) -
 
 def whole_index_peak(root: Path, zarr_id: str, snapshot: str) -> float:
     """Peak RSS (MB) of a fresh process that loads the snapshot's whole digest index."""
-    code = ("import resource; from dandi_icechunk.location import StorageLocation; "
+    code = ("from pathlib import Path; from dandi_icechunk.location import StorageLocation; "
             "from dandi_icechunk.session import ZarrRepository; "
             f"r = ZarrRepository.open(StorageLocation(kind='file', bucket={str(root)!r}), {zarr_id!r}); "
-            f"i = r.index({snapshot!r}); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            f"i = r.index({snapshot!r}); "
+            "print(next(l.split()[1] for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM')))")
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) / 1024
 
 

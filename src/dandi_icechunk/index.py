@@ -37,7 +37,7 @@ INDEX_PREFIX = "dandi/index/"
 SHARD_PREFIX = f"{INDEX_PREFIX}shards/"
 _FORMAT_V1 = "dandi-icechunk-index/1"
 _FORMAT = "dandi-icechunk-index/2"
-SHARD_TARGET = 4096
+SHARD_TARGET = 1024
 """Expected files per shard; an index of at most this many files keeps them in its root."""
 _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
@@ -208,7 +208,7 @@ def index_shard_ids(objects: RepositoryObjects, index_id: str) -> list[str]:
 
 class IndexReader:
     """One digest index read a shard at a time: the root (documents, the shards' key ranges) in
-    memory, and at most ``cache`` shards (~1 MB each). Thread-safe.
+    memory, and at most ``cache`` shards (~0.2 MB each). Thread-safe.
 
     >>> reader = IndexReader.load(repository.objects, info.index_id)
     >>> reader.get("0/0.0.0"), list(reader.keys(prefix="0/"))
@@ -222,17 +222,17 @@ class IndexReader:
         *,
         inline: dict[str, FileDigest] | None = None,
         table: list[list[Any]] | None = None,
-        cache: int = 32,
+        cache: int = 64,
     ) -> None:
         self.objects, self.zarr_format, self.documents = objects, zarr_format, documents
         self.inline, self.table = inline, table or []
         self._firsts = [row[0] for row in self.table]
         self._inline_keys = sorted(inline) if inline is not None else []
-        self._cache: OrderedDict[int, tuple[list[str], dict[str, FileDigest]]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[list[str], dict[str, list[Any]]]] = OrderedDict()
         self._size, self._lock = cache, threading.Lock()
 
     @classmethod
-    def load(cls, objects: RepositoryObjects, index_id: str, *, cache: int = 32) -> IndexReader:
+    def load(cls, objects: RepositoryObjects, index_id: str, *, cache: int = 64) -> IndexReader:
         """The index ``index_id`` (format 1 or 2): its root now, its shards when asked."""
         data = _get_checked(objects, f"{INDEX_PREFIX}{index_id}.json.gz", index_id, "digest index")
         root = json.loads(gzip.decompress(data))
@@ -258,18 +258,22 @@ class IndexReader:
 
     def read_shard(self, number: int) -> dict[str, FileDigest]:
         """Shard ``number`` of the table, read from storage and checked."""
+        return _files(self._raw_shard(number))
+
+    def _raw_shard(self, number: int) -> dict[str, list[Any]]:
         assert self.objects is not None  # only indexes loaded from storage have shards
         shard_id = self.table[number][2]
         data = _get_checked(self.objects, f"{SHARD_PREFIX}{shard_id}.json.gz", shard_id, "digest index shard")
-        return _files(json.loads(gzip.decompress(data)))
+        return dict(json.loads(gzip.decompress(data)))
 
-    def _shard(self, number: int) -> tuple[list[str], dict[str, FileDigest]]:
+    def _shard(self, number: int) -> tuple[list[str], dict[str, list[Any]]]:
+        """A shard as stored (keys in order, ``[md5, size]`` each): compact, and quick to parse."""
         with self._lock:
             if number in self._cache:
                 self._cache.move_to_end(number)
                 return self._cache[number]
-        files = self.read_shard(number)
-        loaded = (sorted(files), files)
+        files = self._raw_shard(number)
+        loaded = (list(files), files)
         with self._lock:
             self._cache[number] = loaded
             while len(self._cache) > self._size:
@@ -283,7 +287,8 @@ class IndexReader:
         number = bisect.bisect_right(self._firsts, key) - 1
         if number < 0 or key > self.table[number][1]:
             return None
-        return self._shard(number)[1].get(key)
+        found = self._shard(number)[1].get(key)
+        return FileDigest(found[0], found[1]) if found is not None else None
 
     def keys(self, *, prefix: str = "", after: str = "") -> Iterator[str]:
         """Keys starting with ``prefix`` that sort after ``after``, in order, read lazily."""
