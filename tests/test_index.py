@@ -8,6 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from dandi_icechunk.index import (
     INDEX_PREFIX,
     SHARD_PREFIX,
@@ -84,3 +86,36 @@ def test_an_index_written_before_shards_still_reads(tmp_path: Path) -> None:
     index = load_index(objects, index_id)
     assert index.files["0/0"] == FileDigest("b" * 32, 5) and index.documents[".zgroup"] == b"{}\\n"
     assert list(IndexReader.load(objects, index_id).keys()) == [".zgroup", "0/0"]
+
+
+def test_an_upload_reads_only_the_index_shards_that_differ(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Zarr of ~10 k chunk files, re-uploaded after one chunk changed: the delta is that one
+    file, found from the shards whose content differs, and the new index holds everything."""
+    import numpy as np
+    import zarr
+
+    from dandi_icechunk.session import ZarrRepository
+    from dandi_icechunk.upload import upload_zarr
+
+    src = tmp_path / "many.zarr"
+    array = zarr.create_array(str(src), shape=(100, 100), chunks=(1, 1), dtype="u1", zarr_format=3, fill_value=255)
+    array[:] = np.arange(10_000, dtype="u8").reshape(100, 100) % 251
+    first = upload_zarr(src, location, zarr_id, dedup=False, jobs=16)
+    assert first.file_count > SHARD_TARGET
+    read: list[int] = []
+    original = IndexReader.read_shard
+
+    def counting(self: IndexReader, number: int) -> dict[str, FileDigest]:
+        read.append(number)
+        return original(self, number)
+
+    monkeypatch.setattr(IndexReader, "read_shard", counting)
+    array[50, 50] = 7
+    second = upload_zarr(src, location, zarr_id, dedup=False)
+    assert (second.files_written, second.files_deleted) == (1, 0)
+    assert 0 < len(read) <= 2  # the changed key's shard (two if the change moved a boundary)
+    repo = ZarrRepository.open(location, zarr_id)
+    assert repo.index(repo.resolve()).zarr_checksum() == second.zarr_checksum
+    assert (src / "c" / "50" / "50").exists() and repo.index(repo.resolve()).files["c/50/50"].size > 0

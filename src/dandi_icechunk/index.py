@@ -169,6 +169,38 @@ def _get_checked(objects: RepositoryObjects, key: str, object_id: str, what: str
     return data
 
 
+def _shard_bytes(run: list[tuple[str, FileDigest]]) -> tuple[str, bytes]:
+    data = _gzip_json(_files_body(run))
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, DigestIndex]:
+    """The parts of a stored index ``base`` and of ``new`` that can differ, whose delta is the
+    whole delta: when both are sharded, the files of the shards whose content (ID) the other side
+    lacks, so only those of ``base`` are read; otherwise both whole."""
+    if base.inline is not None or new.file_count <= SHARD_TARGET:
+        whole = base.inline if base.inline is not None else load_index_files(base)
+        return DigestIndex(base.zarr_format, whole, base.documents), new
+    runs = {shard_id: run for shard_id, run in ((_shard_bytes(r)[0], r) for r in new.shards())}
+    stored = {row[2] for row in base.table}
+    reading = [n for n, row in enumerate(base.table) if row[2] not in runs]
+    with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
+        parts = list(pool.map(base.read_shard, reading))
+    old_files = {k: d for part in parts for k, d in part.items()}
+    new_files = {k: d for shard_id, run in runs.items() if shard_id not in stored for k, d in run}
+    return (DigestIndex(base.zarr_format, old_files, base.documents),
+            DigestIndex(new.zarr_format, new_files, new.documents))
+
+
+def load_index_files(reader: IndexReader) -> dict[str, FileDigest]:
+    """Every file of a stored index, its shards read in parallel."""
+    if reader.inline is not None:
+        return dict(reader.inline)
+    with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
+        parts = list(pool.map(reader.read_shard, range(len(reader.table))))
+    return {k: d for part in parts for k, d in part.items()}
+
+
 def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored_shards: Iterable[str] = ()) -> str:
     """Write ``index`` (its shards, then its root; what is already stored is not written again)
     and return its ID. ``stored_shards``: shard IDs known to be stored (the parent's)."""
@@ -179,8 +211,7 @@ def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored_shards
         known = set(stored_shards)
         table = []
         for run in index.shards():
-            data = _gzip_json(_files_body(run))
-            shard_id = hashlib.sha256(data).hexdigest()
+            shard_id, data = _shard_bytes(run)
             if shard_id not in known:
                 objects.put_if_absent(f"{SHARD_PREFIX}{shard_id}.json.gz", data)
             table.append([run[0][0], run[-1][0], shard_id, len(run), sum(d.size for _, d in run)])
@@ -194,11 +225,7 @@ def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored_shards
 def load_index(objects: RepositoryObjects, index_id: str) -> DigestIndex:
     """Read the whole index ``index_id``, checking every object's bytes against its ID."""
     reader = IndexReader.load(objects, index_id)
-    if reader.inline is not None:
-        return DigestIndex(reader.zarr_format, reader.inline, reader.documents)
-    with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
-        parts = list(pool.map(reader.read_shard, range(len(reader.table))))
-    return DigestIndex(reader.zarr_format, {k: d for part in parts for k, d in part.items()}, reader.documents)
+    return DigestIndex(reader.zarr_format, load_index_files(reader), reader.documents)
 
 
 def index_shard_ids(objects: RepositoryObjects, index_id: str) -> list[str]:

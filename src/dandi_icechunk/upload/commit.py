@@ -29,7 +29,7 @@ from ..errors import (
     first_line,
 )
 from ..hierarchy import Hierarchy, node_key
-from ..index import DigestIndex, IndexDelta, index_shard_ids, store_index
+from ..index import DigestIndex, IndexDelta, differing_parts, index_shard_ids, load_index_files, store_index
 from ..location import StorageLocation, validate_zarr_id
 from ..objects import DEFAULT_JOBS
 from ..progress import NoProgress, Progress
@@ -138,13 +138,16 @@ def upload_zarr(
         )
     session = writer.writable_session(branch)
     base_sid = session.snapshot_id
-    base_index = writer.index(base_sid)
+    base = writer.index_reader(base_sid)
     hierarchy = local.hierarchy
     if not delete_missing:
-        new_index = base_index.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
+        whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
+        new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
         hierarchy = Hierarchy.from_documents(new_index.documents)
         checksum_job = _in_background(new_index.zarr_checksum)
-    delta = base_index.delta_to(new_index)
+    # Only the index shards whose content differs are read and compared.
+    base_index, changed = differing_parts(base, new_index)
+    delta = base_index.delta_to(changed)
     written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
     # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
     dropped_chunks = sorted(
