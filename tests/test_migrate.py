@@ -63,7 +63,7 @@ def test_a_legacy_zarr_becomes_a_repository_of_references_without_copying_a_chun
 
     # plain Icechunk reads it too, once the legacy container is authorized
     storage = s3_location.icechunk_storage(zarr_id)
-    access = s3_location.virtual_chunk_access([s3_location.legacy_container()])
+    access = s3_location.virtual_chunk_access([s3_location.legacy_container(zarr_id)], zarr_id)
     plain = icechunk.Repository.open(storage, authorize_virtual_chunk_access=access)
     group = zarr.open_group(plain.readonly_session(snapshot_id=result.snapshot_id).store, mode="r")
     np.testing.assert_array_equal(group["0"][:], level0)
@@ -246,3 +246,36 @@ def test_a_zarr_changed_since_its_inventory_is_refused_at_the_recheck(
         migrate_zarr(s3_location, zarr_id, expected_checksum=reference_checksum(src), listing=inventory)
     repo = ZarrRepository.open(s3_location, zarr_id)
     assert repo.commit_info(repo.resolve()) is None  # nothing committed; a rerun takes the repository over
+
+
+def test_a_repository_cannot_make_its_readers_fetch_another_zarrs_objects(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    """An uploader controls its repository's config: it declares the whole bucket as a virtual
+    chunk container and references another (embargoed) Zarr's legacy object. Readers of its
+    repository, holding the archive's credentials, must not fetch it."""
+    import uuid
+
+    victim = str(uuid.uuid4())
+    secret = make_ome_zarr_v2(tmp_path / "secret.ome.zarr")
+    _legacy_upload(s3_server, s3_location, victim, secret)
+    upload_zarr(make_ome_zarr_v2(tmp_path / "mine.ome.zarr", seed=3), s3_location, zarr_id, dedup=False)
+    attacker = ZarrRepository.open(s3_location, zarr_id)
+    config = attacker.icechunk.config
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(
+        f"s3://{s3_server.bucket}/", icechunk.s3_store(region="us-east-1", endpoint_url=s3_server.endpoint_url,
+                                                      allow_http=True, s3_compatible=True, force_path_style=True)))
+    icechunk.Repository.open(s3_location.icechunk_storage(zarr_id), config=config).save_config()
+    stolen = next(k for k in tree_bytes(secret) if k.startswith("0/0"))
+    session = icechunk.Repository.open(s3_location.icechunk_storage(zarr_id)).writable_session("main")
+    target = "0/c/0/0/0"  # the attacker's own level-0 chunk, as Icechunk keys it
+    session.store.set_virtual_ref(target, f"s3://{s3_server.bucket}/{s3_location.legacy_prefix(victim)}/{stolen}",
+                                  offset=0, length=len(tree_bytes(secret)[stolen]))
+    session.commit("reference another Zarr's object")
+
+    reader = ZarrRepository.open(s3_location, zarr_id)  # the archive's credentials
+    store = reader.icechunk.readonly_session(branch="main").store
+    from zarr.buffer import default_buffer_prototype
+
+    with pytest.raises(icechunk.IcechunkError, match="authorize"):
+        store._sync(store.get(target, default_buffer_prototype()))

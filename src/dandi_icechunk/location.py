@@ -203,24 +203,32 @@ class StorageLocation:
         ``DANDI_ZARR_PREFIX_NAME``): the objects a migrated repository references in place."""
         return f"{self.legacy_root}/{validate_zarr_id(zarr_id)}"
 
-    def legacy_container(self) -> str:
-        """The URL prefix of the virtual chunk container holding the legacy Zarrs."""
-        return f"s3://{self.bucket}/{self.legacy_root}/"
+    def legacy_container(self, zarr_id: str) -> str:
+        """The URL prefix of the virtual chunk container of the legacy Zarr ``zarr_id``."""
+        return f"s3://{self.bucket}/{self.legacy_prefix(zarr_id)}/"
 
-    def legacy_container_config(self) -> icechunk.VirtualChunkContainer:
-        """The virtual chunk container of the legacy Zarrs, as a migrated repository declares it."""
+    def legacy_container_config(self, zarr_id: str) -> icechunk.VirtualChunkContainer:
+        """The virtual chunk container of a legacy Zarr, as its migrated repository declares it."""
         store = icechunk.s3_store(
             region=self.region or "us-east-1", endpoint_url=self.endpoint_url,
             allow_http=bool(self.endpoint_url and self.endpoint_url.startswith("http://")),
             s3_compatible=self.endpoint_url is not None, force_path_style=self.endpoint_url is not None,
         )
-        return icechunk.VirtualChunkContainer(self.legacy_container(), store)
+        return icechunk.VirtualChunkContainer(self.legacy_container(zarr_id), store)
 
-    def virtual_chunk_access(self, containers: Iterable[str]) -> dict[str, Any]:
-        """``authorize_virtual_chunk_access`` for the virtual chunk ``containers`` (URL prefixes)
-        of a repository that lie in this location's bucket, with this location's credentials:
-        a migrated repository's legacy objects. Containers elsewhere get nothing of ours."""
-        own = [c for c in containers if self.kind == "s3" and c.startswith(f"s3://{self.bucket}/")]
+    def virtual_chunk_access(self, containers: Iterable[str], zarr_id: str) -> dict[str, Any]:
+        """``authorize_virtual_chunk_access`` for the repository of ``zarr_id``, whose virtual
+        chunk ``containers`` (URL prefixes) it declares: this location's credentials for its own
+        legacy objects only (a migrated Zarr: ``s3://BUCKET/<legacy root>/<zarr_id>/``, whatever
+        the archive named its legacy root). Any other container gets nothing of ours, so a
+        repository cannot make its readers fetch another Zarr's objects."""
+        bucket, tail = f"s3://{self.bucket}/", f"/{validate_zarr_id(zarr_id)}/"
+
+        def own_legacy(container: str) -> bool:
+            root = container[len(bucket):-len(tail)]
+            return container.startswith(bucket) and container.endswith(tail) and bool(root) and "/" not in root
+
+        own = [c for c in containers if self.kind == "s3" and own_legacy(c)]
         if not own:
             return {}
         if self.credentials_provider is not None:

@@ -157,12 +157,12 @@ def _icechunk_errors(what: str) -> Iterator[None]:
 
 
 def _with_virtual_access(
-    repo: icechunk.Repository, location: StorageLocation, storage: icechunk.Storage,
+    repo: icechunk.Repository, location: StorageLocation, zarr_id: str, storage: icechunk.Storage,
     config: icechunk.RepositoryConfig | None,
 ) -> icechunk.Repository:
-    """``repo``, opened again with read access to its virtual chunk containers in the location's
-    bucket when it has any (a migrated Zarr's legacy objects)."""
-    access = location.virtual_chunk_access(repo.config.virtual_chunk_containers or {})
+    """``repo``, opened again with read access to its own legacy objects when it declares them
+    (a migrated Zarr)."""
+    access = location.virtual_chunk_access(repo.config.virtual_chunk_containers or {}, zarr_id)
     if not access:
         return repo
     return icechunk.Repository.open(storage, config=config, authorize_virtual_chunk_access=access)
@@ -224,7 +224,8 @@ class ZarrRepository:
                     except AccessDeniedError as exc:
                         refused, found = refused or exc, False
                 if found:
-                    repo = _with_virtual_access(icechunk.Repository.open(storage, config=config), location, storage, config)
+                    repo = icechunk.Repository.open(storage, config=config)
+                    repo = _with_virtual_access(repo, location, zarr_id, storage, config)
                     return cls(location, zarr_id, repo, embargoed=area)
             if refused is not None and not create:
                 raise AccessDeniedError(

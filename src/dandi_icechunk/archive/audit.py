@@ -161,9 +161,9 @@ def legacy_references(location: StorageLocation, zarr_id: str, snapshot_ids: Ite
     if location.kind != "s3":
         return {}
     repo = ZarrRepository.open(location, zarr_id)
-    if location.legacy_container() not in (repo.icechunk.config.virtual_chunk_containers or {}):
+    container = location.legacy_container(zarr_id)
+    if container not in (repo.icechunk.config.virtual_chunk_containers or {}):
         return {}  # never migrated
-    container = f"{location.legacy_container()}{zarr_id}/"
     pinned: dict[str, str] = {}
     for snapshot_id in snapshot_ids:
         locations = repo.icechunk.readonly_session(snapshot_id=snapshot_id).all_virtual_chunk_locations()

@@ -103,11 +103,11 @@ def migrate_zarr(
     index = DigestIndex(hierarchy.zarr_format, files, documents)
 
     config = icechunk.RepositoryConfig(manifest=icechunk.ManifestConfig(splitting=manifest_splitting(hierarchy)))
-    config.set_virtual_chunk_container(location.legacy_container_config())
+    config.set_virtual_chunk_container(location.legacy_container_config(zarr_id))
     repository = _repository(location, zarr_id, embargoed, config)
     session = repository.writable_session(DEFAULT_BRANCH)
     base = session.snapshot_id
-    container = f"{location.legacy_container()}{zarr_id}/"
+    container = location.legacy_container(zarr_id)
 
     async def write_nodes() -> None:
         for path in sorted(hierarchy.nodes, key=lambda p: (p.count("/"), p) if p else (-1, p)):
