@@ -4,6 +4,6 @@
 # Usage: bash scripts/bench-archive.sh [--rounds N] [--sizes N...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup-archive.sh" matplotlib
-export DANDI_ARCHIVE_WORKTREE="$root/.archive/src"
-exec "$root/.archive/venv/bin/python" "$root/tests/archive/run.py" on run "$root/benchmarks/archive_publish.py" "$@"
+source "$root/scripts/archive-lib.sh"
+archive_prepare matplotlib
+exec "$work/venv/bin/python" "$root/tests/archive/run.py" on run "$root/benchmarks/archive_publish.py" "$@"

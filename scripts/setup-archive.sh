@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="${DANDI_ARCHIVE_SRC:-$root/../shared/dandi-archive}"
 if [ ! -f "$src/manage.py" ]; then
-    echo "no dandi-archive source at $src (set DANDI_ARCHIVE_SRC)" >&2
+    echo "SKIP: no dandi-archive source at $src (set DANDI_ARCHIVE_SRC to one)"
     exit 3
 fi
 work="$root/.archive"

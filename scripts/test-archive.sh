@@ -11,23 +11,21 @@
 # Usage: bash scripts/test-archive.sh [PYTEST ARGS for tests/archive...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-work="$root/.archive"
-status=0
-bash "$root/scripts/setup-archive.sh" || status=$?
-if [ "$status" -eq 3 ]; then
-    echo "SKIP archive integration: no dandi-archive source (set DANDI_ARCHIVE_SRC)"
-    exit 0
-elif [ "$status" -ne 0 ]; then
-    exit "$status"
-fi
+source "$root/scripts/archive-lib.sh"
+archive_prepare
 
-export DANDI_ARCHIVE_WORKTREE="$work/src"
 archive_tests=(dandiapi/zarr dandiapi/api/tests/test_version.py dandiapi/api/tests/test_asset.py
                dandiapi/api/tests/test_embargo.py dandiapi/api/tests/test_unembargo.py
                dandiapi/api/tests/test_tasks.py dandiapi/api/tests/test_dandiset.py)
 for mode in off on; do
     echo "== the archive's own tests, patched, adapter $mode"
-    "$work/venv/bin/python" "$root/tests/archive/run.py" "$mode" -q -p no:randomly "${archive_tests[@]}"
+    run_own=("$work/venv/bin/python" "$root/tests/archive/run.py" "$mode" -q -p no:randomly "${archive_tests[@]}")
+    if ! "${run_own[@]}"; then
+        # A few of the archive's tests compare lists whose order the database does not promise
+        # (test_dandiset_rest_change_owner failed so once in CI, unpatched code path): one rerun.
+        echo "== rerunning the failed tests of the archive's own suite once (adapter $mode)"
+        "${run_own[@]}" --last-failed --last-failed-no-failures none
+    fi
 done
 echo "== the publish hook with the archive's dandischema pin"
 (cd "$root" && "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_publish.py \
@@ -35,12 +33,6 @@ echo "== the publish hook with the archive's dandischema pin"
 echo "== dandi-icechunk's archive tests"
 "$work/venv/bin/python" "$root/tests/archive/run.py" on -q "$root/tests/archive" "$@"
 echo "== the real dandi-cli against the archive served on 127.0.0.1"
-served="$(mktemp -d)"
-"$work/venv/bin/python" "$root/tests/archive/run.py" on run "$root/tests/archive/serve.py" "$served/archive.json" \
-    > "$served/serve.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -rf "$served"' EXIT
-for _ in $(seq 120); do [ -f "$served/archive.json" ] && break; sleep 1; done
-[ -f "$served/archive.json" ] || { cat "$served/serve.log"; echo "the archive did not start" >&2; exit 1; }
+archive_serve
 DANDI_ICECHUNK_TEST_ARCHIVE="$served/archive.json" "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider \
     "$root/tests/test_dandi_cli_archive.py"

@@ -57,8 +57,8 @@ def main(argv: list[str]) -> int:
             env["DJANGO_SETTINGS_MODULE"] = SETTINGS[mode]
             command = [sys.executable, *pytest_args[1:]]
         else:
-            command = [sys.executable, "-m", "pytest", f"--ds={SETTINGS[mode]}", "-p", "no:cacheprovider",
-                       *pytest_args]
+            command = [sys.executable, "-m", "pytest", f"--ds={SETTINGS[mode]}",
+                       "-o", f"cache_dir={archive.parent / f'pytest-cache-{mode}'}", *pytest_args]
         return subprocess.run(command, cwd=archive, env=env).returncode
 
 
