@@ -24,7 +24,6 @@ runs this with ``--archive INFO.json``). Writes ``benchmarks/results/dandi-uploa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,10 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
 import zarr
 from common import Timer, write_results
 from workloads import Workload
+
+from dandi_icechunk.testing.served_archive import ServedArchive
 
 OUT = Path(__file__).resolve().parent / "results"
 ZARR = "sub-1/sub-1_sample.ome.zarr"
@@ -79,45 +79,8 @@ def tree(path: Path) -> dict[str, tuple[int, int]]:
             for p in path.rglob("*") if p.is_file()}
 
 
-class Archive:
-    def __init__(self, info: dict[str, str]) -> None:
-        from dandi.utils import get_instance
-
-        self.api_url, self.api_key = info["api_url"], info["api_key"]
-        self.wait_until_up()
-        variable = get_instance(self.api_url).name.upper().replace("-", "_") + "_API_KEY"
-        # DANDI_NO_ET: no version check against the internet at start-up, for either contender
-        self.env = {**os.environ, variable: self.api_key, "DANDI_NO_ET": "1"}
-
-    def wait_until_up(self, timeout: float = 120) -> None:
-        """The archive writes its JSON just before its server starts: wait for ``/info/``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if requests.get(f"{self.api_url}/info/", timeout=10).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the archive at {self.api_url} did not answer /info/ in {timeout:.0f} s")
-            time.sleep(0.5)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = requests.request(method, f"{self.api_url}/{path}", timeout=120,
-                                    headers={"Authorization": f"token {self.api_key}"}, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else None
-
-    def new_dandiset(self, parent: Path) -> Path:
-        """A new Dandiset and its local directory, with ``dandiset.yaml``."""
-        created = self.call("POST", "dandisets/", json={"name": "dandi upload benchmark", "metadata": {
-            "name": "dandi upload benchmark", "description": "dandi upload of Zarr assets", "license": ["spdx:CC-BY-4.0"],
-            "contributor": [{"schemaKey": "Person", "name": "Lab, A", "email": "a@example.org",
-                             "roleName": ["dcite:ContactPerson"]}]}})
-        root = parent / created["identifier"]
-        root.mkdir()
-        (root / "dandiset.yaml").write_text(f"identifier: DANDI:{created['identifier']}\n")
-        return root
+class Archive(ServedArchive):
+    """The served archive, with what the benchmark reads back and runs."""
 
     def zarr_asset(self, dandiset: str) -> dict[str, Any]:
         """What the archive now holds for the Zarr asset: its Zarr, whether Icechunk, checksum."""
@@ -142,7 +105,7 @@ class Archive:
         if GNU_TIME:
             argv = [GNU_TIME, "-f", "%M", "-o", str(rss), *argv]
         with log.open("w") as out, Timer() as t:
-            rc = subprocess.run(argv, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            rc = subprocess.run(argv, cwd=cwd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                 timeout=3600, check=False).returncode
         text = log.read_text(errors="replace")
         peak = int(rss.read_text().split()[-1]) / 1024 if GNU_TIME and rss.exists() else None
@@ -154,7 +117,7 @@ class Archive:
 
 def one_run(archive: Archive, key: str, workload: Workload, source: Path, tmp: Path) -> dict[str, Any]:
     """First upload and 1% re-upload of ``source`` by contender ``key`` into a new Dandiset."""
-    dandiset_dir = archive.new_dandiset(tmp)
+    dandiset_dir = archive.new_dandiset(tmp, "dandi upload benchmark")
     local = dandiset_dir / ZARR
     shutil.copytree(source, local)
     before = tree(local)
@@ -297,7 +260,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64 MiB / 1,024 chunks and 147 small shards")
     args = parser.parse_args()
-    archive = Archive(json.loads(Path(args.archive).read_text()))
+    archive = Archive.load(args.archive)
+    try:
+        archive.wait_until_up()
+    except TimeoutError as e:
+        raise SystemExit(str(e)) from None
     started, load_before = time.perf_counter(), os.getloadavg()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     sizes: dict[str, dict[str, int]] = {}

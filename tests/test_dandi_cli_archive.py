@@ -8,7 +8,6 @@ snapshot, verified by dandi-cli's checksum; ``dandi digest`` agrees with the arc
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -21,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
 import zarr
 
 from dandi_icechunk.read import open_dataset
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.testing import make_ome_zarr_v2
+from dandi_icechunk.testing.served_archive import ServedArchive
 
 ARCHIVE = os.environ.get("DANDI_ICECHUNK_TEST_ARCHIVE")
 pytestmark = pytest.mark.skipif(
@@ -36,16 +35,9 @@ ZARR = "sub-1/sub-1_sample.ome.zarr"
 
 
 @pytest.fixture(scope="module")
-def archive() -> dict[str, str]:
+def archive() -> ServedArchive:
     assert ARCHIVE
-    return json.loads(Path(ARCHIVE).read_text())
-
-
-def _call(archive: dict[str, str], method: str, path: str, **kwargs: Any) -> Any:
-    response = requests.request(method, f"{archive['api_url']}/{path}", timeout=60,
-                                headers={"Authorization": f"token {archive['api_key']}"}, **kwargs)
-    response.raise_for_status()
-    return response.json() if response.content else None
+    return ServedArchive.load(ARCHIVE)
 
 
 ROUTES = ["released", "patched"]
@@ -59,29 +51,30 @@ def patched_dandi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dandi-cli")
     shutil.copytree(Path(dandi.__file__).parent, root / "dandi", ignore=shutil.ignore_patterns("__pycache__"))
     patch = Path(__file__).parents[1] / "integrations" / "dandi-cli" / "dandi-cli.patch"
-    applied = subprocess.run(["git", "apply", str(patch)], cwd=root, capture_output=True, text=True)
+    applied = subprocess.run(["git", "apply", str(patch)], cwd=root, capture_output=True, text=True, check=False)
     assert applied.returncode == 0, f"the dandi-cli patch does not apply to dandi {dandi.__version__}: {applied.stderr}"
     return root
 
 
-def _dandi(archive: dict[str, str], route: str, patched: Path, cwd: Path, *args: str,
+def _dandi(archive: ServedArchive, route: str, patched: Path, cwd: Path, *args: str,
            api_key: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``dandi ARGS`` as a lab runs it, with the API key in the instance's variable."""
-    from dandi.utils import get_instance
-
-    variable = get_instance(archive["api_url"]).name.upper().replace("-", "_") + "_API_KEY"
-    env = {**os.environ, variable: api_key or archive["api_key"]}
+    """``dandi ARGS`` as a lab runs it, with the API key in the instance's variable: through
+    ``dandi-icechunk dandi`` ("released"), the patched dandi-cli ("patched"), or dandi-cli alone
+    ("plain", today's presigned route)."""
+    env = archive.env(api_key)
     if route == "released":
         command = [str(Path(sys.executable).with_name("dandi-icechunk")), "dandi", *args]
-    else:
+    elif route == "patched":
         command = [sys.executable, "-c", "from dandi.cli.command import main; main()", *args]
         env["PYTHONPATH"] = os.pathsep.join([str(patched), env.get("PYTHONPATH", "")])
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    else:
+        command = [str(Path(sys.executable).with_name("dandi")), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def _upload(archive: dict[str, str], route: str, patched: Path, dandiset_dir: Path, *args: str,
+def _upload(archive: ServedArchive, route: str, patched: Path, dandiset_dir: Path, *args: str,
             api_key: str | None = None) -> subprocess.CompletedProcess[str]:
-    return _dandi(archive, route, patched, dandiset_dir, "upload", "-i", archive["api_url"], "--validation", "skip",
+    return _dandi(archive, route, patched, dandiset_dir, "upload", "-i", archive.api_url, "--validation", "skip",
                   *args, api_key=api_key)
 
 
@@ -99,27 +92,19 @@ def _nwb(path: Path) -> None:
 
 
 @pytest.fixture
-def dandiset_dir(archive: dict[str, str], tmp_path: Path) -> Path:
-    """A new Dandiset in the archive and its local directory, as `dandi download` lays it out."""
-    created = _call(archive, "POST", "dandisets/", json={"name": "Icechunk upload", "metadata": {
-        "name": "Icechunk upload", "description": "dandi-cli against the archive", "license": ["spdx:CC-BY-4.0"],
-        "contributor": [{"schemaKey": "Person", "name": "Lab, A", "email": "a@example.org",
-                         "roleName": ["dcite:ContactPerson"]}]}})
-    root = tmp_path / created["identifier"]
-    root.mkdir()
-    (root / "dandiset.yaml").write_text(f"identifier: DANDI:{created['identifier']}\n")
-    return root
+def dandiset_dir(archive: ServedArchive, tmp_path: Path) -> Path:
+    return archive.new_dandiset(tmp_path)
 
 
-def _assets(archive: dict[str, str], dandiset: str) -> dict[str, dict[str, Any]]:
-    listed = _call(archive, "GET", f"dandisets/{dandiset}/versions/draft/assets/")["results"]
-    return {a["path"]: _call(archive, "GET", f"dandisets/{dandiset}/versions/draft/assets/{a['asset_id']}/")
+def _assets(archive: ServedArchive, dandiset: str) -> dict[str, dict[str, Any]]:
+    listed = archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/")["results"]
+    return {a["path"]: archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/{a['asset_id']}/")
             for a in listed}
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_dandi_upload_of_a_dandiset_commits_each_zarr_to_icechunk_and_nwb_as_today(
-    archive: dict[str, str], dandiset_dir: Path, route: str, patched_dandi: Path
+    archive: ServedArchive, dandiset_dir: Path, route: str, patched_dandi: Path
 ) -> None:
     dandiset = dandiset_dir.name
     _nwb(dandiset_dir / "sub-1" / "sub-1_ecephys.nwb")
@@ -132,7 +117,7 @@ def test_dandi_upload_of_a_dandiset_commits_each_zarr_to_icechunk_and_nwb_as_tod
     assert "dandi:dandi-etag" in assets["sub-1/sub-1_ecephys.nwb"]["digest"]  # a blob, as today
     zarr_asset = assets[ZARR]
     ref = SnapshotReference.from_asset(zarr_asset)
-    state = _call(archive, "GET", f"zarr/{ref.zarr_id}/icechunk/")
+    state = archive.call("GET", f"zarr/{ref.zarr_id}/icechunk/")
     assert (state["icechunk"], state["status"]) == (True, "Complete")
     assert state["drafts"][0]["snapshot_id"] == ref.snapshot_id
     assert zarr_asset["digest"]["dandi:dandi-zarr-checksum"] == state["drafts"][0]["checksum"]
@@ -152,28 +137,28 @@ def test_dandi_upload_of_a_dandiset_commits_each_zarr_to_icechunk_and_nwb_as_tod
 
 
 def test_a_bad_api_key_is_one_error_and_changes_nothing(
-    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+    archive: ServedArchive, dandiset_dir: Path, patched_dandi: Path
 ) -> None:
     make_ome_zarr_v2(dandiset_dir / ZARR)
     refused = _upload(archive, "released", patched_dandi, dandiset_dir, api_key="0" * 40)
     assert refused.returncode != 0
     assert "401" in refused.stderr or "Invalid token" in refused.stderr or "API key" in refused.stderr
-    assert _call(archive, "GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0
+    assert archive.call("GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0
 
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _publish(archive: dict[str, str], dandiset: str) -> str:
+def _publish(archive: ServedArchive, dandiset: str) -> str:
     """Publish the draft once the archive's validation passed it; the new version's name."""
     deadline = time.monotonic() + 120
-    while (info := _call(archive, "GET", f"dandisets/{dandiset}/versions/draft/info/"))["status"] != "Valid":
+    while (info := archive.call("GET", f"dandisets/{dandiset}/versions/draft/info/"))["status"] != "Valid":
         assert time.monotonic() < deadline, f"the draft did not validate: {info.get('version_validation_errors')} {info.get('asset_validation_errors')}"
         time.sleep(1)
-    _call(archive, "POST", f"dandisets/{dandiset}/versions/draft/publish/")
+    archive.call("POST", f"dandisets/{dandiset}/versions/draft/publish/")
     while True:
-        versions = [v["version"] for v in _call(archive, "GET", f"dandisets/{dandiset}/versions/")["results"]]
+        versions = [v["version"] for v in archive.call("GET", f"dandisets/{dandiset}/versions/")["results"]]
         if len(versions) > 1:
             return next(v for v in versions if v != "draft")
         assert time.monotonic() < deadline, "the publish did not finish"
@@ -182,7 +167,7 @@ def _publish(archive: dict[str, str], dandiset: str) -> str:
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_dandi_download_gets_each_versions_own_snapshot_verified_and_digest_agrees(
-    archive: dict[str, str], dandiset_dir: Path, route: str, patched_dandi: Path, tmp_path: Path
+    archive: ServedArchive, dandiset_dir: Path, route: str, patched_dandi: Path, tmp_path: Path
 ) -> None:
     dandiset = dandiset_dir.name
     source = make_ome_zarr_v2(dandiset_dir / ZARR)
@@ -195,7 +180,7 @@ def test_dandi_download_gets_each_versions_own_snapshot_verified_and_digest_agre
     draft_files = _tree(source)
     assert draft_files != v1_files
 
-    api = archive["api_url"]
+    api = archive.api_url
     for name, files in ((version, v1_files), ("draft", draft_files)):
         out = tmp_path / name
         out.mkdir()
@@ -227,7 +212,7 @@ def test_dandi_download_gets_each_versions_own_snapshot_verified_and_digest_agre
 
 
 def test_zarr_mode_patch_keeps_what_is_gone_locally(
-    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+    archive: ServedArchive, dandiset_dir: Path, patched_dandi: Path
 ) -> None:
     source = make_ome_zarr_v2(dandiset_dir / ZARR)
     assert _upload(archive, "released", patched_dandi, dandiset_dir).returncode == 0
@@ -250,36 +235,32 @@ def test_zarr_mode_patch_keeps_what_is_gone_locally(
 
 
 def test_a_plain_zarr_stays_plain_and_uploads_as_before(
-    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+    archive: ServedArchive, dandiset_dir: Path, patched_dandi: Path
 ) -> None:
     """A Zarr first uploaded by dandi-cli alone (presigned PUTs) keeps that route."""
     source = make_ome_zarr_v2(dandiset_dir / ZARR)
-    plain = [str(Path(sys.executable).with_name("dandi")), "upload", "-i", archive["api_url"], "--validation", "skip"]
-    from dandi.utils import get_instance
-
-    env = {**os.environ, get_instance(archive["api_url"]).name.upper().replace("-", "_") + "_API_KEY": archive["api_key"]}
-    first = subprocess.run(plain, cwd=dandiset_dir, env=env, capture_output=True, text=True, timeout=600)
+    first = _upload(archive, "plain", patched_dandi, dandiset_dir)
     assert first.returncode == 0, first.stderr[-2000:]
     zarr.open_array(str(source / "0"), mode="r+")[0, 0:4, 0:4] = 6
     again = _upload(archive, "released", patched_dandi, dandiset_dir, "--existing", "refresh")
     assert again.returncode == 0, again.stderr[-2000:]
     asset = _assets(archive, dandiset_dir.name)[ZARR]
-    state = _call(archive, "GET", f"zarr/{_zarr_id(archive, dandiset_dir.name)}/icechunk/")
+    state = archive.call("GET", f"zarr/{_zarr_id(archive, dandiset_dir.name)}/icechunk/")
     assert (state["icechunk"], state["status"]) == (False, "Complete")
     from dandi.support.digests import get_zarr_checksum
 
     assert asset["digest"]["dandi:dandi-zarr-checksum"] == get_zarr_checksum(source)
 
 
-def _zarr_id(archive: dict[str, str], dandiset: str) -> str:
-    [found] = _call(archive, "GET", "zarr/", params={"dandiset": dandiset})["results"]
+def _zarr_id(archive: ServedArchive, dandiset: str) -> str:
+    [found] = archive.call("GET", "zarr/", params={"dandiset": dandiset})["results"]
     return str(found["zarr_id"])
 
 
 @pytest.mark.parametrize(("case", "said"), [("wrong instance", "Could not retrieve server info"),
                                            ("not an owner", "403")])
 def test_bad_uploads_end_in_one_clear_error_and_create_nothing(
-    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path, case: str, said: str
+    archive: ServedArchive, dandiset_dir: Path, patched_dandi: Path, case: str, said: str
 ) -> None:
     make_ome_zarr_v2(dandiset_dir / ZARR)
     if case == "wrong instance":
@@ -288,51 +269,47 @@ def test_bad_uploads_end_in_one_clear_error_and_create_nothing(
             dead = f"http://127.0.0.1:{s.getsockname()[1]}/api"
         refused = _dandi(archive, "released", patched_dandi, dandiset_dir, "upload", "-i", dead, "--validation", "skip")
     else:
-        refused = _upload(archive, "released", patched_dandi, dandiset_dir, api_key=archive["other_api_key"])
+        refused = _upload(archive, "released", patched_dandi, dandiset_dir, api_key=archive.other_api_key)
     assert refused.returncode != 0
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("Error:") and said in last, refused.stderr[-2000:]
-    assert _call(archive, "GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0
+    assert archive.call("GET", "zarr/", params={"dandiset": dandiset_dir.name})["count"] == 0
 
 
 def test_a_zarr_uploaded_by_plain_dandi_cli_migrates_in_place_then_publishes_and_downloads(
-    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path, tmp_path: Path
+    archive: ServedArchive, dandiset_dir: Path, patched_dandi: Path, tmp_path: Path
 ) -> None:
     """The legacy route end to end: dandi-cli's own presigned upload, the archive's migration
     (no byte copied), publish, and dandi download of the published version."""
     source = make_ome_zarr_v2(dandiset_dir / ZARR)
-    plain = [str(Path(sys.executable).with_name("dandi")), "upload", "-i", archive["api_url"], "--validation", "skip"]
-    from dandi.utils import get_instance
-
-    env = {**os.environ, get_instance(archive["api_url"]).name.upper().replace("-", "_") + "_API_KEY": archive["api_key"]}
-    uploaded = subprocess.run(plain, cwd=dandiset_dir, env=env, capture_output=True, text=True, timeout=600)
+    uploaded = _upload(archive, "plain", patched_dandi, dandiset_dir)
     assert uploaded.returncode == 0, uploaded.stderr[-2000:]
     zarr_id = _zarr_id(archive, dandiset_dir.name)
-    migrated = _call(archive, "POST", f"zarr/{zarr_id}/icechunk/migrate/")
+    migrated = archive.call("POST", f"zarr/{zarr_id}/icechunk/migrate/")
     from dandi.support.digests import get_zarr_checksum
 
     assert migrated["checksum"] == get_zarr_checksum(source)
-    assert _call(archive, "GET", f"zarr/{zarr_id}/icechunk/")["icechunk"] is True
+    assert archive.call("GET", f"zarr/{zarr_id}/icechunk/")["icechunk"] is True
     version = _publish(archive, dandiset_dir.name)
     out = tmp_path / "download"
     out.mkdir()
-    got = _dandi(archive, "patched", patched_dandi, out, "download", "-i", archive["api_url"], "--download", "assets",
-                 f"{archive['api_url']}/dandisets/{dandiset_dir.name}/versions/{version}/")
+    got = _dandi(archive, "patched", patched_dandi, out, "download", "-i", archive.api_url, "--download", "assets",
+                 f"{archive.api_url}/dandisets/{dandiset_dir.name}/versions/{version}/")
     assert got.returncode == 0, got.stderr[-3000:]
     assert _tree(out / dandiset_dir.name / ZARR if (out / dandiset_dir.name).exists() else out / ZARR) == _tree(source)
 
 
 def test_an_upload_interrupted_after_begin_runs_again_to_completion(
-    archive: dict[str, str], dandiset_dir: Path, patched_dandi: Path
+    archive: ServedArchive, dandiset_dir: Path, patched_dandi: Path
 ) -> None:
     """What a killed `dandi upload` leaves: a Zarr made, its upload begun (Pending), part of the
     chunks written but not committed, no asset. Running the same command again finishes."""
     from dandi_icechunk.upload.archive import begin_archive_upload
 
     source = make_ome_zarr_v2(dandiset_dir / ZARR)
-    zarr_id = _call(archive, "POST", "zarr/", json={"name": ZARR, "dandiset": dandiset_dir.name})["zarr_id"]
-    begun = begin_archive_upload(archive["api_url"], zarr_id, api_key=archive["api_key"])
-    assert _call(archive, "GET", f"zarr/{zarr_id}/icechunk/")["status"] == "Pending"
+    zarr_id = archive.call("POST", "zarr/", json={"name": ZARR, "dandiset": dandiset_dir.name})["zarr_id"]
+    begun = begin_archive_upload(archive.api_url, zarr_id, api_key=archive.api_key)
+    assert archive.call("GET", f"zarr/{zarr_id}/icechunk/")["status"] == "Pending"
     from dandi_icechunk.session import ZarrRepository
 
     repo = ZarrRepository.open(begun.location, zarr_id, create=True)  # a session written to, never committed
@@ -342,6 +319,6 @@ def test_an_upload_interrupted_after_begin_runs_again_to_completion(
     assert done.returncode == 0, done.stderr[-2000:]
     asset = _assets(archive, dandiset_dir.name)[ZARR]
     assert SnapshotReference.from_asset(asset).zarr_id == zarr_id
-    assert _call(archive, "GET", f"zarr/{zarr_id}/icechunk/")["status"] == "Complete"
+    assert archive.call("GET", f"zarr/{zarr_id}/icechunk/")["status"] == "Complete"
     np.testing.assert_array_equal(open_dataset(asset, group="0", anonymous=True)["image"].values,
                                   np.asarray(zarr.open_array(str(source / "0"), mode="r")[:]))
