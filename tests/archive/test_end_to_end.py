@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
+from conftest import Archive, api_key, local_tree, validate
 from dandiapi.api.models import Dandiset
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 from dandi_icechunk.archive.django.tasks import audit_embargoed_zarrs
@@ -66,8 +66,7 @@ def test_zarr_asset_upload_publish_change_publish_reads_each_version_over_http(
     served = archive.call("GET", f"zarr/{zarr_id}/")
     assert (served["checksum"], served["size"], served["file_count"]) == (first.zarr_checksum, first.size, first.file_count)
 
-    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                 json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    archive.add_zarr_asset(dandiset, zarr_id, ZARR_PATH)
     validate()
     v1 = archive.publish(dandiset)
     v1_files = local_tree(source)
@@ -144,8 +143,7 @@ def test_embargoed_zarr_is_private_under_the_archive_policy_until_unembargo_then
     with pytest.raises(DandiIcechunkError):
         ZarrRepository.open(anonymous, zarr_id).resolve()
 
-    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                 json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    archive.add_zarr_asset(dandiset, zarr_id, ZARR_PATH)
     archive.call("POST", f"dandisets/{dandiset}/unembargo/")
     assert Dandiset.objects.get(pk=draft.dandiset.pk).embargo_status == Dandiset.EmbargoStatus.OPEN
     assert ZarrRepository.open(anonymous, zarr_id).resolve() == result.snapshot_id  # public now

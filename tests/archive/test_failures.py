@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Archive, api_key, bucket_keys, validate, zarr_asset_metadata
+from conftest import Archive, api_key, bucket_keys, validate
 from dandiapi.api.models import Asset, Version
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 from dandiapi.zarr.models import ZarrArchive
@@ -43,8 +43,7 @@ def _zarr_asset(archive: Archive, dandiset: str, tmp_path: Path) -> tuple[str, A
     """A Zarr uploaded through the archive and its draft asset, validated."""
     zarr_id = archive.call("POST", "zarr/", json={"name": "a.zarr", "dandiset": dandiset})["zarr_id"]
     _, result = archive.upload(zarr_id, make_zarr_v3(tmp_path / "a.zarr"))
-    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                 json={"metadata": zarr_asset_metadata("a.zarr"), "zarr_id": zarr_id})
+    archive.add_zarr_asset(dandiset, zarr_id, "a.zarr")
     validate()
     return zarr_id, result
 
@@ -80,8 +79,7 @@ def test_a_plain_zarr_with_files_stays_plain_and_keeps_its_presigned_uploads(
 ) -> None:
     archive, dandiset = owner_archive
     zarr_id = archive.call("POST", "zarr/", json={"name": "plain.zarr", "dandiset": dandiset})["zarr_id"]
-    [url] = archive.call("POST", f"zarr/{zarr_id}/files/", json=[{"path": "zarr.json", "base64md5": "mZFLkyvTelC5g8XnyQrpOw=="}])
-    assert requests.put(url, data=b"{}", headers={"Content-MD5": "mZFLkyvTelC5g8XnyQrpOw=="}, timeout=30).ok
+    archive.presigned_upload(zarr_id, {"zarr.json": b"{}"}, finalize=False)
     refused = archive.call("POST", f"zarr/{zarr_id}/icechunk/upload/", expect=409)
     assert "stays a plain Zarr" in str(refused)
     archive.call("POST", f"zarr/{zarr_id}/finalize/", expect=204)  # as today

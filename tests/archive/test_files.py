@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import requests
 import zarr
-from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
+from conftest import Archive, api_key, local_tree, validate
 from dandiapi.api.models import Dandiset
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 
 from dandi_icechunk.errors import AccessDeniedError
-from dandi_icechunk.read import open_dataset
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.testing import make_ome_zarr_v2
 
@@ -50,8 +49,7 @@ def test_files_endpoint_serves_the_draft_and_each_published_snapshot_as_uploaded
     assert _listing(archive, zarr_id) == []  # nothing finalized yet
     source = make_ome_zarr_v2(tmp_path / "sample.ome.zarr", levels=2)
     archive.upload(zarr_id, source)
-    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                 json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    archive.add_zarr_asset(dandiset, zarr_id, ZARR_PATH)
     validate()
     version = archive.publish(dandiset)
     published_asset = archive.published_asset(dandiset, version)
@@ -75,7 +73,7 @@ def test_files_endpoint_serves_the_draft_and_each_published_snapshot_as_uploaded
     assert [e["Key"] for e in _listing(archive, zarr_id, prefix="1/")] == sorted(k for k in draft if k.startswith("1/"))
     # the archive's URL of the published asset is a reference too; read through the archive
     asset_url = f"{archive.api}/dandisets/{dandiset}/versions/{version}/assets/{published_asset['identifier']}/"
-    via_archive = open_dataset(asset_url, group="0", dandi_api_key=archive.api_key, dandi_api_url=archive.api)
+    via_archive = archive.read(asset_url)
     np.testing.assert_array_equal(via_archive["image"].values, v1_level0)
 
     chunk = sorted(k for k in draft if k.startswith("0/0"))[0]
@@ -103,11 +101,9 @@ def test_an_embargoed_zarrs_files_reach_its_owner_by_api_key_and_nobody_else(liv
     assert _download(archive, zarr_id, key).content == files[key]
 
     # the owner reads it with xarray and a DANDI API key, through the archive
-    created = archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                           json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
-    asset = archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/{created['asset_id']}/")
+    asset = archive.add_zarr_asset(dandiset, zarr_id, ZARR_PATH)
     level0 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
-    read = open_dataset(asset, group="0", dandi_api_key=archive.api_key, dandi_api_url=archive.api)
+    read = archive.read(asset)
     np.testing.assert_array_equal(read["image"].values, level0)
 
     stranger = Archive(live_server.url, api_key(UserFactory.create()))
@@ -118,4 +114,4 @@ def test_an_embargoed_zarrs_files_reach_its_owner_by_api_key_and_nobody_else(liv
         outsider.call("GET", f"zarr/{zarr_id}/files/", expect=404, params={"snapshot": result.snapshot_id})
         assert _download(outsider, zarr_id, key, snapshot=result.snapshot_id).status_code == 404
         with pytest.raises(AccessDeniedError, match="private"):
-            open_dataset(asset, group="0", dandi_api_key=outsider.api_key, dandi_api_url=archive.api)  # "": no key
+            outsider.read(asset)  # "": no key

@@ -4,16 +4,13 @@ Icechunk Zarr from then on, read, published and refusing presigned uploads, its 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import requests
 import zarr
-from conftest import Archive, api_key, bucket_keys, local_tree, validate, zarr_asset_metadata
+from conftest import Archive, api_key, bucket_keys, local_tree, validate
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 from dandiapi.zarr.models import ZarrArchive
 
@@ -28,21 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ZARR_PATH = "sub-1/sub-1_legacy.ome.zarr"
 
 
-def _presigned_upload(archive: Archive, zarr_id: str, files: dict[str, bytes]) -> None:
-    """Today's Zarr upload: ask for presigned PUT URLs, PUT each file with its MD5, finalize."""
-    md5s = {k: base64.b64encode(hashlib.md5(v).digest()).decode() for k, v in files.items()}
-    keys = sorted(files)
-    for start in range(0, len(keys), 255):
-        batch = keys[start : start + 255]
-        urls = archive.call("POST", f"zarr/{zarr_id}/files/", json=[{"path": k, "base64md5": md5s[k]} for k in batch])
-        for key, url in zip(batch, urls, strict=True):
-            headers = {"Content-MD5": md5s[key]}
-            if "x-amz-tagging" in url:  # an embargoed Zarr's objects are tagged, as dandi-cli tags them
-                headers["x-amz-tagging"] = "embargoed=true"
-            assert requests.put(url, data=files[key], headers=headers, timeout=60).ok
-    archive.call("POST", f"zarr/{zarr_id}/finalize/", expect=204)
-
-
 def test_a_zarr_uploaded_the_old_way_migrates_in_place_and_then_publishes(
     live_server: Any, tmp_path: Path, adapter_location: StorageLocation
 ) -> None:
@@ -52,11 +34,10 @@ def test_a_zarr_uploaded_the_old_way_migrates_in_place_and_then_publishes(
     zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
     source = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
     files = local_tree(source)
-    _presigned_upload(archive, zarr_id, files)
+    archive.presigned_upload(zarr_id, files)
     assert ZarrArchive.objects.get(zarr_id=zarr_id).status == "Complete"
     legacy = sorted(bucket_keys(adapter_location.legacy_prefix(zarr_id) + "/"))
-    created = archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                           json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    created = archive.add_zarr_asset(dandiset, zarr_id, ZARR_PATH)
 
     outcome = migrate_zarr_archive(zarr_id)
     assert outcome["migrated"], outcome
@@ -66,7 +47,7 @@ def test_a_zarr_uploaded_the_old_way_migrates_in_place_and_then_publishes(
     assert not [k for k in bucket_keys(adapter_location.repository_prefix(zarr_id) + "/") if "/chunks/" in k]
     assert migrate_zarr_archive(zarr_id)["migrated"] is False  # once
 
-    asset = archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/{created['asset_id']}/")
+    asset = archive.draft_asset(dandiset, created["identifier"])
     assert SnapshotReference.from_asset(asset).snapshot_id == outcome["snapshot_id"]
     level0 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
     np.testing.assert_array_equal(open_dataset(asset, group="0")["image"].values, level0)
@@ -97,9 +78,8 @@ def test_an_embargoed_zarr_migrates_under_the_private_prefix_and_stays_private(
     archive = Archive(live_server.url, api_key(owner))
     zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
     source = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
-    _presigned_upload(archive, zarr_id, local_tree(source))
-    created = archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                           json={"metadata": zarr_asset_metadata(ZARR_PATH), "zarr_id": zarr_id})
+    archive.presigned_upload(zarr_id, local_tree(source))
+    created = archive.add_zarr_asset(dandiset, zarr_id, ZARR_PATH)
     deny_embargoed_reads()
 
     assert migrate_zarr_archive(zarr_id)["migrated"]
@@ -108,7 +88,7 @@ def test_an_embargoed_zarr_migrates_under_the_private_prefix_and_stays_private(
                                 anonymous=True, legacy_root=adapter_location.legacy_root)
     with pytest.raises(DandiIcechunkError):
         ZarrRepository.open(anonymous, zarr_id).resolve()
-    asset = archive.call("GET", f"dandisets/{dandiset}/versions/draft/assets/{created['asset_id']}/")
+    asset = archive.draft_asset(dandiset, created["identifier"])
     level0 = np.asarray(zarr.open_array(str(source / "0"), mode="r")[:])
-    owned = open_dataset(asset, group="0", dandi_api_key=archive.api_key, dandi_api_url=archive.api)
+    owned = archive.read(asset)
     np.testing.assert_array_equal(owned["image"].values, level0)

@@ -36,12 +36,10 @@ def test_a_zarr_reused_in_a_second_dandiset_keeps_its_own_draft_and_publishes_it
     zarr_id = lab_a.call("POST", "zarr/", json={"name": "x.ome.zarr", "dandiset": dandiset_a})["zarr_id"]
     source = make_ome_zarr_v2(tmp_path / "x.ome.zarr")
     _, first = lab_a.upload(zarr_id, source)
-    lab_a.call("POST", f"dandisets/{dandiset_a}/versions/draft/assets/",
-               json={"metadata": zarr_asset_metadata("x.ome.zarr"), "zarr_id": zarr_id})
+    lab_a.add_zarr_asset(dandiset_a, zarr_id, "x.ome.zarr")
 
     # lab B adds the same Zarr: no upload, its own branch and draft
-    lab_b.call("POST", f"dandisets/{dandiset_b}/versions/draft/assets/",
-               json={"metadata": zarr_asset_metadata("derived/x.ome.zarr"), "zarr_id": zarr_id})
+    lab_b.add_zarr_asset(dandiset_b, zarr_id, "derived/x.ome.zarr")
     drafts = {d["dandiset"]: d for d in archive_zarr_state(lab_a.api, zarr_id, api_key=lab_a.api_key)["drafts"]}
     assert drafts[dandiset_b]["snapshot_id"] == first.snapshot_id
     assert drafts[dandiset_b]["branch"] == f"dandiset/{dandiset_b}"

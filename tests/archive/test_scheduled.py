@@ -10,7 +10,7 @@ from typing import Any
 import icechunk
 import pytest
 import zarr
-from conftest import Archive, api_key, local_tree, validate, zarr_asset_metadata
+from conftest import Archive, api_key, local_tree, validate
 from dandiapi.api.tests.factories import DraftVersionFactory, UserFactory
 from dandiapi.celery import app
 from django.core.files.storage import default_storage
@@ -32,8 +32,7 @@ def _published(live_server: Any, tmp_path: Path) -> tuple[Archive, str, str, dic
     zarr_id = archive.call("POST", "zarr/", json={"name": "a.zarr", "dandiset": dandiset})["zarr_id"]
     source = make_zarr_v3(tmp_path / "a.zarr")
     archive.upload(zarr_id, source)
-    archive.call("POST", f"dandisets/{dandiset}/versions/draft/assets/",
-                 json={"metadata": zarr_asset_metadata("a.zarr"), "zarr_id": zarr_id})
+    archive.add_zarr_asset(dandiset, zarr_id, "a.zarr")
     validate()
     version = archive.publish(dandiset)
     return archive, dandiset, zarr_id, archive.published_asset(dandiset, version), source
