@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import icechunk
@@ -19,7 +20,7 @@ from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.read.history import diff_snapshots
 from dandi_icechunk.session import MANIFEST_TARGET_REFS, ZarrRepository
 from dandi_icechunk.snapshot_files import verify_snapshot
-from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
+from dandi_icechunk.testing import S3Server, make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
 from .conftest import InterruptAfter, reference_checksum, tree_bytes
@@ -329,3 +330,84 @@ def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
 
     done = upload_zarr(src, location, zarr_id)  # once the writer is done, the upload goes through
     assert done.zarr_checksum == reference_checksum(src)
+
+
+def test_a_first_upload_without_checksum_lookup_reads_each_chunk_file_once_and_hashes_what_it_sends(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive's route (``dedup=False``) into an empty repository hashes each chunk as it
+    reads it for sending: one read per chunk file, and the checksum and index match the files."""
+    from dandi_icechunk.upload import local_zarr
+
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(32, 64, 64), chunks=(4, 16, 16), shards=(8, 32, 32))
+    reads: dict[str, int] = {}
+    real_read = local_zarr.read_file
+
+    def counted(path: str | Path, key: str) -> bytes:
+        reads[key] = reads.get(key, 0) + 1
+        return real_read(path, key)
+
+    def no_hash_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a file was hashed before it was sent")
+
+    monkeypatch.setattr(local_zarr, "read_file", counted)
+    monkeypatch.setattr(local_zarr, "hash_file", no_hash_pass)
+    result = upload_zarr(src, location, zarr_id, dedup=False)
+
+    chunks = {k for k in tree_bytes(src) if "/c/" in k}
+    assert chunks <= set(reads) and set(reads.values()) == {1}  # metadata is read once too, at the scan
+    assert result.zarr_checksum == reference_checksum(src)
+    assert result.files_written == result.file_count == len(tree_bytes(src))
+    repo = ZarrRepository.open(location, zarr_id)
+    assert verify_snapshot(repo).ok  # every stored chunk has the digest the index holds
+    exported = export_snapshot(repo, tmp_path / "back.zarr", snapshot_id=result.snapshot_id)
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+
+
+def test_a_chunk_over_icechunks_multipart_threshold_is_sent_in_one_put(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    """Single PUTs up to 1 GiB (benchmarks/big_objects.py: multipart from 100 MB, Icechunk's
+    default, took 1.6x as long for 220 MB shards here). A multipart object's ETag ends in -N."""
+    src = tmp_path / "big.zarr"
+    array = zarr.create_array(str(src), shape=(56 * 1024 * 1024,), chunks=(56 * 1024 * 1024,), dtype="<u2",
+                              compressors=None, zarr_format=3)
+    array[:] = np.arange(array.shape[0], dtype="<u2")  # 112 MB in one chunk
+    upload_zarr(src, s3_location, zarr_id, dedup=False)
+    client = s3_server.client()
+    prefix = s3_location.repository_prefix(zarr_id) + "/chunks/"
+    [chunk] = client.list_objects_v2(Bucket=s3_location.bucket, Prefix=prefix)["Contents"]
+    assert chunk["Size"] == 112 * 1024 * 1024
+    assert "-" not in chunk["ETag"].strip('"')
+
+
+def test_bytes_in_flight_stay_within_the_budget_and_an_oversized_chunk_goes_alone() -> None:
+    """``run_bounded`` as the upload uses it: weights are chunk sizes, the budget is memory;
+    items are taken from the iterator as workers free up, not all at once."""
+    import asyncio
+
+    from dandi_icechunk.aio import run_bounded
+
+    weights = [30, 30, 30, 250, 10, 10, 60, 90, 5] * 4
+    in_flight: list[int] = []
+    seen: list[tuple[int, int]] = []  # (item, weight in flight once it started)
+    taken = 0
+
+    def items() -> Iterator[int]:
+        nonlocal taken
+        for i, _ in enumerate(weights):
+            taken += 1
+            assert taken - len(seen) <= 4, "items were taken ahead of the workers"
+            yield i
+
+    async def work(i: int) -> None:
+        in_flight.append(i)
+        seen.append((i, sum(weights[j] for j in in_flight)))
+        if weights[i] > 100:
+            assert in_flight == [i], "an item over the budget ran beside others"
+        await asyncio.sleep(0.001 * (i % 3))
+        in_flight.remove(i)
+
+    asyncio.run(run_bounded(work, items(), 4, weight=weights.__getitem__, budget=100))
+    assert sorted(i for i, _ in seen) == list(range(len(weights)))
+    assert max(total for i, total in seen if weights[i] <= 100) <= 100

@@ -1,27 +1,55 @@
-"""Bounded concurrency for the many small storage transfers of an upload, export or check."""
+"""Bounded concurrency for the many storage transfers of an upload, export or check."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 
 
-async def run_bounded[T](work: Callable[[T], Awaitable[None]], items: Iterable[T], jobs: int) -> None:
-    """Await ``work(item)`` for every item, at most ``jobs`` at once. The first failure (or a
-    cancellation) cancels the rest and is raised once they have stopped."""
+async def run_bounded[T](
+    work: Callable[[T], Awaitable[None]],
+    items: Iterable[T],
+    jobs: int,
+    *,
+    weight: Callable[[T], int] | None = None,
+    budget: int = 0,
+) -> None:
+    """Await ``work(item)`` for every item, at most ``jobs`` at once, taking items from
+    ``items`` as workers free up (nothing is created per item in advance). With ``weight``,
+    the items in flight weigh at most ``budget`` together (bytes held in memory, say); an item
+    heavier than the budget still runs, alone. The first failure (or a cancellation) cancels
+    the rest and is raised once they have stopped."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    semaphore = asyncio.Semaphore(jobs)
+    pending = iter(items)
+    in_flight = 0
+    room = asyncio.Condition()
 
-    async def one(item: T) -> None:
-        async with semaphore:
-            await work(item)
+    def fits(held: int) -> bool:
+        return in_flight == 0 or in_flight + held <= budget
 
-    tasks = [asyncio.create_task(one(item)) for item in items]
+    async def worker() -> None:
+        nonlocal in_flight
+        for item in pending:  # one shared iterator: each item goes to one worker
+            held = weight(item) if weight else 0
+            if held:
+                async with room:
+                    await room.wait_for(functools.partial(fits, held))
+                    in_flight += held
+            try:
+                await work(item)
+            finally:
+                if held:
+                    async with room:
+                        in_flight -= held
+                        room.notify_all()
+
+    workers = [asyncio.create_task(worker()) for _ in range(jobs)]
     try:
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*workers)
     except BaseException:
-        for task in tasks:
+        for task in workers:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
         raise

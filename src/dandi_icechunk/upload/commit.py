@@ -29,7 +29,15 @@ from ..errors import (
     first_line,
 )
 from ..hierarchy import Hierarchy, node_key
-from ..index import DigestIndex, IndexDelta, differing_parts, index_shard_ids, load_index_files, store_index
+from ..index import (
+    DigestIndex,
+    FileDigest,
+    IndexDelta,
+    differing_parts,
+    index_shard_ids,
+    load_index_files,
+    store_index,
+)
 from ..location import StorageLocation, validate_zarr_id
 from ..objects import DEFAULT_JOBS
 from ..progress import NoProgress, Progress
@@ -47,6 +55,9 @@ from .digest_cache import DigestCache
 from .local_zarr import LocalZarr, scan_local_zarr
 
 _INLINE_READ_MAX = 1024 * 1024
+CHUNK_MEMORY_BUDGET = 768 * 1024 * 1024
+"""Most chunk bytes an upload holds in memory at once (a chunk larger than this is sent alone)."""
+_MULTIPART_MIN = 1024 * 1024 * 1024  # single PUTs up to 1 GiB: measured faster (benchmarks/big_objects.py)
 
 
 @dataclass(frozen=True)
@@ -113,18 +124,21 @@ def upload_zarr(
         )
     progress = progress or NoProgress()
     local = scan_local_zarr(path)
-    progress.start("hashing", local.file_count, local.size)
-    new_index = local.digest_index(
-        workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache
-    )
-    progress.finish()
-    # CPU work that the storage round trips below (open, base index, writes) hide
-    checksum_job = _in_background(new_index.zarr_checksum)
     config = icechunk.RepositoryConfig(
-        manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy))
+        manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy)),
+        storage=icechunk.StorageSettings(minimum_size_for_multipart_upload=_MULTIPART_MIN),
     )
+
+    def hashed() -> tuple[DigestIndex, Future[str]]:
+        progress.start("hashing", local.file_count, local.size)
+        index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache)
+        progress.finish()
+        # CPU work that the storage round trips that follow (open, base index, writes) hide
+        return index, _in_background(index.zarr_checksum)
+
     writer: ZarrRepository | None = None
     if dedup:
+        new_index, checksum_job = hashed()
         try:
             writer = ZarrRepository.open(location, zarr_id, config=config)
         except RepositoryNotFoundError:  # a Zarr new to the archive: is its content there?
@@ -140,29 +154,43 @@ def upload_zarr(
     base_sid = session.snapshot_id
     base = writer.index_reader(base_sid)
     hierarchy = local.hierarchy
-    if not delete_missing:
-        whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
-        new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
-        hierarchy = Hierarchy.from_documents(new_index.documents)
-        checksum_job = _in_background(new_index.zarr_checksum)
-    # Only the index shards whose content differs are read and compared.
-    base_index, changed = differing_parts(base, new_index)
-    delta = base_index.delta_to(changed)
-    written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
-    # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
-    dropped_chunks = sorted(
-        (delta.removed | (delta.written & new_index.documents.keys())) - base_index.documents.keys()
-    )
     removed_nodes = 0
-    if delta:
-        old_hierarchy = (
-            Hierarchy.from_documents(base_index.documents) if base_index.documents else None
-        )
+    if not dedup and base.file_count == 0:
+        # A first upload with no checksum lookup sends every chunk: each is hashed as it is read
+        # for sending, so no file is read twice and hashing overlaps the writes.
+        chunk_digests: dict[str, FileDigest] = {}
         with _storage_errors(writer.zarr_id):
-            removed_nodes = _write_changes(
-                session, local, new_index, hierarchy, old_hierarchy, written_chunks, dropped_chunks,
-                jobs, progress,
+            _write_changes(session, local, hierarchy, None, sorted(local.chunk_files), [], jobs, progress,
+                           hashed=chunk_digests)
+        new_index = local.index_of(chunk_digests, digest_cache)
+        checksum_job = _in_background(new_index.zarr_checksum)
+        base_index = DigestIndex(base.zarr_format, {}, {})
+        delta = base_index.delta_to(new_index)
+    else:
+        if not dedup:
+            new_index, checksum_job = hashed()
+        if not delete_missing:
+            whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
+            new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
+            hierarchy = Hierarchy.from_documents(new_index.documents)
+            checksum_job = _in_background(new_index.zarr_checksum)
+        # Only the index shards whose content differs are read and compared.
+        base_index, changed = differing_parts(base, new_index)
+        delta = base_index.delta_to(changed)
+        written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
+        # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
+        dropped_chunks = sorted(
+            (delta.removed | (delta.written & new_index.documents.keys())) - base_index.documents.keys()
+        )
+        if delta:
+            old_hierarchy = (
+                Hierarchy.from_documents(base_index.documents) if base_index.documents else None
             )
+            with _storage_errors(writer.zarr_id):
+                removed_nodes = _write_changes(
+                    session, local, hierarchy, old_hierarchy, written_chunks, dropped_chunks, jobs, progress,
+                    expected=new_index,
+                )
     checksum = checksum_job.result()
     result = UploadResult(
         zarr_id=zarr_id,
@@ -299,15 +327,19 @@ def _rebased_index(
 def _write_changes(
     session: icechunk.Session,
     local: LocalZarr,
-    new_index: DigestIndex,
     hierarchy: Hierarchy,
     old_hierarchy: Hierarchy | None,
     written_chunks: list[str],
     dropped_chunks: list[str],
     jobs: int,
     progress: Progress,
+    *,
+    expected: DigestIndex | None = None,
+    hashed: dict[str, FileDigest] | None = None,
 ) -> int:
     """Write the changes into ``session``: nodes first, then dropped chunks, then new chunks.
+    Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
+    ``hashed``.
 
     Returns the number of nodes removed.
     """
@@ -341,10 +373,10 @@ def _write_changes(
         for key in removed_chunks:
             if key is not None and await store.exists(key):
                 await store.delete(key)
-        await _write_chunks(store, local, new_index, written_chunks, jobs, progress)
+        await _write_chunks(store, local, written_chunks, jobs, progress, expected, hashed)
         await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
 
-    progress.start("uploading", len(written_chunks), sum(new_index.files[k].size for k in written_chunks))
+    progress.start("uploading", len(written_chunks), sum(local.stats[k][0] for k in written_chunks))
     try:
         asyncio.run(run())
     finally:
@@ -355,19 +387,27 @@ def _write_changes(
 async def _write_chunks(
     store: Any,
     local: LocalZarr,
-    index: DigestIndex,
     keys: Iterable[str],
     jobs: int,
     progress: Progress,
+    expected: DigestIndex | None,
+    hashed: dict[str, FileDigest] | None,
 ) -> None:
+    def read(key: str) -> bytes:
+        if expected is not None:
+            return local.read_unchanged(key, expected.files[key])
+        data, digest = local.read_hashed(key)
+        if hashed is not None:
+            hashed[key] = digest
+        return data
+
+    def size(key: str) -> int:
+        return local.stats[key][0]
+
     async def one(key: str) -> None:
         # A thread hop costs more than reading a small chunk in place.
-        expected = index.files[key]
-        if expected.size <= _INLINE_READ_MAX:
-            data = local.read_unchanged(key, expected)
-        else:
-            data = await asyncio.to_thread(local.read_unchanged, key, expected)
+        data = read(key) if size(key) <= _INLINE_READ_MAX else await asyncio.to_thread(read, key)
         await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
         progress.advance(1, len(data))
 
-    await run_bounded(one, keys, jobs)
+    await run_bounded(one, keys, jobs, weight=size, budget=CHUNK_MEMORY_BUDGET)

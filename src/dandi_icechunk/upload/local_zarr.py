@@ -63,13 +63,14 @@ class LocalZarr:
         GIL on big buffers, while many small reads mostly contend for it). With ``cache``,
         files unchanged since they were last hashed (size, mtime, inode) are not read.
         """
-        files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
+        files: dict[str, FileDigest] = {}
         cached = cache.load(self.root) if cache else {}
         for key, (seen, md5) in cached.items():
             if key in self.chunk_files and self.stats.get(key) == seen:
                 files[key] = FileDigest(md5, seen[0])
         if progress:
-            progress(len(files), sum(d.size for d in files.values()))
+            progress(len(files) + len(self.documents),
+                     sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
         items = [(k, p) for k, p in self.chunk_files.items() if k not in files]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
 
@@ -87,20 +88,28 @@ class LocalZarr:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for digests in pool.map(batch, batches):
                     files.update(digests)
+        return self.index_of(files, cache)
+
+    def index_of(self, chunk_digests: dict[str, FileDigest], cache: DigestCache | None = None) -> DigestIndex:
+        """The digest index of this Zarr given every chunk's digest (the documents are hashed
+        here); the chunks' digests are saved in ``cache`` for the next upload."""
+        files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
+        files.update(chunk_digests)
         if cache:
-            cache.save(self.root, {k: (self.stats[k], files[k].md5) for k in self.chunk_files})
+            cache.save(self.root, {k: (self.stats[k], chunk_digests[k].md5) for k in self.chunk_files})
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
+
+    def read_hashed(self, key: str) -> tuple[bytes, FileDigest]:
+        """The bytes of chunk ``key`` and their digest: what is sent is what was hashed."""
+        data = read_file(self.chunk_files[key], key)
+        return data, FileDigest(hashlib.md5(data).hexdigest(), len(data))
 
     def read_unchanged(self, key: str, expected: FileDigest) -> bytes:
         """The bytes of chunk ``key``, refusing a file that no longer has the digest ``expected``
         (changed since it was hashed): every byte committed is a byte that was hashed, even
         after an edit in place that kept the size and modification time."""
-        try:
-            with open(self.chunk_files[key], "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise _unreadable(key, exc) from None
-        if len(data) != expected.size or hashlib.md5(data).hexdigest() != expected.md5:
+        data, digest = self.read_hashed(key)
+        if digest != expected:
             raise InvalidZarrError(
                 f"{key} changed while it was being uploaded; nothing was committed. "
                 "Wait until whatever writes the Zarr has finished, then run the upload again"
