@@ -27,13 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results  # noqa: E402
 
 from dandi_icechunk.location import StorageLocation  # noqa: E402
-from dandi_icechunk.testing import synthetic_snapshot  # noqa: E402
+from dandi_icechunk.testing import synthetic_key, synthetic_snapshot  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def _key(i: int) -> str:
-    return f"0/c/{i // 1000}/{i % 1000}"  # as testing.synthetic_snapshot names them
 
 
 def _peak_kb(pid: int) -> int:
@@ -65,7 +61,7 @@ def serve_peak(root: Path, zarr_id: str, snapshot: str, n: int, requests: int) -
         rng = random.Random(n)
         start = time.perf_counter()
         for _ in range(requests):
-            request = urllib.request.Request(base + _key(rng.randrange(n)), method="HEAD")
+            request = urllib.request.Request(base + synthetic_key(rng.randrange(n)), method="HEAD")
             urllib.request.urlopen(request, timeout=30).read()
         seconds = time.perf_counter() - start
         urllib.request.urlopen(base + "0/c/0/", timeout=60).read()

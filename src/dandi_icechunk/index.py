@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from .checksum import dandi_zarr_checksum
@@ -124,15 +125,17 @@ class DigestIndex:
             body["extras"] = extras
         return body
 
-    def shards(self) -> list[list[tuple[str, FileDigest]]]:
+    @cached_property
+    def shards(self) -> list[Shard]:
         """The files in sorted runs, cut after each key whose hash is a boundary (or at
-        ``_SHARD_MAX``): inserting or removing a key changes only its own run."""
+        ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each with its
+        stored bytes and ID, made once however often they are compared and stored."""
         runs: list[list[tuple[str, FileDigest]]] = [[]]
         for key, digest in sorted(self.files.items()):
             runs[-1].append((key, digest))
             if _is_boundary(key) or len(runs[-1]) >= _SHARD_MAX:
                 runs.append([])
-        return [r for r in runs if r]
+        return [Shard.of(r) for r in runs if r]
 
 
 def _is_boundary(key: str) -> bool:
@@ -169,9 +172,22 @@ def _get_checked(objects: RepositoryObjects, key: str, object_id: str, what: str
     return data
 
 
-def _shard_bytes(run: list[tuple[str, FileDigest]]) -> tuple[str, bytes]:
-    data = _gzip_json(_files_body(run))
-    return hashlib.sha256(data).hexdigest(), data
+@dataclass(frozen=True)
+class Shard:
+    """One run of an index's files, as stored: gzipped JSON named by its SHA-256."""
+
+    files: list[tuple[str, FileDigest]]
+    shard_id: str
+    data: bytes
+
+    @classmethod
+    def of(cls, run: list[tuple[str, FileDigest]]) -> Shard:
+        data = _gzip_json(_files_body(run))
+        return cls(run, hashlib.sha256(data).hexdigest(), data)
+
+    def table_row(self) -> list[Any]:
+        """The root's row for this shard: first and last key, ID, file count, bytes."""
+        return [self.files[0][0], self.files[-1][0], self.shard_id, len(self.files), sum(d.size for _, d in self.files)]
 
 
 def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, DigestIndex]:
@@ -181,8 +197,8 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
     if base.inline is not None or new.file_count <= SHARD_TARGET:
         whole = base.inline if base.inline is not None else load_index_files(base)
         return DigestIndex(base.zarr_format, whole, base.documents), new
-    runs = {shard_id: run for shard_id, run in ((_shard_bytes(r)[0], r) for r in new.shards())}
-    stored = {row[2] for row in base.table}
+    runs = {shard.shard_id: shard.files for shard in new.shards}
+    stored = set(base.shard_ids)
     reading = [n for n, row in enumerate(base.table) if row[2] not in runs]
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
         parts = list(pool.map(base.read_shard, reading))
@@ -210,11 +226,10 @@ def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored_shards
     else:
         known = set(stored_shards)
         table = []
-        for run in index.shards():
-            shard_id, data = _shard_bytes(run)
-            if shard_id not in known:
-                objects.put_if_absent(f"{SHARD_PREFIX}{shard_id}.json.gz", data)
-            table.append([run[0][0], run[-1][0], shard_id, len(run), sum(d.size for _, d in run)])
+        for shard in index.shards:
+            if shard.shard_id not in known:
+                objects.put_if_absent(f"{SHARD_PREFIX}{shard.shard_id}.json.gz", shard.data)
+            table.append(shard.table_row())
         body["shards"] = table
     data = _gzip_json(body)
     index_id = hashlib.sha256(data).hexdigest()
@@ -230,7 +245,7 @@ def load_index(objects: RepositoryObjects, index_id: str) -> DigestIndex:
 
 def index_shard_ids(objects: RepositoryObjects, index_id: str) -> list[str]:
     """The shard IDs the index ``index_id`` names (none when its files are in its root)."""
-    return [row[2] for row in IndexReader.load(objects, index_id).table]
+    return IndexReader.load(objects, index_id).shard_ids
 
 
 class IndexReader:
@@ -272,6 +287,11 @@ class IndexReader:
     def of(cls, index: DigestIndex) -> IndexReader:
         """A reader of an index already in memory."""
         return cls(None, index.zarr_format, dict(index.documents), inline=dict(index.files))
+
+    @property
+    def shard_ids(self) -> list[str]:
+        """The IDs of the shards this index names (none when its files are in its root)."""
+        return [row[2] for row in self.table]
 
     @property
     def file_count(self) -> int:

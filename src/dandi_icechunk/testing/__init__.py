@@ -143,17 +143,22 @@ class S3Server:
         )
 
 
+def synthetic_key(i: int) -> str:
+    """The key of file ``i`` of a :func:`synthetic_snapshot`."""
+    return f"0/c/{i // 1000}/{i % 1000}"
+
+
 def synthetic_snapshot(location: StorageLocation, n_files: int) -> tuple[str, str]:
     """A repository whose one snapshot names a digest index of ``n_files`` chunk files
-    (``0/c/<i // 1000>/<i % 1000>``, 25 kB each, as in DANDI's largest Zarr) and a root group:
-    what readers of the index see of a Zarr that size, without its bytes. (zarr_id, snapshot)."""
+    (:func:`synthetic_key`, 25 kB each, as in DANDI's largest Zarr) and a root group: what
+    readers of the index see of a Zarr that size, without its bytes. (zarr_id, snapshot)."""
     from ..index import DigestIndex, FileDigest, store_index
     from ..session import CommitInfo, ZarrRepository
 
     group = b'{"zarr_format":3,"node_type":"group","attributes":{}}'
     zarr_id = str(uuid.uuid4())
     repo = ZarrRepository.open(location, zarr_id, create=True)
-    files = {f"0/c/{i // 1000}/{i % 1000}": FileDigest(hashlib.md5(i.to_bytes(8, "big")).hexdigest(), 25_000)
+    files = {synthetic_key(i): FileDigest(hashlib.md5(i.to_bytes(8, "big")).hexdigest(), 25_000)
              for i in range(n_files)}
     index = DigestIndex(3, {**files, "zarr.json": FileDigest(hashlib.md5(group).hexdigest(), len(group))},
                         {"zarr.json": group})

@@ -219,7 +219,8 @@ def upload_zarr(
             zarr_checksum=checksum if index is new_index else index.zarr_checksum(),
             file_count=index.file_count,
             size=index.size,
-            index_id=store_index(writer.objects, index, stored_shards=_shard_ids(writer, parent)),
+            index_id=store_index(writer.objects, index, stored_shards=base.shard_ids if parent == base_sid
+                                 else _shard_ids(writer, parent)),
             zarr_format=index.zarr_format,
             user=user or current_user(),
             dandiset=dandiset,
