@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Timer, local_files, md5_rate_one_core, put_files_like_dandi_today, write_results  # noqa: E402
+from common import (  # noqa: E402
+    Timer,
+    local_files,
+    md5_rate_one_core,
+    peak_rss_mb,
+    put_files_like_dandi_today,
+    write_results,
+)
 from workloads import ROW_VALUES, Workload  # noqa: E402
 
 from dandi_icechunk.location import S3Credentials, StorageLocation  # noqa: E402
@@ -91,7 +97,7 @@ def child(contender: str, server: dict[str, str], src: Path, jobs: int) -> dict[
             commit._MULTIPART_MIN = 100 * 1024 * 1024  # Icechunk's own default, for comparison
         with Timer() as t:
             upload_zarr(src, location, zarr_id, jobs=jobs, dedup=False)
-    return {"s": t.seconds, "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"s": t.seconds, "peak_rss_MB": peak_rss_mb()}
 
 
 def run_child(contender: str, server: Any, src: Path, jobs: int) -> dict[str, Any]:
@@ -120,8 +126,8 @@ def table(results: dict[str, Any]) -> str:
     today = by["dandi-today"].get("s")
     raw = by["raw-put"].get("s")
     lines = [
-        f"First upload of {data['files']} shards of {data['shard_bytes'] / 1e6:.0f} MB "
-        f"({data['bytes'] / 1e9:.2f} GB, Zarr v3), {data['jobs']} parallel transfers, median of "
+        f"First upload of {data['shards']} shards of {data['shard_bytes'] / 1e6:.0f} MB and the metadata "
+        f"({data['files']} files, {data['bytes'] / 1e9:.2f} GB, Zarr v3), {data['jobs']} parallel transfers, median of "
         f"{results['rounds']} interleaved round(s) (min-max), SeaweedFS on loopback; "
         f"MD5 on one core: {results['md5_one_core_MBps']:.0f} MB/s.",
         "",
@@ -162,7 +168,7 @@ def plot(results: dict[str, Any]) -> None:
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
     data = results["data"]
-    fig.suptitle(f"First upload, {data['files']} shards of {data['shard_bytes'] / 1e6:.0f} MB", fontsize=10)
+    fig.suptitle(f"First upload, {data['shards']} shards of {data['shard_bytes'] / 1e6:.0f} MB", fontsize=10)
     fig.tight_layout()
     fig.savefig(OUT / "big-objects.png", dpi=110)
 

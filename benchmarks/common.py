@@ -118,6 +118,15 @@ def md5_rate_one_core(nbytes: int = 256 * 1024 * 1024) -> float:
     return nbytes / (time.perf_counter() - start) / 1e6
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set since it started (``VmHWM``: unlike ``ru_maxrss``, not
+    carried over from the parent it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 class Timer:
     """``with Timer() as t: ...; t.seconds``"""
 

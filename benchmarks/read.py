@@ -1,27 +1,37 @@
-"""Read benchmark: a full ~1 GB array by snapshot ID, three ways, on the same SeaweedFS server.
+"""Read benchmark: a published array read whole and at a random 1 % of its chunks, by each
+reader in its own process, on the same SeaweedFS server.
 
-- through Icechunk (``dandi_icechunk.open_zarr`` by snapshot ID: a read-only session), with
-  signed S3 requests and anonymously over plain HTTP (``icechunk.http_storage``);
-- zarr-python on the same data stored as a plain Zarr prefix (``zarr/<id>/``, as DANDI stores
-  Zarrs today), read anonymously over HTTP (fsspec's HTTP store, what public readers use);
-- zarr-python through ``dandi-icechunk serve`` (the plain-Zarr HTTP view of the snapshot);
-- and, as the physical limit, boto3 GETs of the plain objects at the same concurrency.
+Readers:
+- dandi-icechunk by snapshot ID (``open_zarr``: a read-only Icechunk session), with signed S3
+  requests and anonymously over plain HTTP;
+- zarr-python and tensorstore on the same data stored as a plain Zarr prefix (``zarr/<id>/``,
+  as DANDI stores Zarrs today), anonymous HTTP;
+- zarr-python and tensorstore through ``dandi-icechunk serve`` (the plain-Zarr HTTP view);
+- boto3 parallel GET of the same objects, the physical limit.
+Each round runs every reader once per pattern, the order rotating; reported: median seconds
+(min-max) from opening to the last byte, MB/s, peak RSS of the reader's process; every read is
+checked against the local data. Output: results/read.{json,md,png}.
 
-    python benchmarks/read.py [--size-mb 1024] [--chunk-kb 1024] [--jobs 16] [--quick]
+    python benchmarks/read.py [--size-mb 1024] [--chunk-kb 256] [--jobs 16] [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-import icechunk
 import numpy as np
 import uvicorn
 import zarr
@@ -32,17 +42,79 @@ from common import (  # noqa: E402
     get_files,
     local_files,
     make_chunked_v2,
+    peak_rss_mb,
     put_files_like_dandi_today,
     write_results,
 )
 
-from dandi_icechunk.read import open_zarr  # noqa: E402
-from dandi_icechunk.read.serve import create_app  # noqa: E402
+from dandi_icechunk.location import S3Credentials, StorageLocation  # noqa: E402
 from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
-from dandi_icechunk.upload import upload_zarr  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+READERS = {
+    "icechunk-signed": "dandi-icechunk by snapshot ID, signed S3",
+    "icechunk-anonymous": "dandi-icechunk by snapshot ID, anonymous HTTP",
+    "zarr-plain": "zarr-python, plain prefix (DANDI today)",
+    "zarr-view": "zarr-python, HTTP view",
+    "tensorstore-plain": "tensorstore, plain prefix",
+    "tensorstore-view": "tensorstore, HTTP view",
+    "raw-get": "raw parallel GET, boto3 (limit)",
+}
+PATTERNS = {"whole": "whole array", "random": "random 1 % of chunks"}
+BASELINE = "zarr-plain"
 
 
-def serve_in_thread(app) -> tuple[str, uvicorn.Server]:  # type: ignore[no-untyped-def]
+def selection(pattern: str, n_chunks: int) -> np.ndarray:
+    """The chunk rows a pattern reads (the array has one chunk per row)."""
+    if pattern == "whole":
+        return np.arange(n_chunks)
+    rng = np.random.default_rng(7)
+    return np.sort(rng.choice(n_chunks, size=max(1, n_chunks // 100), replace=False))
+
+
+def digest(values: np.ndarray) -> str:
+    return hashlib.md5(np.ascontiguousarray(values).data).hexdigest()
+
+
+def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One reader, one pattern, in this process: seconds from open to the last byte, what it
+    read (as a digest), and this process's peak RSS."""
+    rows = selection(pattern, cfg["n_chunks"])
+    plain = f"{cfg['endpoint_url']}/{cfg['bucket']}/zarr/{cfg['zarr_id']}/"
+    view = f"{cfg['view']}/{cfg['zarr_id']}/{cfg['snapshot']}/"
+    zarr.config.set({"async.concurrency": cfg["jobs"]})
+    import boto3
+    import tensorstore
+
+    from dandi_icechunk.read import open_zarr
+
+    with Timer() as t:  # from opening to the last byte; imports are done
+        if reader.startswith(("icechunk", "zarr")):
+            if reader == "icechunk-signed":
+                location = StorageLocation(kind="s3", bucket=cfg["bucket"], endpoint_url=cfg["endpoint_url"],
+                                           credentials=S3Credentials(cfg["access_key_id"], cfg["secret_access_key"]))
+                array = open_zarr(cfg["zarr_id"], location=location, snapshot_id=cfg["snapshot"])
+            elif reader == "icechunk-anonymous":
+                array = open_zarr(cfg["repository_url"], snapshot_id=cfg["snapshot"])
+            else:
+                array = zarr.open_array(plain if reader == "zarr-plain" else view, mode="r", zarr_format=2)
+            values = array[:] if pattern == "whole" else array.oindex[rows, :]
+        elif reader.startswith("tensorstore"):
+            context = tensorstore.Context({"http_request_concurrency": {"limit": cfg["jobs"]},
+                                           "cache_pool": {"total_bytes_limit": 0}})
+            spec = {"driver": "zarr", "kvstore": plain if reader == "tensorstore-plain" else view}
+            store = tensorstore.open(spec, read=True, context=context).result()
+            values = (store if pattern == "whole" else store[rows, :]).read().result()
+        else:
+            client = boto3.client("s3", endpoint_url=cfg["endpoint_url"], region_name="us-east-1",
+                                  aws_access_key_id=cfg["access_key_id"], aws_secret_access_key=cfg["secret_access_key"])
+            get_files(client, cfg["bucket"], [f"zarr/{cfg['zarr_id']}/{r}/0" for r in rows], cfg["jobs"])
+            values = None
+    return {"s": t.seconds, "digest": digest(values) if values is not None else None,
+            "peak_rss_MB": peak_rss_mb()}
+
+
+def serve_in_thread(app: Any) -> tuple[str, uvicorn.Server]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -50,25 +122,100 @@ def serve_in_thread(app) -> tuple[str, uvicorn.Server]:  # type: ignore[no-untyp
     return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server
 
 
+def run_child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--child", reader, pattern, json.dumps(cfg)],
+                          capture_output=True, text=True, check=False, timeout=1800)
+    if done.returncode != 0:
+        return {"error": done.stderr[-1500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict[str, Any]], nbytes: int) -> dict[str, Any]:
+    times = [r["s"] for r in runs if "s" in r]
+    if not times:
+        return {"error": runs[-1].get("error", "")}
+    median = statistics.median(times)
+    return {"s": median, "min_s": min(times), "max_s": max(times), "MBps": nbytes / 1e6 / median,
+            "peak_rss_MB": max(r["peak_rss_MB"] for r in runs if "s" in r), "rounds": len(times)}
+
+
+def table(results: dict[str, Any]) -> str:
+    data = results["data"]
+    lines = [
+        f"Read of a {data['bytes'] / 1e6:.0f} MB Zarr v2 array in {data['n_chunks']} chunks of "
+        f"{data['chunk_bytes'] // 1024} KiB, {data['jobs']} concurrent requests, median of "
+        f"{results['rounds']} interleaved rounds (min-max), each reader in its own process, "
+        "SeaweedFS on loopback.",
+        "",
+        "| pattern | reader | s (min-max) | MB/s | peak RSS MB | speed vs zarr-python on the plain prefix |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pattern, label in PATTERNS.items():
+        by = results["summary"][pattern]
+        base = by[BASELINE].get("s")
+        for key, reader in READERS.items():
+            s = by[key]
+            if "s" not in s:
+                lines.append(f"| {label} | {reader} | failed: {s['error'].strip().splitlines()[-1:]} | | | |")
+                continue
+            ratio = f"{base / s['s']:.2f}x" if base else ""
+            lines.append(f"| {label} | {reader} | {s['s']:.2f} ({s['min_s']:.2f}-{s['max_s']:.2f}) | "
+                         f"{s['MBps']:.0f} | {s['peak_rss_MB']:.0f} | {ratio} |")
+            label = ""
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(PATTERNS), figsize=(12, 4.5))
+    for ax, (pattern, label) in zip(axes, PATTERNS.items(), strict=True):
+        by = results["summary"][pattern]
+        keys = [k for k in READERS if "s" in by[k]]
+        medians = [by[k]["s"] for k in keys]
+        spread = [[m - by[k]["min_s"] for k, m in zip(keys, medians, strict=True)],
+                  [by[k]["max_s"] - m for k, m in zip(keys, medians, strict=True)]]
+        ax.barh([READERS[k] for k in keys], medians, xerr=spread, capsize=3)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds (median; bars: min-max)")
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "read.png", dpi=110)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(child(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--chunk-kb", type=int, default=1024)
+    parser.add_argument("--chunk-kb", type=int, default=256)
     parser.add_argument("--jobs", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="128 MB instead")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="128 MB, 3 rounds")
     args = parser.parse_args()
-    size = (128 if args.quick else args.size_mb) * 1024 * 1024
-    icechunk.set_logs_filter("error")
-    zarr.config.set({"async.concurrency": args.jobs})
+    size_mb, rounds = (128, 3) if args.quick else (args.size_mb, args.rounds)
+    import icechunk
 
-    with tempfile.TemporaryDirectory(prefix="dandi-icechunk-bench-") as tmp:
+    from dandi_icechunk.read.serve import create_app
+    from dandi_icechunk.upload import upload_zarr
+
+    icechunk.set_logs_filter("error")
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="dandi-icechunk-read-") as tmp:
         work = Path(tmp)
         src = work / "sample.zarr"
-        make_chunked_v2(src, total_bytes=size, chunk_bytes=args.chunk_kb * 1024)
-        expected = zarr.open_array(str(src), mode="r")[:]
-        nbytes = expected.nbytes
+        n_chunks = make_chunked_v2(src, total_bytes=size_mb * 1024 * 1024, chunk_bytes=args.chunk_kb * 1024)
+        local = zarr.open_array(str(src), mode="r")
+        expected = {p: digest(local.oindex[selection(p, n_chunks), :]) for p in PATTERNS}
+        nbytes = {p: len(selection(p, n_chunks)) * args.chunk_kb * 1024 for p in PATTERNS}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {k: [] for k in READERS} for p in PATTERNS}
         with run_seaweedfs(work / "s3") as s3:
             client = s3.client()
             zarr_id = str(uuid.uuid4())
@@ -76,51 +223,36 @@ def main() -> None:
                 "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
                 "Resource": [f"arn:aws:s3:::{s3.bucket}/zarr/*", f"arn:aws:s3:::{s3.bucket}/zarr-icechunk/*"]}]}
             client.put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps(policy))
-            files = local_files(src)
-            put_files_like_dandi_today(client, s3.bucket, f"zarr/{zarr_id}", files, args.jobs)
+            put_files_like_dandi_today(client, s3.bucket, f"zarr/{zarr_id}", local_files(src), args.jobs)
             location = s3.location()
             snapshot = upload_zarr(src, location, zarr_id, jobs=args.jobs).snapshot_id
             view, server = serve_in_thread(create_app(location))
-
-            readers = {
-                "icechunk_by_snapshot_id": lambda: open_zarr(zarr_id, location=location, snapshot_id=snapshot)[:],
-                "icechunk_over_http": lambda: open_zarr(
-                    f"{s3.endpoint_url}/{s3.bucket}/{location.repository_prefix(zarr_id)}/", snapshot_id=snapshot)[:],
-                "zarr_python_plain_prefix_http": lambda: zarr.open_array(
-                    f"{s3.endpoint_url}/{s3.bucket}/zarr/{zarr_id}/", mode="r", zarr_format=2)[:],
-                "zarr_python_http_view": lambda: zarr.open_array(
-                    f"{view}/{zarr_id}/{snapshot}/", mode="r", zarr_format=2)[:],
-            }
-            results: dict[str, float] = {}
-            for _ in range(args.rounds):  # rounds interleave the readers; the best round counts
-                for name, read in readers.items():
-                    with Timer() as t:
-                        data = read()
-                    assert np.array_equal(data, expected)
-                    results[name] = min(results.get(name, float("inf")), t.seconds)
-                with Timer() as t:
-                    get_files(client, s3.bucket, [f"zarr/{zarr_id}/{k}" for k, _ in files], args.jobs)
-                results["raw_parallel_get_boto3"] = min(results.get("raw_parallel_get_boto3", float("inf")), t.seconds)
+            cfg = {"endpoint_url": s3.endpoint_url, "bucket": s3.bucket, "access_key_id": s3.access_key_id,
+                   "secret_access_key": s3.secret_access_key, "zarr_id": zarr_id, "snapshot": snapshot,
+                   "view": view, "n_chunks": n_chunks, "jobs": args.jobs,
+                   "repository_url": f"{s3.endpoint_url}/{s3.bucket}/{location.repository_prefix(zarr_id)}/"}
+            for round_ in range(rounds):
+                order = list(READERS)
+                order = order[round_ % len(order):] + order[: round_ % len(order)]
+                for pattern in PATTERNS:
+                    for reader in order:
+                        run = run_child(reader, pattern, cfg)
+                        if run.get("digest") not in (None, expected[pattern]):
+                            run = {"error": f"{reader} read other values than the local data ({pattern})"}
+                        runs[pattern][reader].append(run)
+                print(f"round {round_ + 1}/{rounds} done", flush=True)
             server.should_exit = True
-
-    mb = nbytes / 1e6
-    rates = {k: mb / v for k, v in results.items()}
-    base = rates["zarr_python_plain_prefix_http"]
-    labels = {
-        "icechunk_by_snapshot_id": "Icechunk, by snapshot ID, signed S3 (dandi_icechunk.open_zarr)",
-        "icechunk_over_http": "Icechunk, by snapshot ID, anonymous HTTPS-style (http_storage)",
-        "zarr_python_plain_prefix_http": "zarr-python, plain Zarr prefix over HTTP (DANDI today)",
-        "zarr_python_http_view": "zarr-python, through dandi-icechunk serve",
-        "raw_parallel_get_boto3": "raw parallel GET, boto3 (physical limit)",
+    results = {
+        "data": {"bytes": n_chunks * args.chunk_kb * 1024, "n_chunks": n_chunks, "chunk_bytes": args.chunk_kb * 1024,
+                 "jobs": args.jobs, "pattern_bytes": nbytes},
+        "rounds": rounds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "runs": runs,
+        "summary": {p: {k: summarize(v, nbytes[p]) for k, v in by.items()} for p, by in runs.items()},
     }
-    table = "\n".join(
-        [f"Read of a full {mb:.0f} MB array in {args.chunk_kb} KiB chunks, {args.jobs} concurrent, "
-         f"SeaweedFS on loopback (best of {args.rounds} interleaved rounds)", "",
-         "| reader | s | MB/s | vs plain prefix |", "|---|---|---|---|"]
-        + [f"| {labels[k]} | {results[k]:.1f} | {rates[k]:.0f} | {rates[k] / base:.2f}x |" for k in labels]
-    )
-    write_results(args.out, "read", {"bytes": nbytes, "chunk_bytes": args.chunk_kb * 1024,
-                                     "seconds": results, "MBps": rates}, table)
+    write_results(OUT, "read", results, table(results))
+    plot(results)
 
 
 if __name__ == "__main__":

@@ -327,6 +327,14 @@ class IndexReader:
                 self._cache.popitem(last=False)
         return loaded
 
+    def in_memory(self, key: str) -> bool:
+        """Whether :meth:`get` of ``key`` reads nothing from storage (its shard is held)."""
+        if self.inline is not None:
+            return True
+        number = bisect.bisect_right(self._firsts, key) - 1
+        with self._lock:
+            return number < 0 or key > self.table[number][1] or number in self._cache
+
     def get(self, key: str) -> FileDigest | None:
         """The digest of file ``key``, or None."""
         if self.inline is not None:

@@ -31,6 +31,7 @@ from .records import JsonRecord
 from .session import ZarrRepository
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_INLINE_HANDLE_MAX = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ def read_snapshot_files(
     jobs: int,
     progress: Progress,
 ) -> None:
-    """Call ``handle(key, data)`` (in worker threads) for every file of the snapshot.
+    """Call ``handle(key, data)`` for every file of the snapshot: in place for small files (a
+    thread hop costs more than hashing or writing them), in worker threads for larger ones.
 
     ``data`` is ``None`` for a chunk missing from the repository.
     """
@@ -141,7 +143,10 @@ def read_snapshot_files(
 
     async def one(key: str) -> None:
         data = await files.read(key)
-        await asyncio.to_thread(handle, key, data)
+        if data is None or len(data) <= _INLINE_HANDLE_MAX:
+            handle(key, data)
+        else:
+            await asyncio.to_thread(handle, key, data)
         progress.advance(1, len(data or b""))
 
     try:

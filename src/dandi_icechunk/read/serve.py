@@ -47,11 +47,16 @@ class _Snapshots:
         self._cache: OrderedDict[tuple[str, str], SnapshotFiles] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
+    def cached(self, zarr_id: str, ref: str) -> SnapshotFiles | None:
         with self._lock:
             if (zarr_id, ref) in self._cache:
                 self._cache.move_to_end((zarr_id, ref))
                 return self._cache[(zarr_id, ref)]
+        return None
+
+    def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
+        if (found := self.cached(zarr_id, ref)) is not None:
+            return found
         repo = ZarrRepository.open(self.location, zarr_id)
         if repo.embargoed:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
@@ -85,10 +90,14 @@ def create_app(location: StorageLocation) -> Starlette:
             return PlainTextResponse("read-only: only GET and HEAD", 405, headers={"Allow": "GET, HEAD, OPTIONS"})
         try:
             zarr_id, ref, key = _split(request.path_params["path"])
-            snapshot = await run_in_threadpool(snapshots.get, zarr_id, ref)  # off the event loop
+            # storage is read off the event loop; what is in memory is answered in place
+            snapshot = snapshots.cached(zarr_id, ref) or await run_in_threadpool(snapshots.get, zarr_id, ref)
         except DandiIcechunkError as exc:
             return PlainTextResponse(str(exc), 404)
-        digest = await run_in_threadpool(snapshot.digest, key) if key and not key.endswith("/") else None
+        digest = None
+        if key and not key.endswith("/"):
+            in_memory = snapshot.index.in_memory(key)
+            digest = snapshot.digest(key) if in_memory else await run_in_threadpool(snapshot.digest, key)
         if digest is None and await run_in_threadpool(snapshot.is_directory, key):
             return await run_in_threadpool(_listing, snapshot, key.rstrip("/"), request)
         if digest is None:
