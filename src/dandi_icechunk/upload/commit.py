@@ -98,8 +98,9 @@ def upload_zarr(
 
     Only new and changed files are written and files removed locally are removed; with no change
     no commit is made. Bad input raises :class:`InvalidZarrError` before anything is written
-    (not even a new repository); a concurrent upload that changed the same chunks raises
-    :class:`ConflictError` and nothing is committed.
+    (not even a new repository; a file that turns unreadable while a first upload without
+    ``dedup`` sends it leaves at most an empty repository, no commit); a concurrent upload that
+    changed the same chunks raises :class:`ConflictError` and nothing is committed.
 
     With ``dedup``, a Zarr not yet in the archive whose content is (same ``dandi-zarr-checksum``)
     is not uploaded: the existing snapshot is attached to ``dandiset`` instead, and the result
