@@ -212,14 +212,16 @@ def plot(results: dict[str, Any]) -> None:
         return
     sizes = sorted(results["sizes"], key=int)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for phase, (label, contenders) in PHASES.items():
+    for color, (phase, (label, contenders)) in enumerate(PHASES.items()):
         for contender in contenders:
             points = [(int(n), results["sizes"][n]["summary"][phase][contender]) for n in sizes]
             points = [(n, s) for n, s in points if "s" in s]
             style = "-" if contender == "icechunk" else "--"
             name = f"{label}, {LABELS[contender]}"
-            left.plot([n for n, _ in points], [s["s"] for _, s in points], style, marker="o", label=name)
-            right.plot([n for n, _ in points], [s["peak_rss_MB"] for _, s in points], style, marker="o", label=name)
+            left.plot([n for n, _ in points], [s["s"] for _, s in points], style, color=f"C{color}", marker="o",
+                      label=name)
+            right.plot([n for n, _ in points], [s["peak_rss_MB"] for _, s in points], style, color=f"C{color}",
+                       marker="o", label=name)
     for ax, ylabel in ((left, "seconds (median)"), (right, "peak RSS of the process (MB)")):
         ax.set_xscale("log")
         ax.set_xlabel("files in the Zarr")
