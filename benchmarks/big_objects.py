@@ -21,8 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -32,10 +30,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
+    child_payload,
     local_files,
     md5_rate_one_core,
     peak_rss_mb,
     put_files_like_dandi_today,
+    pyplot,
+    run_child,
+    summarize_runs,
     write_results,
 )
 from workloads import ROW_VALUES, Workload  # noqa: E402
@@ -100,27 +102,6 @@ def child(contender: str, server: dict[str, str], src: Path, jobs: int) -> dict[
     return {"s": t.seconds, "peak_rss_MB": peak_rss_mb()}
 
 
-def run_child(contender: str, server: Any, src: Path, jobs: int) -> dict[str, Any]:
-    config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
-              "access_key_id": server.access_key_id, "secret_access_key": server.secret_access_key}
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", contender, "--server", json.dumps(config), "--src", str(src),
-         "--jobs", str(jobs)], capture_output=True, text=True, check=False, timeout=3600,
-    )
-    if done.returncode != 0:
-        return {"error": done.stderr[-1500:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def summary(runs: list[dict[str, Any]], nbytes: int) -> dict[str, Any]:
-    times = [r["s"] for r in runs if "s" in r]
-    if not times:
-        return {"error": runs[-1].get("error")}
-    median = statistics.median(times)
-    return {"s": median, "min_s": min(times), "max_s": max(times), "MBps": nbytes / 1e6 / median,
-            "peak_rss_MB": max(r["peak_rss_MB"] for r in runs if "s" in r), "rounds": len(times)}
-
-
 def table(results: dict[str, Any]) -> str:
     data, by = results["data"], results["summary"]
     today = by["dandi-today"].get("s")
@@ -147,12 +128,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     keys = [k for k in CONTENDERS if "s" in results["summary"][k]]
     labels = [CONTENDERS[k].replace(" (", "\n(").replace(", ", ",\n") for k in keys]
@@ -174,19 +151,16 @@ def plot(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    if (payload := child_payload()) is not None:
+        print(json.dumps(child(payload["contender"], payload["server"], Path(payload["src"]), payload["jobs"])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--shard-mb", type=int, default=220)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="4 shards, 1 round")
-    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
-    parser.add_argument("--server", help=argparse.SUPPRESS)
-    parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child, json.loads(args.server), args.src, args.jobs)))
-        return
     shards, rounds = (4, 1) if args.quick else (args.shards, args.rounds)
     rows = max(1, args.shard_mb * 1_000_000 // (ROW_VALUES * 2))
     workload = Workload("sharded", shards, 1, shard_rows=rows)
@@ -203,7 +177,10 @@ def main() -> None:
             order = order[round_ % len(order):] + order[: round_ % len(order)]
             for key in order:
                 with run_seaweedfs(tmp / f"s3-{round_}-{key}") as server:
-                    runs[key].append(run_child(key, server, src, args.jobs))
+                    config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
+                              "access_key_id": server.access_key_id, "secret_access_key": server.secret_access_key}
+                    runs[key].append(run_child(__file__, {"contender": key, "server": config, "src": str(src),
+                                                          "jobs": args.jobs}, timeout=3600))
                 print(f"round {round_ + 1}/{rounds} {key}: {runs[key][-1].get('s', 'failed')}", flush=True)
     results = {
         "data": {"files": len(files), "shards": shards, "shard_bytes": rows * ROW_VALUES * 2, "bytes": nbytes,
@@ -213,7 +190,7 @@ def main() -> None:
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "md5_one_core_MBps": md5_rate_one_core(),
         "runs": runs,
-        "summary": {k: summary(v, nbytes) for k, v in runs.items()},
+        "summary": {k: summarize_runs(v, nbytes) for k, v in runs.items()},
     }
     write_results(OUT, "big-objects", results, table(results))
     plot(results)

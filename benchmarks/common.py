@@ -6,6 +6,9 @@ import base64
 import hashlib
 import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +119,47 @@ def md5_rate_one_core(nbytes: int = 256 * 1024 * 1024) -> float:
     for _ in range(nbytes // len(data)):
         hashlib.md5(data).digest()
     return nbytes / (time.perf_counter() - start) / 1e6
+
+
+def run_child(script: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``python SCRIPT --child PAYLOAD`` (a contender in its own process, so its peak RSS is
+    its own); the JSON of its last output line, or ``{"error": ...}``."""
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(payload)],
+                          capture_output=True, text=True, check=False, timeout=timeout)
+    if done.returncode != 0:
+        return {"error": done.stderr[-1500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_payload() -> dict[str, Any] | None:
+    """The payload when this process is a child started by :func:`run_child`, else None."""
+    return json.loads(sys.argv[2]) if sys.argv[1:2] == ["--child"] else None
+
+
+def summarize_runs(runs: list[dict[str, Any]], nbytes: int | None = None) -> dict[str, Any]:
+    """Median seconds, min-max, peak RSS (largest) and, given ``nbytes``, MB/s of the runs that
+    succeeded; the last error when none did."""
+    good = [r for r in runs if "s" in r]
+    if not good:
+        return {"error": runs[-1].get("error", "")}
+    times = [r["s"] for r in good]
+    out = {"s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+           "peak_rss_MB": max(r["peak_rss_MB"] for r in good), "rounds": len(times)}
+    if nbytes is not None:
+        out["MBps"] = nbytes / 1e6 / out["s"]
+    return out
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot writing files only, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def peak_rss_mb() -> float:

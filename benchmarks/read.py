@@ -22,8 +22,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,11 +37,15 @@ import zarr
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
+    child_payload,
     get_files,
     local_files,
     make_chunked_v2,
     peak_rss_mb,
     put_files_like_dandi_today,
+    pyplot,
+    run_child,
+    summarize_runs,
     write_results,
 )
 
@@ -122,23 +124,6 @@ def serve_in_thread(app: Any) -> tuple[str, uvicorn.Server]:
     return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server
 
 
-def run_child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--child", reader, pattern, json.dumps(cfg)],
-                          capture_output=True, text=True, check=False, timeout=1800)
-    if done.returncode != 0:
-        return {"error": done.stderr[-1500:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def summarize(runs: list[dict[str, Any]], nbytes: int) -> dict[str, Any]:
-    times = [r["s"] for r in runs if "s" in r]
-    if not times:
-        return {"error": runs[-1].get("error", "")}
-    median = statistics.median(times)
-    return {"s": median, "min_s": min(times), "max_s": max(times), "MBps": nbytes / 1e6 / median,
-            "peak_rss_MB": max(r["peak_rss_MB"] for r in runs if "s" in r), "rounds": len(times)}
-
-
 def table(results: dict[str, Any]) -> str:
     data = results["data"]
     lines = [
@@ -166,12 +151,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(PATTERNS), figsize=(12, 4.5))
     for ax, (pattern, label) in zip(axes, PATTERNS.items(), strict=True):
@@ -190,8 +171,8 @@ def plot(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(child(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))))
+    if (payload := child_payload()) is not None:
+        print(json.dumps(child(payload["reader"], payload["pattern"], payload["cfg"])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
@@ -236,7 +217,7 @@ def main() -> None:
                 order = order[round_ % len(order):] + order[: round_ % len(order)]
                 for pattern in PATTERNS:
                     for reader in order:
-                        run = run_child(reader, pattern, cfg)
+                        run = run_child(__file__, {"reader": reader, "pattern": pattern, "cfg": cfg}, timeout=1800)
                         if run.get("digest") not in (None, expected[pattern]):
                             run = {"error": f"{reader} read other values than the local data ({pattern})"}
                         runs[pattern][reader].append(run)
@@ -249,7 +230,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "runs": runs,
-        "summary": {p: {k: summarize(v, nbytes[p]) for k, v in by.items()} for p, by in runs.items()},
+        "summary": {p: {k: summarize_runs(v, nbytes[p]) for k, v in by.items()} for p, by in runs.items()},
     }
     write_results(OUT, "read", results, table(results))
     plot(results)

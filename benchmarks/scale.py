@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -35,12 +34,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
+    child_payload,
     get_files,
     local_files,
     make_chunked_v2,
     peak_rss_mb,
     prefix_usage,
     put_files_like_dandi_today,
+    pyplot,
+    run_child,
+    summarize_runs,
     update_like_dandi_today,
     write_results,
 )
@@ -117,14 +120,6 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"s": t.seconds, "peak_rss_MB": peak_rss_mb(), **out}
 
 
-def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
-                          capture_output=True, text=True, check=False, timeout=4 * 3600)
-    if done.returncode != 0:
-        return {"error": done.stderr[-1500:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def one_size(n: int, rounds: int, jobs: int, work: Path) -> dict[str, Any]:
     """Every phase of every contender at ``n`` files, ``rounds`` times."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {c: [] for c in cs} for p, (_, cs) in PHASES.items()}
@@ -149,7 +144,7 @@ def one_size(n: int, rounds: int, jobs: int, work: Path) -> dict[str, Any]:
                 for contender in order:
                     stored = contender == "icechunk" and phase in ("nochange", "scattered", "regional")
                     before = prefix_usage(s3.client(), s3.bucket, repo_prefix)[1] if stored else 0
-                    run = run_child({**base, "phase": phase, "contender": contender})
+                    run = run_child(__file__, {**base, "phase": phase, "contender": contender}, timeout=4 * 3600)
                     if stored and "s" in run:
                         run["bytes_stored"] = prefix_usage(s3.client(), s3.bucket, repo_prefix)[1] - before
                     shutil.rmtree(base["export_to"], ignore_errors=True)
@@ -160,13 +155,9 @@ def one_size(n: int, rounds: int, jobs: int, work: Path) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out = summarize_runs(runs)
     good = [r for r in runs if "s" in r]
-    if not good:
-        return {"error": runs[-1].get("error", "")}
-    times = [r["s"] for r in good]
-    out = {"s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-           "peak_rss_MB": max(r["peak_rss_MB"] for r in good)}
-    if all("bytes_stored" in r for r in good):
+    if good and all("bytes_stored" in r for r in good):
         out["bytes_stored"] = statistics.median(r["bytes_stored"] for r in good)
     return out
 
@@ -203,12 +194,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     sizes = sorted(results["sizes"], key=int)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -233,8 +220,8 @@ def plot(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(child(json.loads(sys.argv[2]))))
+    if (payload := child_payload()) is not None:
+        print(json.dumps(child(payload)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000, 1_300_000])
