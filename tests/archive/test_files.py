@@ -115,3 +115,28 @@ def test_an_embargoed_zarrs_files_reach_its_owner_by_api_key_and_nobody_else(liv
         assert _download(outsider, zarr_id, key, snapshot=result.snapshot_id).status_code == 404
         with pytest.raises(AccessDeniedError, match="private"):
             outsider.read(asset)  # "": no key
+
+
+def test_a_plain_embargoed_zarrs_files_are_neither_listed_nor_signed_for_outsiders(live_server: Any) -> None:
+    """A Zarr uploaded the old way (presigned PUTs, no repository) in an embargoed Dandiset: the
+    files endpoint lists it and signs download URLs for its owner only. The archive's own view
+    looked the Zarr up without the visibility filter its other routes apply."""
+    owner = UserFactory.create()
+    dandiset = DraftVersionFactory.create(
+        dandiset__owners=[owner], dandiset__embargo_status=Dandiset.EmbargoStatus.EMBARGOED).dandiset.identifier
+    archive = Archive(live_server.url, api_key(owner))
+    zarr_id = archive.call("POST", "zarr/", json={"name": ZARR_PATH, "dandiset": dandiset})["zarr_id"]
+    archive.presigned_upload(zarr_id, {".zgroup": b'{"zarr_format": 2}', "0/0": b"secret"}, finalize=False)
+    assert {e["Key"] for e in _listing(archive, zarr_id)} == {".zgroup", "0/0"}
+    assert _download(archive, zarr_id, "0/0").content == b"secret"
+
+    stranger = Archive(live_server.url, api_key(UserFactory.create()))
+    anonymous = Archive(live_server.url, "")
+    anonymous.headers = {}
+    for outsider in (stranger, anonymous):
+        outsider.call("GET", f"zarr/{zarr_id}/files/", expect=404)
+        response = _download(outsider, zarr_id, "0/0")
+        assert response.status_code == 404, (response.status_code, response.url)
+        head = requests.head(f"{outsider.api}/zarr/{zarr_id}/files/", params={"prefix": "0/0"},
+                             headers=outsider.headers, timeout=60, allow_redirects=False)
+        assert head.status_code == 404, head.headers.get("Location")
