@@ -43,6 +43,9 @@ CLIENT = f"dandi-icechunk/{__version__}"
 MANIFEST_TARGET_REFS = 10_000
 """Most chunk references per manifest: a 1-chunk change rewrites at most ~0.2 MB of manifest."""
 
+SCRATCH_BRANCH_PREFIX = "upload-staging/"
+"""Branches an upload on Dask makes for itself and deletes (:mod:`~dandi_icechunk.upload.distributed`)."""
+
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _EMBARGO_MARK = "embargoed/"
 

@@ -1,6 +1,7 @@
 """Reclaim storage of draft snapshots and abandoned uploads, never of published data.
 
-Snapshots older than the restore window that no branch or tag points at are expired, then
+Scratch branches that crashed Dask uploads left, older than the restore window, are deleted;
+snapshots older than the window that no branch or tag points at are expired, then
 Icechunk's garbage collection deletes objects that no surviving snapshot reaches and that are
 older than the window (so an upload in progress is never touched), and digest indexes that no
 surviving snapshot names go too. Published snapshots are reached by their tags; GC finds them in
@@ -20,7 +21,7 @@ from ..errors import GarbageCollectionError
 from ..index import INDEX_PREFIX, SHARD_PREFIX, index_shard_ids
 from ..location import StorageLocation
 from ..records import JsonRecord
-from ..session import ZarrRepository
+from ..session import SCRATCH_BRANCH_PREFIX, ZarrRepository
 from .ledger import recorded_publications
 
 PUBLISH_TAG_PREFIX = "dandiset/"
@@ -38,6 +39,9 @@ class GCResult(JsonRecord):
     bytes_deleted: int
     index_objects_deleted: int
     kept_published: list[str]
+    scratch_branches_deleted: list[str]
+    """Branches crashed Dask uploads left (a dry run names them; what only they reach is
+    counted in the next run's objects)."""
 
 
 def collect_garbage(
@@ -72,9 +76,12 @@ def collect_garbage(
             "`dandi-icechunk audit --repair` first"
         )
     cutoff = (now or datetime.now(UTC)) - restore_window
+    abandoned = _abandoned_scratch_branches(ic, cutoff)
     if dry_run:
-        expired = _would_expire(ic, cutoff)
+        expired = _would_expire(ic, cutoff, ignored=abandoned)
     else:
+        for branch in abandoned:
+            ic.delete_branch(branch)
         expired = ic.expire_snapshots(older_than=cutoff)
     try:
         summary = ic.garbage_collect(cutoff, dry_run=dry_run)
@@ -93,13 +100,24 @@ def collect_garbage(
         bytes_deleted=summary.bytes_deleted + index_bytes,
         index_objects_deleted=index_count,
         kept_published=sorted(published),
+        scratch_branches_deleted=abandoned,
     )
 
 
-def _would_expire(ic: icechunk.Repository, cutoff: datetime) -> set[str]:
-    tips = {ic.lookup_branch(b) for b in ic.list_branches()} | {ic.lookup_tag(t) for t in ic.list_tags()}
+def _abandoned_scratch_branches(ic: icechunk.Repository, cutoff: datetime) -> list[str]:
+    """Scratch branches of Dask uploads (:mod:`~dandi_icechunk.upload.distributed`) that a crash
+    left behind: an upload whose nodes were staged before the window is over."""
+    return sorted(
+        b for b in ic.list_branches()
+        if b.startswith(SCRATCH_BRANCH_PREFIX) and ic.lookup_snapshot(ic.lookup_branch(b)).written_at < cutoff
+    )
+
+
+def _would_expire(ic: icechunk.Repository, cutoff: datetime, ignored: Iterable[str] = ()) -> set[str]:
+    branches = ic.list_branches() - set(ignored)
+    tips = {ic.lookup_branch(b) for b in branches} | {ic.lookup_tag(t) for t in ic.list_tags()}
     candidates: set[str] = set()
-    for branch in ic.list_branches():
+    for branch in branches:
         history = list(ic.ancestry(branch=branch))
         candidates |= {s.id for s in history[:-1] if s.written_at < cutoff}  # the root stays
     return candidates - tips

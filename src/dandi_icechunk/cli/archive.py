@@ -143,6 +143,8 @@ def gc(
         f"{'would reclaim' if dry_run else 'reclaimed'} {result.objects_deleted} object(s), "
         f"{size_text(result.bytes_deleted)}; {result.snapshots_expired} snapshot(s) "
         f"{'would expire' if dry_run else 'expired'}; kept {len(result.kept_published)} published"
+        + (f"; {'would delete' if dry_run else 'deleted'} {len(result.scratch_branches_deleted)} "
+           "branch(es) of crashed Dask uploads" if result.scratch_branches_deleted else "")
     ))
 
 

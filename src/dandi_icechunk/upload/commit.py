@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import icechunk
 from zarr.buffer import cpu
 
-from ..aio import run_bounded
 from ..errors import (
     ConflictError,
     InvalidArgumentError,
@@ -51,12 +50,14 @@ from ..session import (
     is_embargoed_branch,
     manifest_splitting,
 )
+from .chunks import write_chunks
 from .digest_cache import DigestCache
+from .distributed import hash_on, write_on_dask
 from .local_zarr import LocalZarr, scan_local_zarr
 
-_INLINE_READ_MAX = 1024 * 1024
-CHUNK_MEMORY_BUDGET = 768 * 1024 * 1024
-"""Most chunk bytes an upload holds in memory at once (a chunk larger than this is sent alone)."""
+if TYPE_CHECKING:
+    from distributed import Client
+
 _MULTIPART_MIN = 1024 * 1024 * 1024  # single PUTs up to 1 GiB: measured faster (benchmarks/big_objects.py)
 
 
@@ -92,6 +93,7 @@ def upload_zarr(
     dedup: bool = True,
     digest_cache: DigestCache | None = None,
     delete_missing: bool = True,
+    dask: Client | None = None,
 ) -> UploadResult:
     """Upload the Zarr directory ``path`` as one commit on ``branch`` of the repository of
     ``zarr_id`` at ``location`` (created, under the prefix ``embargoed`` selects, if new).
@@ -110,6 +112,9 @@ def upload_zarr(
     With ``digest_cache``, local files unchanged since the last upload are not hashed again.
     Without ``delete_missing`` (dandi-cli's ``--zarr-mode patch``), files of the branch tip that
     are not in the local Zarr are kept: the new snapshot holds both.
+    With ``dask`` (a ``distributed.Client``), the cluster's workers hash and send the files,
+    each into a forked session merged into the one commit (:mod:`.distributed`): every worker
+    must see ``path`` at the same place.
 
     >>> upload_zarr("sample.ome.zarr", StorageLocation.resolve(), zarr_id).snapshot_id
     'YB0DXG4KM8HMTY0S0TJ0'
@@ -132,7 +137,8 @@ def upload_zarr(
 
     def hashed() -> tuple[DigestIndex, Future[str]]:
         progress.start("hashing", local.file_count, local.size)
-        index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache)
+        index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache,
+                                   map_batches=hash_on(dask) if dask is not None else None)
         progress.finish()
         # CPU work that the storage round trips that follow (open, base index, writes) hide
         return index, _in_background(index.zarr_checksum)
@@ -161,8 +167,8 @@ def upload_zarr(
         # for sending, so no file is read twice and hashing overlaps the writes.
         chunk_digests: dict[str, FileDigest] = {}
         with _storage_errors(writer.zarr_id):
-            _write_changes(session, local, hierarchy, None, sorted(local.chunk_files), [], jobs, progress,
-                           hashed=chunk_digests)
+            _write_changes(writer, session, local, _NodeChanges.of(hierarchy, None, []), sorted(local.chunk_files),
+                           jobs, progress, hashed=chunk_digests, dask=dask)
         new_index = local.index_of(chunk_digests, digest_cache)
         checksum_job = _in_background(new_index.zarr_checksum)
         base_index = DigestIndex(base.zarr_format, {}, {})
@@ -187,11 +193,11 @@ def upload_zarr(
             old_hierarchy = (
                 Hierarchy.from_documents(base_index.documents) if base_index.documents else None
             )
+            nodes = _NodeChanges.of(hierarchy, old_hierarchy, dropped_chunks)
+            removed_nodes = len(nodes.removed)
             with _storage_errors(writer.zarr_id):
-                removed_nodes = _write_changes(
-                    session, local, hierarchy, old_hierarchy, written_chunks, dropped_chunks, jobs, progress,
-                    expected=new_index,
-                )
+                _write_changes(writer, session, local, nodes, written_chunks, jobs, progress,
+                               expected=new_index, dask=dask)
     checksum = checksum_job.result()
     result = UploadResult(
         zarr_id=zarr_id,
@@ -326,90 +332,85 @@ def _rebased_index(
     return theirs.apply(delta, ours)
 
 
+@dataclass(frozen=True)
+class _NodeChanges:
+    """What an upload changes besides chunk bytes: nodes removed (children first), nodes made
+    or rewritten (parents first), chunks dropped. Applied before any chunk is written."""
+
+    removed: list[str]
+    written: list[tuple[str, bytes]]
+    dropped_chunks: list[str]
+
+    @classmethod
+    def of(cls, hierarchy: Hierarchy, old: Hierarchy | None, dropped_chunks: list[str]) -> _NodeChanges:
+        new_nodes = hierarchy.nodes
+        old_nodes = old.nodes if old else {}
+        # A node whose type changed is removed and made again.
+        gone = [
+            p for p, n in old_nodes.items()
+            if p not in new_nodes or new_nodes[p].node_type != n.node_type
+        ]
+        changed = [
+            p for p, n in new_nodes.items()
+            if p not in old_nodes or old_nodes[p].icechunk_document != n.icechunk_document
+            or p in gone
+        ]
+        gone_prefixes = tuple(p + "/" for p in gone if p)
+        dropped = [
+            key for k in dropped_chunks
+            if old and not ("" in gone or k.startswith(gone_prefixes))
+            and (key := old.icechunk_key(k)) is not None
+        ]
+        return cls(
+            removed=sorted(gone, key=lambda p: -p.count("/") - len(p)),
+            written=[(p, new_nodes[p].icechunk_document)
+                     for p in sorted(changed, key=lambda p: (p.count("/"), p) if p else (-1, p))],
+            dropped_chunks=dropped,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.written or self.dropped_chunks)
+
+    async def apply(self, store: Any) -> None:
+        for path in self.removed:
+            await store.delete(node_key(path))
+        for path, document in self.written:
+            await store.set(node_key(path), cpu.Buffer.from_bytes(document))
+        for key in self.dropped_chunks:
+            if await store.exists(key):
+                await store.delete(key)
+
+
 def _write_changes(
+    writer: ZarrRepository,
     session: icechunk.Session,
     local: LocalZarr,
-    hierarchy: Hierarchy,
-    old_hierarchy: Hierarchy | None,
+    nodes: _NodeChanges,
     written_chunks: list[str],
-    dropped_chunks: list[str],
     jobs: int,
     progress: Progress,
     *,
     expected: DigestIndex | None = None,
     hashed: dict[str, FileDigest] | None = None,
-) -> int:
-    """Write the changes into ``session``: nodes first, then dropped chunks, then new chunks.
+    dask: Client | None = None,
+) -> None:
+    """Write the changes into ``session``: nodes first, then chunks, here or on ``dask``.
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
-    ``hashed``.
-
-    Returns the number of nodes removed.
-    """
-    store = session.store
-    new_nodes = hierarchy.nodes
-    old_nodes = old_hierarchy.nodes if old_hierarchy else {}
-    # A node whose type changed is removed and made again.
-    gone = [
-        p for p, n in old_nodes.items()
-        if p not in new_nodes or new_nodes[p].node_type != n.node_type
-    ]
-    changed = [
-        p for p, n in new_nodes.items()
-        if p not in old_nodes or old_nodes[p].icechunk_document != n.icechunk_document
-        or p in gone
-    ]
-    gone_prefixes = tuple(p + "/" for p in gone if p)
-
-    def under_gone(key: str) -> bool:
-        return "" in gone or key.startswith(gone_prefixes)
-
-    removed_chunks = [
-        old_hierarchy.icechunk_key(k) for k in dropped_chunks if old_hierarchy and not under_gone(k)
-    ]
-
-    async def run() -> None:
-        for path in sorted(gone, key=lambda p: -p.count("/") - len(p)):
-            await store.delete(node_key(path))
-        for path in sorted(changed, key=lambda p: (p.count("/"), p) if p else (-1, p)):
-            await store.set(node_key(path), cpu.Buffer.from_bytes(new_nodes[path].icechunk_document))
-        for key in removed_chunks:
-            if key is not None and await store.exists(key):
-                await store.delete(key)
-        await _write_chunks(store, local, written_chunks, jobs, progress, expected, hashed)
-        await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
-
+    ``hashed``."""
+    known = expected.files if expected is not None else None
     progress.start("uploading", len(written_chunks), sum(local.stats[k][0] for k in written_chunks))
     try:
+        if dask is not None:
+            write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in written_chunks],
+                          jobs, progress.advance, expected=known, hashed=hashed)
+            return
+
+        async def run() -> None:
+            await nodes.apply(session.store)
+            await write_chunks(session.store, map(local.chunk, written_chunks), jobs, progress.advance,
+                               expected=known, hashed=hashed)
+            await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
+
         asyncio.run(run())
     finally:
         progress.finish()
-    return len(gone)
-
-
-async def _write_chunks(
-    store: Any,
-    local: LocalZarr,
-    keys: Iterable[str],
-    jobs: int,
-    progress: Progress,
-    expected: DigestIndex | None,
-    hashed: dict[str, FileDigest] | None,
-) -> None:
-    def read(key: str) -> bytes:
-        if expected is not None:
-            return local.read_unchanged(key, expected.files[key])
-        data, digest = local.read_hashed(key)
-        if hashed is not None:
-            hashed[key] = digest
-        return data
-
-    def size(key: str) -> int:
-        return local.stats[key][0]
-
-    async def one(key: str) -> None:
-        # A thread hop costs more than reading a small chunk in place.
-        data = read(key) if size(key) <= _INLINE_READ_MAX else await asyncio.to_thread(read, key)
-        await store.set(local.icechunk_keys[key], cpu.Buffer.from_bytes(data))
-        progress.advance(1, len(data))
-
-    await run_bounded(one, keys, jobs, weight=size, budget=CHUNK_MEMORY_BUDGET)

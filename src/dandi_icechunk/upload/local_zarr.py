@@ -8,14 +8,16 @@ hold (zero-byte chunks, files that belong to no array) are kept verbatim in the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_key, is_document
@@ -32,6 +34,8 @@ _HASH_BATCH = 256
 _THREADED_MIN_FILE_SIZE = 16 * 1024
 ProgressCallback = Callable[[int, int], None]
 """Called with (files, bytes) done since the last call."""
+BatchMapper = Callable[..., Iterable[list[tuple[str, FileDigest]]]]
+"""``map(hash_batch, batches)`` or its like: the digests of each batch, in any order."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,15 @@ class LocalZarr:
         workers: int = 2,
         progress: ProgressCallback | None = None,
         cache: DigestCache | None = None,
+        map_batches: BatchMapper | None = None,
     ) -> DigestIndex:
         """MD5 and size of every file.
 
         Files are hashed in batches; threads only pay off for larger files (MD5 releases the
         GIL on big buffers, while many small reads mostly contend for it). With ``cache``,
-        files unchanged since they were last hashed (size, mtime, inode) are not read.
+        files unchanged since they were last hashed (size, mtime, inode) are not read. With
+        ``map_batches``, the batches run there instead: on a Dask cluster, say
+        (:mod:`.distributed`).
         """
         files: dict[str, FileDigest] = {}
         cached = cache.load(self.root) if cache else {}
@@ -73,21 +80,14 @@ class LocalZarr:
                      sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
         items = [(k, p) for k, p in self.chunk_files.items() if k not in files]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
-
-        def batch(part: list[tuple[str, str]]) -> list[tuple[str, FileDigest]]:
-            digests = [(key, hash_file(path, key)) for key, path in part]
-            if progress:
-                progress(len(digests), sum(d.size for _, d in digests))
-            return digests
-
         batches = [items[i : i + _HASH_BATCH] for i in range(0, len(items), _HASH_BATCH)]
-        if small or workers <= 1:
-            for part in batches:
-                files.update(batch(part))
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for digests in pool.map(batch, batches):
-                    files.update(digests)
+        with contextlib.ExitStack() as stack:
+            if map_batches is None and not small and workers > 1:
+                map_batches = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map
+            for digests in (map_batches or map)(hash_batch, batches):
+                files.update(digests)
+                if progress:
+                    progress(len(digests), sum(d.size for _, d in digests))
         return self.index_of(files, cache)
 
     def index_of(self, chunk_digests: dict[str, FileDigest], cache: DigestCache | None = None) -> DigestIndex:
@@ -99,22 +99,37 @@ class LocalZarr:
             cache.save(self.root, {k: (self.stats[k], chunk_digests[k].md5) for k in self.chunk_files})
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
-    def read_hashed(self, key: str) -> tuple[bytes, FileDigest]:
-        """The bytes of chunk ``key`` and their digest: what is sent is what was hashed."""
-        data = read_file(self.chunk_files[key], key)
-        return data, FileDigest(hashlib.md5(data).hexdigest(), len(data))
+    def chunk(self, key: str) -> ChunkFile:
+        """What sending chunk ``key`` needs, in a value a worker process can take."""
+        return ChunkFile(key, self.chunk_files[key], self.icechunk_keys[key], self.stats[key][0])
 
-    def read_unchanged(self, key: str, expected: FileDigest) -> bytes:
-        """The bytes of chunk ``key``, refusing a file that no longer has the digest ``expected``
-        (changed since it was hashed): every byte committed is a byte that was hashed, even
-        after an edit in place that kept the size and modification time."""
-        data, digest = self.read_hashed(key)
-        if digest != expected:
-            raise InvalidZarrError(
-                f"{key} changed while it was being uploaded; nothing was committed. "
-                "Wait until whatever writes the Zarr has finished, then run the upload again"
-            )
-        return data
+
+class ChunkFile(NamedTuple):
+    """One chunk file to send: logical key, file path, Icechunk key, size when listed."""
+
+    key: str
+    path: str
+    icechunk_key: str
+    size: int
+
+
+def read_hashed(chunk: ChunkFile) -> tuple[bytes, FileDigest]:
+    """The bytes of ``chunk`` and their digest: what is sent is what was hashed."""
+    data = read_file(chunk.path, chunk.key)
+    return data, FileDigest(hashlib.md5(data).hexdigest(), len(data))
+
+
+def read_unchanged(chunk: ChunkFile, expected: FileDigest) -> bytes:
+    """The bytes of ``chunk``, refusing a file that no longer has the digest ``expected``
+    (changed since it was hashed): every byte committed is a byte that was hashed, even
+    after an edit in place that kept the size and modification time."""
+    data, digest = read_hashed(chunk)
+    if digest != expected:
+        raise InvalidZarrError(
+            f"{chunk.key} changed while it was being uploaded; nothing was committed. "
+            "Wait until whatever writes the Zarr has finished, then run the upload again"
+        )
+    return data
 
 
 def read_file(path: str | Path, key: str) -> bytes:
@@ -124,6 +139,11 @@ def read_file(path: str | Path, key: str) -> bytes:
             return f.read()
     except OSError as exc:
         raise _unreadable(key, exc) from None
+
+
+def hash_batch(part: list[tuple[str, str]]) -> list[tuple[str, FileDigest]]:
+    """MD5 and size of each (key, path) of ``part``."""
+    return [(key, hash_file(path, key)) for key, path in part]
 
 
 def hash_file(path: str | Path, key: str) -> FileDigest:
