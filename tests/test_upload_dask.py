@@ -4,6 +4,7 @@ one commit an upload in one process makes."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
@@ -13,9 +14,11 @@ import icechunk
 import numpy as np
 import pytest
 import zarr
+from click.testing import CliRunner
 
 from dandi_icechunk.archive.gc import collect_garbage
-from dandi_icechunk.errors import InvalidZarrError
+from dandi_icechunk.cli import main
+from dandi_icechunk.errors import InvalidArgumentError, InvalidZarrError
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import SCRATCH_BRANCH_PREFIX, ZarrRepository
@@ -174,3 +177,21 @@ def test_gc_deletes_the_scratch_branch_of_a_crashed_dask_upload_once_the_restore
     assert collected.objects_deleted > 0  # the staging snapshot and the chunks only it reached
     assert repo.icechunk.list_branches() == {"main"}
     assert verify_snapshot(repo, snapshot_id=first.snapshot_id).ok
+
+
+def test_the_upload_command_hashes_and_sends_on_the_dask_scheduler_it_is_given(
+    client: distributed_.Client, zarr_id: str, tmp_path: Path
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr")
+    env = {"DANDI_ICECHUNK_STORAGE": (tmp_path / "bucket").as_uri()}
+    with distributed_.get_task_stream(client) as stream:
+        out = CliRunner().invoke(main, ["upload", str(src), "--zarr-id", zarr_id, "--no-cache", "--json",
+                                        "--dask-scheduler", client.scheduler.address], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["zarr_checksum"] == reference_checksum(src)
+    assert {"hash_batch", "_write_part"} <= {t["key"].split("-")[0] for t in stream.data}
+
+
+def test_an_unreachable_dask_scheduler_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9 \("):
+        distributed.connect("tcp://127.0.0.1:9", timeout=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import click
 from ..session import DEFAULT_BRANCH
 from ..upload import UploadResult, find_dandiset_zarrs, upload_zarr
 from ..upload.digest_cache import DigestCache
+from ..upload.distributed import connect
 from .main import (
     jobs_option,
     json_option,
@@ -35,6 +37,10 @@ from .main import (
     "--no-dedup", is_flag=True,
     help="Upload even if the archive holds the same content already (needed with credentials for one repository).",
 )
+@click.option(
+    "--dask-scheduler", metavar="ADDRESS",
+    help="Hash and send on this Dask cluster (tcp://host:8786); its workers must see PATH at the same place.",
+)
 @jobs_option
 @json_option
 @click.pass_context
@@ -48,6 +54,7 @@ def upload(
     embargoed: bool,
     no_cache: bool,
     no_dedup: bool,
+    dask_scheduler: str | None,
     jobs: int,
     as_json: bool,
 ) -> None:
@@ -58,7 +65,8 @@ def upload(
     as `dandi upload` finds them and each gets a zarr_id derived from the Dandiset ID and its path.
     """
     is_dandiset = (path / "dandiset.yaml").exists()
-    with user_errors():
+    with user_errors(), contextlib.ExitStack() as stack:
+        dask = stack.enter_context(connect(dask_scheduler)) if dask_scheduler else None
         if is_dandiset:
             dandiset_id, zarrs = find_dandiset_zarrs(path)
             if zarr_id and len(zarrs) > 1:
@@ -76,7 +84,7 @@ def upload(
             result = upload_zarr(
                 filepath, ctx.obj, target_id, embargoed=embargoed, branch=branch, message=message, dandiset=dandiset,
                 jobs=jobs, progress=progress_for(as_json), dedup=not no_dedup,
-                digest_cache=None if no_cache else DigestCache.default(),
+                digest_cache=None if no_cache else DigestCache.default(), dask=dask,
             )
             results.append(result)
             if not as_json:

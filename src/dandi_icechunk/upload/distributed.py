@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import icechunk
 
+from ..errors import InvalidArgumentError, first_line
 from ..index import FileDigest
 from ..session import SCRATCH_BRANCH_PREFIX
 from .chunks import write_chunks
@@ -40,6 +41,23 @@ _PART_BYTES = 1024 * 1024 * 1024
 class _NodeWrites(Protocol):
     def __bool__(self) -> bool: ...
     async def apply(self, store: Any) -> None: ...
+
+
+def connect(address: str, *, timeout: float = 10) -> Client:
+    """A client of the Dask scheduler at ``address`` (``tcp://host:8786``)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InvalidArgumentError(
+            "uploading on Dask needs the dask extra: pip install 'dandi-icechunk[dask]'"
+        ) from None
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"cannot reach the Dask scheduler at {address} ({first_line(exc)}); start it "
+            "(`dask scheduler`) or give its address"
+        ) from None
 
 
 def hash_on(client: Client) -> BatchMapper:
