@@ -77,7 +77,7 @@ def test_an_update_that_adds_and_changes_arrays_on_two_workers_matches_the_local
     with distributed_.get_task_stream(client) as stream:
         second = upload_zarr(src, s3_location, zarr_id, digest_cache=None, dask=client)
     names = {t["key"].split("-")[0] for t in stream.data}
-    assert {"hash_batch", "_write_part"} <= names  # hashed and sent on the workers
+    assert {"_run_batches", "_write_part"} <= names  # hashed and sent on the workers
     repo = ZarrRepository.open(s3_location, zarr_id)
     assert second.parent_snapshot_id == first.snapshot_id
     assert [s.snapshot_id for s in repo.history()] == [second.snapshot_id, first.snapshot_id, repo.history()[-1].snapshot_id]
@@ -189,7 +189,7 @@ def test_the_upload_command_hashes_and_sends_on_the_dask_scheduler_it_is_given(
                                         "--dask-scheduler", client.scheduler.address], env=env)
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["zarr_checksum"] == reference_checksum(src)
-    assert {"hash_batch", "_write_part"} <= {t["key"].split("-")[0] for t in stream.data}
+    assert {"_run_batches", "_write_part"} <= {t["key"].split("-")[0] for t in stream.data}
 
 
 def test_an_unreachable_dask_scheduler_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -61,12 +61,31 @@ def connect(address: str, *, timeout: float = 10) -> Client:
 
 
 def hash_on(client: Client) -> BatchMapper:
-    """A ``map_batches`` for :meth:`LocalZarr.digest_index` that hashes on ``client``'s workers."""
+    """A ``map_batches`` for :meth:`LocalZarr.digest_index` that hashes on ``client``'s workers,
+    several batches per task (a task costs about what hashing a few hundred small files does)."""
 
-    def map_batches(hash_batch: Callable[[Any], Any], batches: list[Any]) -> Iterator[Any]:
-        return _completed(client, client.map(hash_batch, batches, pure=False))
+    def map_batches(hash_batch: Callable[[list[Any]], list[Any]], batches: list[list[Any]]) -> Iterator[list[Any]]:
+        size = _files_per_task(client, sum(map(len, batches)))
+        tasks: list[list[list[Any]]] = [[]]
+        for batch in batches:
+            if tasks[-1] and sum(map(len, tasks[-1])) + len(batch) > size:
+                tasks.append([])
+            tasks[-1].append(batch)
+        futures = client.map(_run_batches, [hash_batch] * len(tasks), tasks, pure=False)
+        return _completed(client, futures)
 
     return map_batches
+
+
+def _run_batches[T, R](work: Callable[[list[T]], list[R]], batches: list[list[T]]) -> list[R]:
+    return [result for batch in batches for result in work(batch)]
+
+
+def _files_per_task(client: Client, files: int) -> int:
+    """At least four tasks per worker (so that a slow one does not hold up the end), at most
+    :data:`_PART_FILES` files each."""
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    return max(1, min(_PART_FILES, -(-files // (4 * workers))))
 
 
 def write_on_dask(
@@ -87,7 +106,7 @@ def write_on_dask(
     if nodes:
         node_fork = session.fork()
         asyncio.run(nodes.apply(node_fork.store))
-    parts = list(_parts(chunks))
+    parts = list(_parts(chunks, _files_per_task(client, len(chunks))))
     forks = []
     with _fork_source(repository, session, node_fork) as source:
         futures = client.map(
@@ -125,11 +144,11 @@ def _write_part(
     return fork, hashed, sent[0], sent[1]
 
 
-def _parts(chunks: list[ChunkFile]) -> Iterable[list[ChunkFile]]:
+def _parts(chunks: list[ChunkFile], files: int) -> Iterable[list[ChunkFile]]:
     part: list[ChunkFile] = []
     size = 0
     for chunk in chunks:
-        if part and (len(part) == _PART_FILES or size + chunk.size > _PART_BYTES):
+        if part and (len(part) == files or size + chunk.size > _PART_BYTES):
             yield part
             part, size = [], 0
         part.append(chunk)

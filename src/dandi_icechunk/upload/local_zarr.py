@@ -147,11 +147,17 @@ def hash_batch(part: list[tuple[str, str]]) -> list[tuple[str, FileDigest]]:
 
 
 def hash_file(path: str | Path, key: str) -> FileDigest:
-    """MD5 and size of ``path``, read in blocks."""
+    """MD5 and size of ``path``: a file up to a block read at once, a larger one in blocks.
+    (``read(block)`` on a small file costs a block-sized allocation, which is an mmap and
+    page faults whenever ``MALLOC_TRIM_THRESHOLD_`` is set, as Dask's nanny sets it.)"""
     md5 = hashlib.md5()
     size = 0
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size <= _READ_BLOCK:
+                block = f.read()
+                md5.update(block)
+                return FileDigest(md5.hexdigest(), len(block))
             while block := f.read(_READ_BLOCK):
                 md5.update(block)
                 size += len(block)
