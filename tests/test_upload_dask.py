@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +17,16 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
+from dandi_icechunk.archive.credentials import CredentialVendor
 from dandi_icechunk.archive.gc import collect_garbage
+from dandi_icechunk.archive_hooks import finalize_upload
 from dandi_icechunk.cli import main
 from dandi_icechunk.errors import InvalidArgumentError, InvalidZarrError
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import SCRATCH_BRANCH_PREFIX, ZarrRepository
 from dandi_icechunk.snapshot_files import verify_snapshot
-from dandi_icechunk.testing import make_ome_zarr_v2
+from dandi_icechunk.testing import S3Server, make_ome_zarr_v2
 from dandi_icechunk.upload import commit, distributed, local_zarr, upload_zarr
 
 from .conftest import reference_checksum, tree_bytes
@@ -195,3 +198,22 @@ def test_the_upload_command_hashes_and_sends_on_the_dask_scheduler_it_is_given(
 def test_an_unreachable_dask_scheduler_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9 \("):
         distributed.connect("tcp://127.0.0.1:9", timeout=1)
+
+
+def test_a_dask_upload_with_credentials_vended_for_its_repository_only_lands(
+    iam_s3_server: S3Server, client: distributed_.Client, tmp_path: Path
+) -> None:
+    """The archive's route: the forks carry the uploader's vended credentials to the workers,
+    and the scratch branch needs nothing beyond the one-repository, no-delete policy."""
+    admin = iam_s3_server.location()
+    zarr_id = str(uuid.uuid4())
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr")
+    upload_zarr(src, admin, zarr_id, dedup=False)
+    zarr.open_group(str(src), mode="a").create_array("labels", shape=(8, 8), chunks=(4, 4), dtype="<u1")[:] = 1
+    vended = CredentialVendor(admin, ttl=timedelta(minutes=5)).vend(zarr_id).credentials
+    uploader = StorageLocation(kind="s3", bucket=admin.bucket, prefix=admin.prefix,
+                               endpoint_url=admin.endpoint_url, credentials=vended)
+
+    result = upload_zarr(src, uploader, zarr_id, dedup=False, digest_cache=None, dask=client)
+    assert finalize_upload(zarr_id, location=admin).zarr_checksum == result.zarr_checksum == reference_checksum(src)
+    assert ZarrRepository.open(admin, zarr_id).icechunk.list_branches() == {"main"}
