@@ -33,6 +33,7 @@ V3_DOCUMENTS = frozenset({"zarr.json"})
 DOCUMENT_NAMES = V2_DOCUMENTS | V3_DOCUMENTS
 _GROUP_V3 = {"zarr_format": 3, "node_type": "group"}
 _INTEGER = re.compile(r"0|[1-9][0-9]*")
+_BAD_CHARACTER = re.compile(r'[\x00-\x1f\\:*?"<>|]')
 
 
 def is_document(key: str) -> bool:
@@ -48,11 +49,7 @@ def node_key(path: str) -> str:
 def check_key(key: str) -> None:
     """Raise :class:`InvalidZarrError` unless ``key`` is a valid Zarr store key."""
     for part in key.split("/"):
-        if (
-            part in ("", ".", "..")
-            or part.startswith("__")
-            or any(ord(ch) < 0x20 or ch in '\\:*?"<>|' for ch in part)
-        ):
+        if part in ("", ".", "..") or part.startswith("__") or _BAD_CHARACTER.search(part):
             raise InvalidZarrError(
                 f"{key!r} is not a valid Zarr key (path parts must be non-empty, not '.' or '..', "
                 "not start with '__', and hold no control characters or any of \\:*?\"<>|); "

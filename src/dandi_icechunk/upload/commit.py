@@ -135,21 +135,21 @@ def upload_zarr(
         storage=icechunk.StorageSettings(minimum_size_for_multipart_upload=_MULTIPART_MIN),
     )
 
-    def hashed() -> tuple[DigestIndex, Future[str]]:
+    def hashed() -> DigestIndex:
         progress.start("hashing", local.file_count, local.size)
         index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache,
                                    map_batches=hash_on(dask) if dask is not None else None)
         progress.finish()
-        # CPU work that the storage round trips that follow (open, base index, writes) hide
-        return index, _in_background(index.zarr_checksum)
+        return index
 
     writer: ZarrRepository | None = None
+    looked_up: str | None = None  # the checksum, when the lookup needed it before anything was sent
     if dedup:
-        new_index, checksum_job = hashed()
+        new_index = hashed()
         try:
             writer = ZarrRepository.open(location, zarr_id, config=config)
         except RepositoryNotFoundError:  # a Zarr new to the archive: is its content there?
-            checksum = checksum_job.result()
+            checksum = looked_up = new_index.zarr_checksum()
             found = find_by_checksum(location, checksum, embargoed=embargoed)
             if found is not None:
                 return _reuse(location, found, dandiset, embargoed, new_index, checksum)
@@ -175,15 +175,19 @@ def upload_zarr(
         delta = base_index.delta_to(new_index)
     else:
         if not dedup:
-            new_index, checksum_job = hashed()
+            new_index = hashed()
         if not delete_missing:
             whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
             new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
             hierarchy = Hierarchy.from_documents(new_index.documents)
-            checksum_job = _in_background(new_index.zarr_checksum)
         # Only the index shards whose content differs are read and compared.
         base_index, changed = differing_parts(base, new_index)
         delta = base_index.delta_to(changed)
+        base_info = None if delta or looked_up else writer.commit_info(base_sid)
+        if looked_up or base_info:  # unchanged content has the checksum recorded at its commit
+            checksum_job = _done(looked_up or base_info.zarr_checksum)  # type: ignore[union-attr]
+        else:  # CPU work that the writes hide
+            checksum_job = _in_background(new_index.zarr_checksum)
         written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
         # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
         dropped_chunks = sorted(
@@ -262,6 +266,12 @@ def _shard_ids(repository: ZarrRepository, snapshot_id: str) -> list[str]:
     """The digest-index shards the snapshot's index names: already stored, not written again."""
     info = repository.commit_info(snapshot_id)
     return index_shard_ids(repository.objects, info.index_id) if info else []
+
+
+def _done[T](value: T) -> Future[T]:
+    done: Future[T] = Future()
+    done.set_result(value)
+    return done
 
 
 def _in_background[T](work: Callable[[], T]) -> Future[T]:
