@@ -183,11 +183,10 @@ def upload_zarr(
         # Only the index shards whose content differs are read and compared.
         base_index, changed = differing_parts(base, new_index)
         delta = base_index.delta_to(changed)
-        base_info = None if delta or looked_up else writer.commit_info(base_sid)
-        if looked_up or base_info:  # unchanged content has the checksum recorded at its commit
-            checksum_job = _done(looked_up or base_info.zarr_checksum)  # type: ignore[union-attr]
-        else:  # CPU work that the writes hide
-            checksum_job = _in_background(new_index.zarr_checksum)
+        # Unchanged content has the checksum recorded at its commit; else it is CPU work the writes hide.
+        recorded = None if delta or looked_up else writer.commit_info(base_sid)
+        known = looked_up or (recorded.zarr_checksum if recorded else None)
+        checksum_job = _done(known) if known else _in_background(new_index.zarr_checksum)
         written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
         # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
         dropped_chunks = sorted(
