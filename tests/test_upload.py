@@ -18,7 +18,7 @@ from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.progress import NoProgress
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.read.history import diff_snapshots
-from dandi_icechunk.session import MANIFEST_TARGET_REFS, ZarrRepository
+from dandi_icechunk.session import MANIFEST_MIN_REFS, MANIFEST_TARGET_REFS, ZarrRepository, manifest_refs
 from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
@@ -187,12 +187,19 @@ def test_large_arrays_get_split_manifests_so_a_small_change_rewrites_little(
     repo = ZarrRepository.open(location, zarr_id)
     manifests = repo.icechunk.list_manifest_files(first.snapshot_id)
     assert len(manifests) >= 3
-    assert max(m.num_chunk_refs for m in manifests) <= MANIFEST_TARGET_REFS
+    assert max(m.num_chunk_refs for m in manifests) <= MANIFEST_MIN_REFS  # 1-byte chunks: the smallest splits
 
     (src / "c" / "0" / "0").write_bytes(b"\xfe")
     second = upload_zarr(src, location, zarr_id)
     new_ids = {m.id for m in repo.icechunk.list_manifest_files(second.snapshot_id)} - {m.id for m in manifests}
     assert len(new_ids) == 1  # one manifest rewritten, the others reused
+
+
+def test_manifest_splits_shrink_with_the_chunk_size_so_a_regional_change_rewrites_little() -> None:
+    assert manifest_refs(64 * 1024) == manifest_refs(220_000_000) == MANIFEST_TARGET_REFS
+    assert manifest_refs(0) == MANIFEST_TARGET_REFS  # unknown size: as before
+    assert manifest_refs(1024) == manifest_refs(1) == MANIFEST_MIN_REFS
+    assert MANIFEST_MIN_REFS < manifest_refs(16 * 1024) < MANIFEST_TARGET_REFS
 
 
 class _CallDuringWrite:

@@ -65,6 +65,7 @@ class ArrayGrid:
     grid: tuple[int, ...]
     separator: str
     v3_prefix: bool  # v3 default encoding spells keys "c/0/1"; v2 encoding spells them "0/1"
+    chunk_bytes: int = 0  # bytes of one chunk (or shard) before compression; 0 when unknown
 
     def icechunk_key(self, relative: str) -> str | None:
         """The Icechunk key of chunk ``relative`` (key under the array), or ``None`` if not a chunk."""
@@ -177,12 +178,13 @@ def _encode(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _grid(path: str, shape: Any, chunks: Any, separator: str, v3_prefix: bool) -> ArrayGrid:
+def _grid(path: str, shape: Any, chunks: Any, separator: str, v3_prefix: bool, itemsize: int) -> ArrayGrid:
     return ArrayGrid(
         path=path,
         grid=tuple(math.ceil(s / c) if c else 0 for s, c in zip(shape, chunks)),
         separator=separator,
         v3_prefix=v3_prefix,
+        chunk_bytes=math.prod(chunks) * itemsize,
     )
 
 
@@ -237,7 +239,8 @@ def _v2_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
                 v3["dimension_names"] = dims
             separator = zarray.get("dimension_separator") or "."
             nodes[path] = Node(
-                path, "array", _encode(v3), _grid(path, shape, chunks, separator, False)
+                path, "array", _encode(v3),
+                _grid(path, shape, chunks, separator, False, np.dtype(zarray["dtype"]).itemsize),
             )
         elif zattrs is not None or doc(".zmetadata") is not None:
             raise InvalidZarrError(
@@ -297,7 +300,8 @@ def _v3_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 store = MemoryStore({"zarr.json": cpu.Buffer.from_bytes(json.dumps(document).encode())})
-                shape = zarr.open_array(store, mode="r").shape  # zarr-python validates it
+                opened = zarr.open_array(store, mode="r")  # zarr-python validates it
+                shape, itemsize = opened.shape, opened.dtype.itemsize
         except Exception as exc:  # zarr raises many types for unusable metadata
             raise InvalidZarrError(f"{key} is not valid Zarr v3 array metadata: {exc}") from None
         encoding = document.get("chunk_key_encoding") or {"name": "default"}
@@ -308,7 +312,7 @@ def _v3_nodes(parsed: Mapping[str, dict[str, Any]]) -> dict[str, Node]:
             raise InvalidZarrError(f"{key}: only regular chunk grids are supported")
         array = dict(document)
         array["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "/"}}
-        grid = _grid(path, shape, tuple(chunk_shape), separator, encoding.get("name") == "default")
+        grid = _grid(path, shape, tuple(chunk_shape), separator, encoding.get("name") == "default", itemsize)
         nodes[path] = Node(path, "array", _encode(array), grid)
     return nodes
 
