@@ -19,6 +19,7 @@ from zarr_checksum.generators import yield_files_local
 from dandi_icechunk.archive.policy import dandi_bucket_policy
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.testing import S3Server, run_seaweedfs
+from dandi_icechunk.upload import local_zarr
 
 icechunk.set_logs_filter("error")
 
@@ -62,6 +63,23 @@ def reference_checksum(path: Path) -> str:
 def tree_bytes(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` (relative POSIX key -> bytes)."""
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def edit_after_hashing(patch: pytest.MonkeyPatch, victim: Path) -> None:
+    """Make every hashing pass of an upload end with an in-place edit of ``victim`` that keeps
+    its size and modification time (what a writer racing the upload can do)."""
+    real_index = local_zarr.LocalZarr.digest_index
+
+    def hash_then_edit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        index = real_index(self, *args, **kwargs)
+        st = victim.stat()
+        data = bytearray(victim.read_bytes())
+        data[0] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return index
+
+    patch.setattr(local_zarr.LocalZarr, "digest_index", hash_then_edit)
 
 
 def copy_zarr(src: Path, dst: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 import uuid
@@ -24,9 +23,9 @@ from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2, make_zarr_v3
-from dandi_icechunk.upload import local_zarr, upload_zarr
+from dandi_icechunk.upload import upload_zarr
 
-from .conftest import reference_checksum, tree_bytes
+from .conftest import edit_after_hashing, reference_checksum, tree_bytes
 from .test_serve import server  # noqa: F401  (the HTTP view fixture)
 
 
@@ -129,19 +128,7 @@ def test_a_same_size_in_place_edit_during_upload_commits_nothing(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = make_ome_zarr_v2(tmp_path / "s.ome.zarr")
-    victim = src / "0" / "0" / "0" / "0"
-    real_index = local_zarr.LocalZarr.digest_index
-
-    def hash_then_edit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        index = real_index(self, *args, **kwargs)
-        st = victim.stat()
-        data = bytearray(victim.read_bytes())
-        data[0] ^= 0xFF  # same size, and the same mtime put back
-        victim.write_bytes(bytes(data))
-        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-        return index
-
-    monkeypatch.setattr(local_zarr.LocalZarr, "digest_index", hash_then_edit)
+    edit_after_hashing(monkeypatch, src / "0" / "0" / "0" / "0")
     with pytest.raises(InvalidZarrError, match="changed while it was being uploaded"):
         upload_zarr(src, location, zarr_id, digest_cache=None)
     repo = ZarrRepository.open(location, zarr_id)

@@ -5,7 +5,6 @@ one commit an upload in one process makes."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
@@ -27,9 +26,9 @@ from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import SCRATCH_BRANCH_PREFIX, ZarrRepository
 from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2
-from dandi_icechunk.upload import commit, distributed, local_zarr, upload_zarr
+from dandi_icechunk.upload import commit, distributed, upload_zarr
 
-from .conftest import reference_checksum, tree_bytes
+from .conftest import edit_after_hashing, reference_checksum, tree_bytes
 
 distributed_ = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -102,20 +101,8 @@ def test_a_file_edited_after_hashing_fails_the_dask_upload_with_nothing_committe
     root = zarr.open_group(str(src), mode="a")
     root.create_array("labels", shape=(8, 8), chunks=(4, 4), dtype="<u1")[:] = 1  # nodes change: scratch branch
     root["0"][:] = 9
-    victim = src / "0" / "0" / "0" / "0"
-    real_index = local_zarr.LocalZarr.digest_index
-
-    def hash_then_edit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        index = real_index(self, *args, **kwargs)
-        st = victim.stat()
-        data = bytearray(victim.read_bytes())
-        data[0] ^= 0xFF  # same size, the same mtime put back
-        victim.write_bytes(bytes(data))
-        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-        return index
-
     with monkeypatch.context() as patch:
-        patch.setattr(local_zarr.LocalZarr, "digest_index", hash_then_edit)
+        edit_after_hashing(patch, src / "0" / "0" / "0" / "0")
         with pytest.raises(InvalidZarrError, match="changed while it was being uploaded"):
             upload_zarr(src, s3_location, zarr_id, digest_cache=None, dask=client)
     repo = ZarrRepository.open(s3_location, zarr_id)
