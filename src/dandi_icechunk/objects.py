@@ -160,7 +160,10 @@ class _LocalObjects:
             for name in files:
                 if not name.startswith(".tmp-"):
                     path = Path(dirpath) / name
-                    st = path.stat()
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:  # renamed or deleted since the walk listed it (a write in flight)
+                        continue
                     modified = datetime.fromtimestamp(st.st_mtime, UTC)
                     yield path.relative_to(self._root).as_posix(), st.st_size, modified
 
