@@ -3,6 +3,7 @@ the model of :mod:`dandi_icechunk.testing.model` (real Icechunk, real SeaweedFS)
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -122,10 +123,29 @@ class SharedZarrMachine(RuleBasedStateMachine):
             check_invariants(self.model, self.location, self.zarr_id)
 
 
+@pytest.mark.parametrize("home", ["bucket", "arraylake"])
 @pytest.mark.parametrize("steps, examples", [pytest.param(6, 4, id="quick"), pytest.param(15, 15, id="long", marks=pytest.mark.stress)])
-def test_archive_operations_in_random_order_keep_every_promise(s3_server: S3Server, steps: int, examples: int) -> None:
-    SharedZarrMachine.location = s3_server.location(prefix=f"t-{uuid.uuid4().hex[:8]}")
-    run_state_machine_as_test(SharedZarrMachine, settings=settings(
-        max_examples=examples, stateful_step_count=steps, deadline=None,
-        suppress_health_check=list(HealthCheck),
-    ))
+def test_archive_operations_in_random_order_keep_every_promise(
+    s3_server: S3Server, steps: int, examples: int, home: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """On a bucket location, and on an Arraylake one (repositories registered and opened
+    through the real client, against the local stand-in for Earthmover's service)."""
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    with contextlib.ExitStack() as stack:
+        if home == "bucket":
+            SharedZarrMachine.location = s3_server.location(prefix=prefix)
+        else:
+            pytest.importorskip("arraylake", reason="the arraylake extra is not installed")
+            monkeypatch.setenv("ARRAYLAKE_CONFIG", str(tmp_path / "arraylake-config"))
+            from dandi_icechunk.testing.arraylake_service import ArraylakeStandIn
+
+            service = stack.enter_context(ArraylakeStandIn(s3_server, prefix=prefix))
+            monkeypatch.setenv("ARRAYLAKE_TOKEN", service.token)
+            SharedZarrMachine.location = StorageLocation.parse(
+                f"arraylake://{service.org}/{service.nickname}?service_uri={service.url}"
+            )
+        run_state_machine_as_test(SharedZarrMachine, settings=settings(
+            max_examples=examples, stateful_step_count=steps, deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ))

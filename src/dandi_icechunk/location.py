@@ -25,13 +25,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import icechunk
 import platformdirs
 
 from .errors import InvalidZarrIdError, StorageLocationError
+
+if TYPE_CHECKING:
+    from .arraylake_location import ArraylakeRepositories
 
 STORAGE_ENV_VAR = "DANDI_ICECHUNK_STORAGE"
 PUBLIC_PREFIX = "zarr-icechunk"
@@ -96,7 +99,8 @@ class StorageLocation:
     ``kind`` is ``"s3"`` (``bucket`` is the bucket name) or ``"file"`` (``bucket`` is an absolute
     directory). Credentials for S3 come from ``credentials_provider`` (refreshable, e.g. vended
     upload credentials), else ``credentials``, else the usual AWS sources (environment, config
-    files); ``anonymous`` reads without signing.
+    files); ``anonymous`` reads without signing. With ``arraylake``, each repository is
+    registered and opened through Arraylake (:mod:`~dandi_icechunk.arraylake_location`).
     """
 
     kind: Literal["s3", "file"]
@@ -108,11 +112,17 @@ class StorageLocation:
     anonymous: bool = False
     credentials_provider: CredentialsProvider | None = None
     legacy_root: str = LEGACY_PREFIX
+    arraylake: ArraylakeRepositories | None = None
 
     @classmethod
     def parse(cls, url: str) -> StorageLocation:
-        """Parse ``s3://BUCKET[/PREFIX][?endpoint_url=URL&region=R]`` or ``file:///PATH``."""
+        """Parse ``s3://BUCKET[/PREFIX][?endpoint_url=URL&region=R]``, ``file:///PATH`` or
+        ``arraylake://ORG/BUCKET_NICKNAME[?service_uri=URL]`` (which asks the service)."""
         parts = urlsplit(url)
+        if parts.scheme == "arraylake":
+            from .arraylake_location import ArraylakeRepositories
+
+            return ArraylakeRepositories.parse(url).location()
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 raise StorageLocationError(
@@ -144,8 +154,8 @@ class StorageLocation:
                 region=query.get("region", [None])[0],
             )
         raise StorageLocationError(
-            f"storage URL {url!r} is not supported: use s3://BUCKET/PREFIX?endpoint_url=... "
-            "or file:///PATH"
+            f"storage URL {url!r} is not supported: use s3://BUCKET/PREFIX?endpoint_url=..., "
+            "file:///PATH or arraylake://ORG/BUCKET_NICKNAME"
         )
 
     @classmethod
@@ -174,13 +184,17 @@ class StorageLocation:
     @property
     def url(self) -> str:
         """The canonical URL of this location (no credentials in it)."""
+        if self.arraylake is not None:
+            return self.arraylake.url
         if self.kind == "file":
             return Path(self.bucket).as_uri()
-        query = "&".join(
-            f"{k}={v}" for k, v in (("endpoint_url", self.endpoint_url), ("region", self.region)) if v
-        )
+        query = self._s3_query
         path = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         return f"{path}?{query}" if query else path
+
+    @property
+    def _s3_query(self) -> str:
+        return "&".join(f"{k}={v}" for k, v in (("endpoint_url", self.endpoint_url), ("region", self.region)) if v)
 
     def for_reading(self) -> StorageLocation:
         """This location, reading anonymously when it is S3 and no AWS credentials are given or
@@ -247,7 +261,7 @@ class StorageLocation:
         prefix = self.repository_prefix(zarr_id, embargoed=embargoed)
         if self.kind == "file":
             return f"{self.url}/{prefix}"
-        query = self.url.partition("?")[2]
+        query = self._s3_query
         url = f"s3://{self.bucket}/{prefix}"
         return f"{url}?{query}" if query else url
 

@@ -229,6 +229,8 @@ class ZarrRepository:
         """
         zarr_id = validate_zarr_id(zarr_id)
         location.check_reachable()
+        if location.arraylake is not None:
+            return cls._open_arraylake(location, zarr_id, create=create, embargoed=embargoed, config=config)
         try:
             refused: icechunk.IcechunkError | None = None
             for area in (embargoed, not embargoed):
@@ -262,6 +264,33 @@ class ZarrRepository:
         except DandiIcechunkError:
             raise
         except (icechunk.IcechunkError, OSError, ValueError) as exc:
+            raise StorageLocationError(
+                f"cannot open the repository of {zarr_id} at {location.url}: {first_line(exc)}"
+            ) from None
+
+    @classmethod
+    def _open_arraylake(
+        cls, location: StorageLocation, zarr_id: str, *, create: bool, embargoed: bool,
+        config: icechunk.RepositoryConfig | None,
+    ) -> ZarrRepository:
+        """:meth:`open` for a location whose repositories Arraylake registers and opens."""
+        repositories = location.arraylake
+        assert repositories is not None
+        try:
+            for area in (embargoed, not embargoed):
+                repo = repositories.open(location, zarr_id, embargoed=area, config=config)
+                if repo is not None:
+                    return cls(location, zarr_id, repo, embargoed=area)
+            if not create:
+                raise RepositoryNotFoundError(
+                    f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "
+                    "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
+                )
+            repo = repositories.register(location, zarr_id, embargoed=embargoed, config=config)
+            return cls(location, zarr_id, repo, embargoed=embargoed)
+        except DandiIcechunkError:
+            raise
+        except (icechunk.IcechunkError, ValueError) as exc:
             raise StorageLocationError(
                 f"cannot open the repository of {zarr_id} at {location.url}: {first_line(exc)}"
             ) from None

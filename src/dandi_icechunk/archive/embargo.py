@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import icechunk
+
 from ..location import StorageLocation
 from ..objects import DEFAULT_JOBS, REPO_OBJECT, move_prefix
 from ..records import JsonRecord
@@ -31,9 +33,19 @@ class UnembargoResult(JsonRecord):
     seconds: float
 
 
+def _follow_in_arraylake(location: StorageLocation, zarr_id: str) -> None:
+    """With Arraylake, once the repository is under the public prefix, register it under its
+    public name and drop the embargoed record (both idempotent)."""
+    if location.arraylake is None or not icechunk.Repository.exists(location.icechunk_storage(zarr_id)):
+        return
+    location.arraylake.register(location, zarr_id, embargoed=False, config=None)
+    location.arraylake.unregister(zarr_id, embargoed=True)
+
+
 def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = DEFAULT_JOBS) -> UnembargoResult:
     """Make the repository of ``zarr_id`` public. Idempotent: a public Zarr moves nothing."""
     start = time.perf_counter()
+    _follow_in_arraylake(location, zarr_id)  # a run that crashed after the move
     repo = ZarrRepository.open(location, zarr_id, embargoed=True)  # it exists, somewhere
     # Whatever is left under the private prefix moves, even when the public repository is already
     # there: a run interrupted after moving the repo object is finished by the next one.
@@ -44,6 +56,7 @@ def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = DEFAU
         last=REPO_OBJECT,
         jobs=jobs,
     )
+    _follow_in_arraylake(location, zarr_id)
     public = ZarrRepository.open(location, zarr_id)
     tip = public.resolve()
     info = public.commit_info(tip)

@@ -1,0 +1,263 @@
+"""Arraylake as the home of the repositories: each Zarr asset's repository is an Arraylake repo.
+
+A location written ``arraylake://ORG/BUCKET_NICKNAME`` keeps every repository in the bucket that
+the org's Arraylake bucket config names, at the same key prefix as a bucket-backed location
+(``zarr-icechunk/<zarr_id>``, ``zarr-icechunk-embargoed/<zarr_id>``), registered in Arraylake as
+
+    ORG/zarr-<zarr_id>              a public Zarr
+    ORG/zarr-embargoed-<zarr_id>    an embargoed Zarr
+
+and opened with the real ``arraylake`` client, which hands back a plain
+``icechunk.Repository`` with the credentials Arraylake vends. Everything above the repository
+(upload, sessions, publish tags, the digest index, reuse, reads) is unchanged, and the objects
+of ours beside Icechunk's (digest index, checksum lookup, the archive's record) stay in the
+same bucket, reached with the bucket config's keys (HMAC) or with credentials Arraylake vends
+for the bucket (a delegated role). Readers of public data need no Arraylake account: published
+metadata names the bucket URL of each repository.
+
+>>> location = StorageLocation.resolve("arraylake://dandi/dandi-bucket")   # doctest: +SKIP
+
+The service is ``?service_uri=URL`` or ``$ARRAYLAKE_SERVICE__URI`` (else Earthmover's), the
+token ``$ARRAYLAKE_TOKEN``. Nothing here imports ``arraylake`` until such a location is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import icechunk
+import platformdirs
+
+from .errors import AccessDeniedError, StorageLocationError, first_line
+from .location import S3Credentials, StorageLocation, validate_zarr_id
+
+if TYPE_CHECKING:
+    import arraylake
+
+SCHEME = "arraylake"
+TOKEN_ENV_VAR = "ARRAYLAKE_TOKEN"
+SERVICE_ENV_VAR = "ARRAYLAKE_SERVICE__URI"
+
+
+def _import_arraylake() -> Any:
+    """``arraylake``, with its config file kept in our config directory (importing it writes
+    one) unless ``$ARRAYLAKE_CONFIG`` says where."""
+    os.environ.setdefault("ARRAYLAKE_CONFIG", platformdirs.user_config_dir("dandi-icechunk") + "/arraylake")
+    try:
+        import arraylake
+    except ImportError:
+        raise StorageLocationError(
+            "an arraylake:// location needs the Arraylake client: pip install 'dandi-icechunk[arraylake]'"
+        ) from None
+    return arraylake
+
+
+@dataclass(frozen=True)
+class ArraylakeRepositories:
+    """The Arraylake org and bucket config that hold the repositories of a location."""
+
+    org: str
+    bucket_nickname: str
+    service_uri: str | None = None
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, url: str) -> ArraylakeRepositories:
+        """Parse ``arraylake://ORG/BUCKET_NICKNAME[?service_uri=URL]``."""
+        parts = urlsplit(url)
+        nickname = parts.path.strip("/")
+        query = parse_qs(parts.query)
+        if parts.scheme != SCHEME or not parts.netloc or not nickname or "/" in nickname or set(query) - {"service_uri"}:
+            raise StorageLocationError(
+                f"storage URL {url!r}: an Arraylake location is arraylake://ORG/BUCKET_NICKNAME"
+                "[?service_uri=URL]"
+            )
+        service = query.get("service_uri", [None])[0] or os.environ.get(SERVICE_ENV_VAR)
+        if service is not None and urlsplit(service).scheme not in ("http", "https"):
+            raise StorageLocationError(f"storage URL {url!r}: service_uri must be an http(s) URL")
+        return cls(org=parts.netloc, bucket_nickname=nickname, service_uri=service)
+
+    @property
+    def url(self) -> str:
+        """The canonical URL (no token in it)."""
+        url = f"{SCHEME}://{self.org}/{self.bucket_nickname}"
+        return f"{url}?service_uri={self.service_uri}" if self.service_uri else url
+
+    def repo_name(self, zarr_id: str, *, embargoed: bool = False) -> str:
+        """The Arraylake name of the repository of ``zarr_id``: ``ORG/zarr-[embargoed-]<zarr_id>``."""
+        return f"{self.org}/zarr-{'embargoed-' if embargoed else ''}{validate_zarr_id(zarr_id)}"
+
+    def client(self) -> arraylake.Client:
+        """The real Arraylake client for this service and token."""
+        token = self.token or os.environ.get(TOKEN_ENV_VAR)
+        if not token:
+            raise AccessDeniedError(
+                f"{self.url} needs an Arraylake API token: set ${TOKEN_ENV_VAR}"
+            )
+        with self._service_errors("connecting"):
+            return _import_arraylake().Client(service_uri=self.service_uri, token=token)
+
+    def location(self) -> StorageLocation:
+        """The storage location of the bucket config's bucket, reaching it with the bucket
+        config's keys or with credentials Arraylake vends, and opening repositories here."""
+        client = self.client()
+        with self._service_errors(f"bucket config {self.bucket_nickname!r} of org {self.org!r}"):
+            bucket = client.get_bucket_config(org=self.org, nickname=self.bucket_nickname)
+        if bucket.platform not in ("s3", "s3c", "s3-compatible", "minio"):
+            raise StorageLocationError(
+                f"{self.url}: bucket config {self.bucket_nickname!r} is on {bucket.platform!r}; "
+                "only S3 and S3-compatible buckets hold DANDI repositories"
+            )
+        extra = bucket.extra_config
+        location = StorageLocation(
+            kind="s3", bucket=bucket.name, prefix=bucket.prefix.strip("/"),
+            endpoint_url=str(extra["endpoint_url"]) if extra.get("endpoint_url") else None,
+            region=str(extra["region_name"]) if extra.get("region_name") else None,
+            arraylake=self,
+        )
+        method = getattr(bucket.auth_config, "method", None)
+        if method == "hmac":
+            keys = S3Credentials(bucket.auth_config.access_key_id, bucket.auth_config.secret_access_key)
+            return replace(location, credentials=keys)
+        if method in ("aws_customer_managed_role", "customer_managed_role"):
+            return replace(location, credentials_provider=_VendedBucketCredentials(self, str(bucket.id)))
+        return replace(location, anonymous=True)
+
+    def open(
+        self, location: StorageLocation, zarr_id: str, *, embargoed: bool,
+        config: icechunk.RepositoryConfig | None,
+    ) -> icechunk.Repository | None:
+        """The registered repository of ``zarr_id`` in this area, or ``None`` when there is
+        none (not registered, or registered with nothing in storage yet)."""
+        name = self.repo_name(zarr_id, embargoed=embargoed)
+        client = self.client()
+        with self._service_errors(f"repo {name}", missing_ok=True) as found:
+            record = client.get_repo_object(name)
+        if not found:
+            return None
+        self._check_prefix(name, record.prefix, location.repository_prefix(zarr_id, embargoed=embargoed))
+        if not icechunk.Repository.exists(location.icechunk_storage(zarr_id, embargoed=embargoed)):
+            return None  # registered, but its objects moved away (an embargo lifted) or never came
+        with self._service_errors(f"repo {name}"):
+            return client.get_repo(name, config=config)
+
+    def register(
+        self, location: StorageLocation, zarr_id: str, *, embargoed: bool,
+        config: icechunk.RepositoryConfig | None,
+    ) -> icechunk.Repository:
+        """Register the repository of ``zarr_id`` and open it: a repository already in the
+        bucket (made before Arraylake, or moved by an unembargo) is imported, else created.
+        A concurrent registration of the same name is opened instead."""
+        name = self.repo_name(zarr_id, embargoed=embargoed)
+        prefix = location.repository_prefix(zarr_id, embargoed=embargoed)
+        client = self.client()
+        in_bucket = icechunk.Repository.exists(location.icechunk_storage(zarr_id, embargoed=embargoed))
+        with self._service_errors(f"registering repo {name}", conflict_ok=True) as done:
+            if in_bucket:
+                repo = client.import_repo(name, self.bucket_nickname, prefix)
+            else:
+                repo = client.create_repo(name, bucket_config_nickname=self.bucket_nickname,
+                                          prefix=prefix, config=config)
+        if not done:  # registered already: by a concurrent upload, or by one that crashed before making it
+            opened = self.open(location, zarr_id, embargoed=embargoed, config=config)
+            if opened is None:
+                with contextlib.suppress(icechunk.IcechunkError):  # made concurrently: open it
+                    icechunk.Repository.create(location.icechunk_storage(zarr_id, embargoed=embargoed), config=config)
+                opened = self.open(location, zarr_id, embargoed=embargoed, config=config)
+            if opened is None:
+                raise StorageLocationError(f"repo {name} was unregistered while this upload made it; run again")
+            return opened
+        if config is not None and in_bucket:
+            with self._service_errors(f"repo {name}"):
+                repo = client.get_repo(name, config=config)
+        return repo
+
+    def unregister(self, zarr_id: str, *, embargoed: bool) -> None:
+        """Remove the Arraylake record of a repository, keeping its objects (idempotent)."""
+        name = self.repo_name(zarr_id, embargoed=embargoed)
+        client = self.client()
+        with self._service_errors(f"unregistering repo {name}", missing_ok=True):
+            client.delete_repo(name, imsure=True, imreallysure=True, immediate=True, retain_data=True)
+
+    def _check_prefix(self, name: str, actual: str, expected: str) -> None:
+        if actual.strip("/") != expected:
+            raise StorageLocationError(
+                f"Arraylake repo {name} is at prefix {actual!r}, not {expected!r} where DANDI keeps "
+                "it; it was not registered by dandi-icechunk: rename or remove it in Arraylake"
+            )
+
+    @contextlib.contextmanager
+    def _service_errors(
+        self, what: str, *, missing_ok: bool = False, conflict_ok: bool = False
+    ) -> Iterator[_Landed]:
+        """Turn the client's errors into ours; the yielded flag says whether the call landed
+        (false when ``missing_ok`` and the service said 404, or ``conflict_ok`` and 409)."""
+        outcome = _Landed()
+        arraylake = _import_arraylake()
+        try:
+            yield outcome
+        except arraylake.exceptions.ArraylakeHttpError as exc:
+            status = getattr(exc, "status_code", None)
+            if (status == 404 and missing_ok) or (status == 409 and conflict_ok):
+                outcome.landed = False
+                return
+            if status in (401, 403):
+                raise AccessDeniedError(
+                    f"Arraylake ({self.url}) refused {what}: check ${TOKEN_ENV_VAR} and the "
+                    "token's permissions in the org"
+                ) from None
+            if status == 404:
+                raise StorageLocationError(f"Arraylake ({self.url}) has no {what}") from None
+            raise StorageLocationError(f"Arraylake ({self.url}) failed on {what}: {first_line(exc)}") from None
+        except arraylake.exceptions.BucketNotFoundError:
+            raise StorageLocationError(f"Arraylake ({self.url}) has no {what}") from None
+        except OSError as exc:
+            raise StorageLocationError(
+                f"the Arraylake service of {self.url} does not answer ({first_line(exc)}); check "
+                f"service_uri / ${SERVICE_ENV_VAR}"
+            ) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("httpx"):
+                raise StorageLocationError(
+                    f"the Arraylake service of {self.url} does not answer ({first_line(exc)}); check "
+                    f"service_uri / ${SERVICE_ENV_VAR}"
+                ) from None
+            raise
+
+
+class _Landed:
+    """Whether a service call landed (see :meth:`ArraylakeRepositories._service_errors`)."""
+
+    landed = True
+
+    def __bool__(self) -> bool:
+        return self.landed
+
+
+class _VendedBucketCredentials:
+    """Credentials for the whole bucket, vended by Arraylake for a delegated-role bucket config
+    (a :data:`~dandi_icechunk.location.CredentialsProvider`; picklable)."""
+
+    def __init__(self, repositories: ArraylakeRepositories, bucket_id: str) -> None:
+        self.repositories = repositories
+        self.bucket_id = bucket_id
+
+    def __call__(self) -> S3Credentials:
+        from uuid import UUID
+
+        from arraylake.metastore import HttpMetastore, HttpMetastoreConfig
+
+        client = self.repositories.client()
+        store = HttpMetastore(HttpMetastoreConfig(client.service_uri, self.repositories.org, client.token))
+        with self.repositories._service_errors("vending bucket credentials"):
+            vended = asyncio.run(store.get_s3_bucket_credentials_from_bucket(UUID(self.bucket_id), access="write"))
+        expires: datetime | None = vended.expiration
+        return S3Credentials(vended.aws_access_key_id, vended.aws_secret_access_key,
+                             vended.aws_session_token, expires)
