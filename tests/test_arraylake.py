@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,29 @@ def test_gc_runs_on_a_repository_arraylake_opened(
     repo = ZarrRepository.open(location, zarr_id)
     assert repo.resolve() == tip
     np.testing.assert_array_equal(zarr.open_group(repo.readonly_session().store, mode="r")["data"][:], _values(src))
+
+
+def test_arraylakes_scheduled_gc_keeps_every_recorded_publication_even_with_its_tag_deleted(
+    service: Any, location: StorageLocation, zarr_id: str, tmp_path: Path,
+) -> None:
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    first = upload_zarr(src, location, zarr_id)
+    published_values = _values(src)
+    asset = draft_zarr_asset(zarr_id, src.name, first.zarr_checksum, first.size)
+    [published] = publish_dandiset("000123", "0.260101.1200", [asset], location=location)
+    for seed in (4, 5):  # two drafts after it; the first of them only a draft
+        make_zarr_v3(src, seed=seed)
+        upload_zarr(src, location, zarr_id)
+    config = service.repos[f"zarr-{zarr_id}"].optimization_config
+    assert config.gc_config.extra_gc_roots == {first.snapshot_id}
+    assert config.expiration_config.expire_versions_older_than == timedelta(days=30)
+
+    repo = ZarrRepository.open(location, zarr_id)
+    repo.icechunk.delete_tag(SnapshotReference.from_asset(published).tag)  # as an uploader could
+    summary = service.run_scheduled_gc(f"zarr-{zarr_id}", now=datetime.now(UTC) + timedelta(days=31))
+    assert summary.chunks_deleted > 0  # the draft in between went
+    kept = ZarrRepository.open(location, zarr_id).readonly_session(snapshot_id=first.snapshot_id)
+    np.testing.assert_array_equal(zarr.open_group(kept.store, mode="r")["data"][:], published_values)
 
 
 def test_the_cli_uploads_and_logs_through_an_arraylake_storage_url(

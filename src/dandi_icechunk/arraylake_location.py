@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -178,6 +178,33 @@ class ArraylakeRepositories:
             with self._service_errors(f"repo {name}"):
                 repo = client.get_repo(name, config=config)
         return repo
+
+    def schedule_gc(self, zarr_id: str, *, keep: Iterable[str], restore_window: timedelta) -> None:
+        """Hand the repository of ``zarr_id`` to Arraylake's scheduled expiration and GC with the
+        archive's policy: draft snapshots and dangling objects older than ``restore_window``
+        go, daily; the snapshots in ``keep`` (every publication the archive recorded) are roots
+        it never collects, even if an uploader deleted their tags."""
+        from arraylake.types import ExpirationConfig, GCConfig, GCDeleteOlderThan, OptimizationConfig
+
+        older = GCDeleteOlderThan(date=restore_window)
+        config = OptimizationConfig(
+            gc_config=GCConfig(
+                extra_gc_roots=set(keep), dangling_chunks=older, dangling_manifests=older,
+                dangling_attributes=older, dangling_transaction_logs=older, dangling_snapshots=older,
+                gc_every=timedelta(days=1), enabled=True,
+            ),
+            expiration_config=ExpirationConfig(
+                expire_versions_older_than=restore_window, expire_every=timedelta(days=1), enabled=True,
+            ),
+        )
+        client = self.client()
+        for embargoed in (False, True):
+            name = self.repo_name(zarr_id, embargoed=embargoed)
+            with self._service_errors(f"scheduling GC of repo {name}", missing_ok=True) as landed:
+                client.modify_repo(name, optimization_config=config)
+            if landed:
+                return
+        raise StorageLocationError(f"Arraylake ({self.url}) has no repo for zarr_id {zarr_id}")
 
     def unregister(self, zarr_id: str, *, embargoed: bool) -> None:
         """Remove the Arraylake record of a repository, keeping its objects (idempotent)."""

@@ -21,6 +21,7 @@ from ..objects import DEFAULT_JOBS, REPO_OBJECT, move_prefix
 from ..records import JsonRecord
 from ..reuse import register_checksum
 from ..session import ZarrRepository
+from .ledger import keep_publications_in_arraylake_gc
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def _follow_in_arraylake(location: StorageLocation, zarr_id: str) -> None:
         return
     location.arraylake.register(location, zarr_id, embargoed=False, config=None)
     location.arraylake.unregister(zarr_id, embargoed=True)
+    keep_publications_in_arraylake_gc(location, zarr_id)
 
 
 def unembargo_zarr(location: StorageLocation, zarr_id: str, *, jobs: int = DEFAULT_JOBS) -> UnembargoResult:

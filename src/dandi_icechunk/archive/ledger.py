@@ -45,6 +45,16 @@ def record_publication(location: StorageLocation, zarr_id: str, tag: str, snapsh
     """Record that ``tag`` published ``snapshot_id`` of ``zarr_id`` (idempotent; first wins)."""
     entry = json.dumps({"tag": tag, "snapshot_id": snapshot_id}).encode()
     _record(location, zarr_id).put_if_absent(f"{_PUBLISHED}{tag}.json", entry)
+    keep_publications_in_arraylake_gc(location, zarr_id)
+
+
+def keep_publications_in_arraylake_gc(location: StorageLocation, zarr_id: str) -> None:
+    """With Arraylake, its scheduled GC of ``zarr_id`` keeps every recorded publication."""
+    if location.arraylake is not None:
+        from .gc import DEFAULT_RESTORE_WINDOW
+
+        keep = recorded_publications(location, zarr_id).values()
+        location.arraylake.schedule_gc(zarr_id, keep=keep, restore_window=DEFAULT_RESTORE_WINDOW)
 
 
 def recorded_publications(location: StorageLocation, zarr_id: str) -> dict[str, str]:

@@ -8,9 +8,11 @@ credentials. Its answers are built from ``arraylake.types``, so the client parse
 parses the service's. The repositories themselves are real Icechunk repositories in the S3
 bucket the stand-in's bucket config names (the tests' SeaweedFS): every data path is real.
 
-What it does not model: RBAC (any holder of the token may do anything in the org), scheduled
-GC, the catalog and web app, and repo prefixes relative to a bucket prefix (a repo's prefix is
-its key prefix in the bucket, as the client uses it).
+What it does not model: RBAC (any holder of the token may do anything in the org), the
+schedule of Arraylake's GC (:meth:`ArraylakeStandIn.run_scheduled_gc` runs it once, as this
+stand-in reads the repo's optimization config), the catalog and web app, and repo prefixes
+relative to a bucket prefix (a repo's prefix is its key prefix in the bucket, as the client
+uses it).
 
 >>> with ArraylakeStandIn(s3_server) as service:          # doctest: +SKIP
 ...     client = arraylake.Client(service_uri=service.url, token=service.token)
@@ -25,17 +27,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import icechunk
 import uvicorn
 from arraylake.types import (
     AWSCustomerManagedRoleAuth,
     Author,
     BucketResponse,
+    GCDeleteOlderThan,
     HmacAuth,
     OpenRepoResponse,
     PaginatedResponse,
     Repo,
     RepoCreateBody,
     RepoImportBody,
+    RepoModifyRequest,
     RepoOperationMode,
     RepoOperationStatusResponse,
     S3Credentials,
@@ -121,7 +126,7 @@ class ArraylakeStandIn:
             Route("/orgs/{org}/repos/paginated", self._list_repos),
             Route("/orgs/{org}/repos", self._create_repo, methods=["POST"]),
             Route("/orgs/{org}/repos/import", self._import_repo, methods=["POST"]),
-            Route("/orgs/{org}/{name}", self._delete_repo, methods=["DELETE"]),
+            Route("/orgs/{org}/{name}", self._change_repo, methods=["DELETE", "PATCH"]),
             Route("/repos/{org}/{name}", self._get_repo),
             Route("/repos/{org}/{name}/open", self._open_repo),
             Route("/repos/{org}/{name}/bucket-credentials", self._repo_credentials),
@@ -201,10 +206,44 @@ class ArraylakeStandIn:
         that crashed between registering and creating leaves it."""
         assert self._register(name, prefix, None).status_code == 201
 
-    async def _delete_repo(self, request: Request) -> Response:
+    async def _change_repo(self, request: Request) -> Response:
+        name = request.path_params["name"]
         with self._lock:
-            removed = self.repos.pop(request.path_params["name"], None)
-        return Response(status_code=204) if removed else _error(404, "repo not found")
+            if name not in self.repos:
+                return _error(404, "repo not found")
+            if request.method == "DELETE":
+                del self.repos[name]
+                return Response(status_code=204)
+            change = RepoModifyRequest.model_validate_json(await request.body())
+            if change.optimization_config is not None:
+                self.repos[name] = self.repos[name].model_copy(update={"optimization_config": change.optimization_config})
+        return Response(status_code=200)
+
+    def run_scheduled_gc(self, name: str, now: datetime | None = None) -> icechunk.GCSummary:
+        """Run the expiration and GC the repo's optimization config schedules, once, as this
+        stand-in reads Arraylake's settings: refs and ``extra_gc_roots`` (snapshot IDs) are
+        roots; versions older than ``expire_versions_older_than`` expire; dangling objects
+        older than ``dangling_chunks`` are deleted."""
+        repo = self.repos[name]
+        gc, expiration = repo.optimization_config.gc_config, repo.optimization_config.expiration_config
+        assert gc is not None and gc.enabled and expiration is not None and expiration.enabled
+        assert isinstance(gc.dangling_chunks, GCDeleteOlderThan)
+        now = now or datetime.now(UTC)
+        storage = icechunk.s3_storage(
+            bucket=self.s3.bucket, prefix=repo.prefix, endpoint_url=self.s3.endpoint_url, region="us-east-1",
+            allow_http=True, force_path_style=True, access_key_id=self.s3.access_key_id,
+            secret_access_key=self.s3.secret_access_key,
+        )
+        ic = icechunk.Repository.open(storage)
+        roots = [f"gc-root/{sid}" for sid in sorted(gc.extra_gc_roots)]
+        for branch, sid in zip(roots, sorted(gc.extra_gc_roots), strict=True):
+            ic.create_branch(branch, sid)
+        try:
+            ic.expire_snapshots(older_than=now - expiration.expire_versions_older_than)
+            return ic.garbage_collect(now - gc.dangling_chunks.date)
+        finally:
+            for branch in roots:
+                ic.delete_branch(branch)
 
     async def _get_repo(self, request: Request) -> Response:
         repo = self.repos.get(request.path_params["name"])
