@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -183,6 +184,29 @@ def test_arraylakes_scheduled_gc_keeps_every_recorded_publication_even_with_its_
     assert summary.chunks_deleted > 0  # the draft in between went
     kept = ZarrRepository.open(location, zarr_id).readonly_session(snapshot_id=first.snapshot_id)
     np.testing.assert_array_equal(zarr.open_group(kept.store, mode="r")["data"][:], published_values)
+
+
+def test_delegated_credentials_that_expire_are_vended_again_by_arraylake(
+    s3_server: S3Server, _arraylake_config: None, monkeypatch: pytest.MonkeyPatch, zarr_id: str,
+    tmp_path: Path,
+) -> None:
+    from dandi_icechunk.testing.arraylake_service import ArraylakeStandIn
+
+    with ArraylakeStandIn(s3_server, prefix=f"al-{uuid.uuid4().hex[:8]}", auth="delegated",
+                          credential_seconds=2) as service:
+        monkeypatch.setenv("ARRAYLAKE_TOKEN", service.token)
+        location = StorageLocation.parse(f"arraylake://{service.org}/{service.nickname}?service_uri={service.url}")
+        src = make_zarr_v3(tmp_path / "a.zarr")
+        upload_zarr(src, location, zarr_id)
+        repo = ZarrRepository.open(location, zarr_id)
+        before = service.vended
+        time.sleep(3)  # every credential handed out so far has expired
+        make_zarr_v3(src, seed=2)
+        session = repo.writable_session()  # the repository opened before they expired
+        zarr.open_group(session.store)["data"][0, 0, 0] = 7
+        session.commit("written with renewed credentials")
+        assert service.vended > before
+        assert upload_zarr(src, location, zarr_id).snapshot_id is not None
 
 
 def test_the_cli_uploads_and_logs_through_an_arraylake_storage_url(

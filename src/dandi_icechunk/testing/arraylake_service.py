@@ -71,7 +71,8 @@ class ArraylakeStandIn:
     ``auth`` chooses the bucket config: ``"hmac"`` (the bucket's keys are in the config, as for
     an S3-compatible bucket) or ``"delegated"`` (a customer-managed role: credentials are vended
     per repo and per bucket, expiring after ``credential_seconds``). ``calls`` records every
-    request as ``(method, path)``, and ``vended`` counts the credentials handed out.
+    request as ``(method, path)``, ``traffic`` each answered one as ``(unix time, method, path,
+    response body bytes)``, and ``vended`` counts the delegated credentials handed out.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class ArraylakeStandIn:
         self.token = f"ema_{uuid.uuid4().hex}"
         self.credential_seconds = credential_seconds
         self.calls: list[tuple[str, str]] = []
+        self.traffic: list[tuple[float, str, str, int]] = []
         self.vended = 0
         self.user = UserInfo(id=uuid.uuid4(), first_name="Stand", family_name="In", email="standin@example.org")
         now = datetime.now(UTC)
@@ -148,6 +150,8 @@ class ArraylakeStandIn:
                 response = _error(404, "org not found")
             else:
                 response = await endpoint(request)
+            with self._lock:
+                self.traffic.append((time.time(), request.method, request.url.path, len(response.body)))
             await response(scope, receive, send)
 
         return app
