@@ -24,14 +24,19 @@ from click.testing import CliRunner
 
 from dandi_icechunk.archive.embargo import unembargo_zarr
 from dandi_icechunk.archive.gc import collect_garbage
+from dandi_icechunk.archive.migrate import migrate_zarr
 from dandi_icechunk.archive_hooks import publish_dandiset
 from dandi_icechunk.cli import main
 from dandi_icechunk.errors import AccessDeniedError, RepositoryNotFoundError, StorageLocationError
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.read import open_dataset
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_zarr_v3
+from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
+
+from .conftest import reference_checksum
+from .test_migrate import _legacy_upload, reference_another_zarrs_object_and_read_it
 
 pytest.importorskip("arraylake", reason="the arraylake extra is not installed")
 
@@ -207,6 +212,20 @@ def test_delegated_credentials_that_expire_are_vended_again_by_arraylake(
         session.commit("written with renewed credentials")
         assert service.vended > before
         assert upload_zarr(src, location, zarr_id).snapshot_id is not None
+
+
+def test_a_legacy_zarr_migrates_into_an_arraylake_repo_and_reads_its_own_objects_only(
+    service: Any, location: StorageLocation, s3_server: S3Server, zarr_id: str, tmp_path: Path,
+) -> None:
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    _legacy_upload(s3_server, location, zarr_id, src)
+    result = migrate_zarr(location, zarr_id, expected_checksum=reference_checksum(src))
+    assert result.virtual_chunks > 0 and set(service.repos) == {f"zarr-{zarr_id}"}
+    level0 = np.asarray(zarr.open_array(str(src / "0"), mode="r")[:])
+    np.testing.assert_array_equal(open_dataset(zarr_id, location=location, group="0")["image"].values, level0)
+    # the service authorizes every container of its bucket that a repo declares; a repository
+    # declaring the whole bucket still cannot make its readers fetch another Zarr's object
+    reference_another_zarrs_object_and_read_it(s3_server, location, str(uuid.uuid4()), tmp_path)
 
 
 def test_the_cli_uploads_and_logs_through_an_arraylake_storage_url(

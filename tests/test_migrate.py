@@ -254,6 +254,13 @@ def test_a_repository_cannot_make_its_readers_fetch_another_zarrs_objects(
     """An uploader controls its repository's config: it declares the whole bucket as a virtual
     chunk container and references another (embargoed) Zarr's legacy object. Readers of its
     repository, holding the archive's credentials, must not fetch it."""
+    reference_another_zarrs_object_and_read_it(s3_server, s3_location, zarr_id, tmp_path)
+
+
+def reference_another_zarrs_object_and_read_it(
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    """The attack of the test above, on ``s3_location`` (bucket- or Arraylake-backed)."""
     import uuid
 
     victim = str(uuid.uuid4())

@@ -145,6 +145,8 @@ class ArraylakeRepositories:
         self._check_prefix(name, record.prefix, location.repository_prefix(zarr_id, embargoed=embargoed))
         if not icechunk.Repository.exists(location.icechunk_storage(zarr_id, embargoed=embargoed)):
             return None  # registered, but its objects moved away (an embargo lifted) or never came
+        if config is not None and config.virtual_chunk_containers:
+            config = None  # the client refuses containers the service did not authorize; see the caller
         with self._service_errors(f"repo {name}"):
             return client.get_repo(name, config=config)
 

@@ -179,11 +179,12 @@ def _with_virtual_access(
     repo: icechunk.Repository, location: StorageLocation, zarr_id: str, storage: icechunk.Storage,
     config: icechunk.RepositoryConfig | None,
 ) -> icechunk.Repository:
-    """``repo``, opened again with read access to its own legacy objects when it declares them
-    (a migrated Zarr)."""
-    access = location.virtual_chunk_access(repo.config.virtual_chunk_containers or {}, zarr_id)
-    if not access:
+    """``repo``, opened again when it declares virtual chunk containers: with read access to its
+    own legacy objects (a migrated Zarr) and to nothing else, whatever access it was opened with."""
+    containers = repo.config.virtual_chunk_containers or {}
+    if not containers:
         return repo
+    access = location.virtual_chunk_access(containers, zarr_id)
     return icechunk.Repository.open(storage, config=config, authorize_virtual_chunk_access=access)
 
 
@@ -280,6 +281,9 @@ class ZarrRepository:
             for area in (embargoed, not embargoed):
                 repo = repositories.open(location, zarr_id, embargoed=area, config=config)
                 if repo is not None:
+                    # A migrated Zarr reads its own legacy objects, and no other Zarr's, with
+                    # this location's credentials (as in a bucket-backed location)
+                    repo = _with_virtual_access(repo, location, zarr_id, repo.storage, config)
                     return cls(location, zarr_id, repo, embargoed=area)
             if not create:
                 raise RepositoryNotFoundError(

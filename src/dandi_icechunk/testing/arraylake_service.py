@@ -45,6 +45,7 @@ from arraylake.types import (
     RepoOperationStatusResponse,
     S3Credentials,
     UserInfo,
+    VirtualChunkCredentials,
 )
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -233,12 +234,7 @@ class ArraylakeStandIn:
         assert gc is not None and gc.enabled and expiration is not None and expiration.enabled
         assert isinstance(gc.dangling_chunks, GCDeleteOlderThan)
         now = now or datetime.now(UTC)
-        storage = icechunk.s3_storage(
-            bucket=self.s3.bucket, prefix=repo.prefix, endpoint_url=self.s3.endpoint_url, region="us-east-1",
-            allow_http=True, force_path_style=True, access_key_id=self.s3.access_key_id,
-            secret_access_key=self.s3.secret_access_key,
-        )
-        ic = icechunk.Repository.open(storage)
+        ic = icechunk.Repository.open(self._storage(repo.prefix))
         roots = [f"gc-root/{sid}" for sid in sorted(gc.extra_gc_roots)]
         for branch, sid in zip(roots, sorted(gc.extra_gc_roots), strict=True):
             ic.create_branch(branch, sid)
@@ -257,9 +253,20 @@ class ArraylakeStandIn:
         repo = self.repos.get(request.path_params["name"])
         if repo is None:
             return _error(404, "repo not found")
+        # Containers the repo's stored config declares in this bucket are authorized, as the
+        # service discovers and authorizes those a repo writer declared.
+        try:
+            config = icechunk.Repository.fetch_config(self._storage(repo.prefix))
+        except icechunk.IcechunkError:  # not made yet: the client asks for credentials to make it
+            config = None
+        declared = (config.virtual_chunk_containers or {}) if config else {}
+        vccs = {
+            prefix: VirtualChunkCredentials.from_bucket(self.org, self.bucket, self._vend())
+            for prefix in declared if prefix.startswith(f"s3://{self.bucket.name}/")
+        }
         return _json(OpenRepoResponse(
             repo_bucket=self.bucket, repo_prefix=repo.prefix,
-            repo_credentials=self._vend(), virtual_chunk_credentials={},
+            repo_credentials=self._vend(), virtual_chunk_credentials=vccs,
             author=self.user.as_author() if self.user else Author(email="standin@example.org"),
             principal_id=str(self.user.id), status=self._status(),
         ))
@@ -285,6 +292,13 @@ class ArraylakeStandIn:
         return S3Credentials(
             aws_access_key_id=self.s3.access_key_id, aws_secret_access_key=self.s3.secret_access_key,
             aws_session_token=None, expiration=expiration,
+        )
+
+    def _storage(self, prefix: str) -> icechunk.Storage:
+        return icechunk.s3_storage(
+            bucket=self.s3.bucket, prefix=prefix, endpoint_url=self.s3.endpoint_url, region="us-east-1",
+            allow_http=True, force_path_style=True, access_key_id=self.s3.access_key_id,
+            secret_access_key=self.s3.secret_access_key,
         )
 
     @staticmethod
