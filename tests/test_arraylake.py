@@ -25,9 +25,14 @@ from click.testing import CliRunner
 from dandi_icechunk.archive.embargo import unembargo_zarr
 from dandi_icechunk.archive.gc import collect_garbage
 from dandi_icechunk.archive.migrate import migrate_zarr
-from dandi_icechunk.archive_hooks import publish_dandiset
+from dandi_icechunk.archive_hooks import finalize_upload, publish_dandiset, vend_upload_credentials
 from dandi_icechunk.cli import main
-from dandi_icechunk.errors import AccessDeniedError, RepositoryNotFoundError, StorageLocationError
+from dandi_icechunk.errors import (
+    AccessDeniedError,
+    CredentialError,
+    RepositoryNotFoundError,
+    StorageLocationError,
+)
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read import open_dataset
 from dandi_icechunk.reference import SnapshotReference
@@ -223,9 +228,44 @@ def test_a_legacy_zarr_migrates_into_an_arraylake_repo_and_reads_its_own_objects
     assert result.virtual_chunks > 0 and set(service.repos) == {f"zarr-{zarr_id}"}
     level0 = np.asarray(zarr.open_array(str(src / "0"), mode="r")[:])
     np.testing.assert_array_equal(open_dataset(zarr_id, location=location, group="0")["image"].values, level0)
-    # the service authorizes every container of its bucket that a repo declares; a repository
-    # declaring the whole bucket still cannot make its readers fetch another Zarr's object
-    reference_another_zarrs_object_and_read_it(s3_server, location, str(uuid.uuid4()), tmp_path)
+    # Arraylake's own readers too: its legacy objects were authorized for the repo
+    import arraylake
+
+    plain = arraylake.Client(service_uri=service.url, token=service.token).get_repo(f"{service.org}/zarr-{zarr_id}")
+    np.testing.assert_array_equal(zarr.open_group(plain.readonly_session("main").store, mode="r")["0"][:], level0)
+
+    # an uploader, as a repo writer, has Arraylake authorize the whole bucket for its repository:
+    # our readers still fetch no other Zarr's object through it
+    attacker = str(uuid.uuid4())
+    client = arraylake.Client(service_uri=service.url, token=service.token)
+    reference_another_zarrs_object_and_read_it(
+        s3_server, location, attacker, tmp_path,
+        before_read=lambda: client.update_virtual_chunk_containers(
+            f"{service.org}/zarr-{attacker}", add={f"s3://{s3_server.bucket}/": service.nickname}),
+    )
+    assert service.containers[f"zarr-{attacker}"] == {f"s3://{s3_server.bucket}/": service.nickname}
+
+
+def test_the_archive_hands_uploaders_arraylake_vended_credentials_for_a_delegated_role_never_hmac_keys(
+    service: Any, location: StorageLocation, zarr_id: str, tmp_path: Path,
+) -> None:
+    if service.bucket.auth_config.method == "hmac":
+        with pytest.raises(CredentialError, match="HMAC keys, which are the bucket's own"):
+            vend_upload_credentials(zarr_id, location=location)
+        assert not service.repos
+        return
+    vended = vend_upload_credentials(zarr_id, location=location)
+    name = f"zarr-{zarr_id}"
+    assert vended.user == f"arraylake:{service.org}/{name}" and vended.credentials.expires_at is not None
+    assert ("GET", f"/repos/{service.org}/{name}/bucket-credentials") in service.calls
+    # the uploader has no Arraylake account: it writes to the bucket with what it was handed
+    uploader = StorageLocation(kind="s3", bucket=location.bucket, prefix=location.prefix,
+                               endpoint_url=location.endpoint_url, credentials=vended.credentials)
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    uploaded = upload_zarr(src, uploader, zarr_id)
+    info = finalize_upload(zarr_id, location=location, dandiset_id="000123")
+    assert info.zarr_checksum == uploaded.zarr_checksum
+    assert ZarrRepository.open(location, zarr_id).resolve() == uploaded.snapshot_id
 
 
 def test_the_cli_uploads_and_logs_through_an_arraylake_storage_url(

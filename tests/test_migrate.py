@@ -4,6 +4,7 @@ Content-MD5 each, as dandi-cli uploads) into a repository that references them i
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 import hashlib
 from pathlib import Path
 
@@ -258,9 +259,11 @@ def test_a_repository_cannot_make_its_readers_fetch_another_zarrs_objects(
 
 
 def reference_another_zarrs_object_and_read_it(
-    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path
+    s3_server: S3Server, s3_location: StorageLocation, zarr_id: str, tmp_path: Path,
+    before_read: Callable[[], None] = lambda: None,
 ) -> None:
-    """The attack of the test above, on ``s3_location`` (bucket- or Arraylake-backed)."""
+    """The attack of the test above, on ``s3_location`` (bucket- or Arraylake-backed), with
+    ``before_read`` run once the attacker's repository references the object."""
     import uuid
 
     victim = str(uuid.uuid4())
@@ -279,6 +282,7 @@ def reference_another_zarrs_object_and_read_it(
     session.store.set_virtual_ref(target, f"s3://{s3_server.bucket}/{s3_location.legacy_prefix(victim)}/{stolen}",
                                   offset=0, length=len(tree_bytes(secret)[stolen]))
     session.commit("reference another Zarr's object")
+    before_read()
 
     reader = ZarrRepository.open(s3_location, zarr_id)  # the archive's credentials
     store = reader.icechunk.readonly_session(branch="main").store

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import icechunk
 import platformdirs
 
-from .errors import AccessDeniedError, StorageLocationError, first_line
+from .errors import AccessDeniedError, CredentialError, StorageLocationError, first_line
 from .location import S3Credentials, StorageLocation, validate_zarr_id
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class ArraylakeRepositories:
             keys = S3Credentials(bucket.auth_config.access_key_id, bucket.auth_config.secret_access_key)
             return replace(location, credentials=keys)
         if method in ("aws_customer_managed_role", "customer_managed_role"):
-            return replace(location, credentials_provider=_VendedBucketCredentials(self, str(bucket.id)))
+            return replace(location, credentials_provider=_VendedCredentials(self, bucket_id=str(bucket.id)))
         return replace(location, anonymous=True)
 
     def open(
@@ -176,9 +176,14 @@ class ArraylakeRepositories:
             if opened is None:
                 raise StorageLocationError(f"repo {name} was unregistered while this upload made it; run again")
             return opened
+        own = location.legacy_container(zarr_id)
+        if own in ((config.virtual_chunk_containers or {}) if config else {}):
+            # a migrated Zarr: Arraylake's own readers may then read its legacy objects (and no
+            # others: only this container is authorized)
+            with self._service_errors(f"authorizing the legacy objects of repo {name}"):
+                client.update_virtual_chunk_containers(name, add={own: self.bucket_nickname})
         if config is not None and in_bucket:
-            with self._service_errors(f"repo {name}"):
-                repo = client.get_repo(name, config=config)
+            return self.open(location, zarr_id, embargoed=embargoed, config=config) or repo
         return repo
 
     def schedule_gc(self, zarr_id: str, *, keep: Iterable[str], restore_window: timedelta) -> None:
@@ -207,6 +212,22 @@ class ArraylakeRepositories:
             if landed:
                 return
         raise StorageLocationError(f"Arraylake ({self.url}) has no repo for zarr_id {zarr_id}")
+
+    def repository_credentials(self, location: StorageLocation, zarr_id: str, *, embargoed: bool) -> S3Credentials:
+        """Credentials Arraylake vends for the repository of ``zarr_id`` (registered first if it
+        is not), for the archive to hand an uploader who has no Arraylake account. Only a
+        delegated-role bucket config vends them: an HMAC config would hand out the bucket's keys."""
+        if location.credentials is not None:
+            raise CredentialError(
+                f"{self.url}: bucket config {self.bucket_nickname!r} uses HMAC keys, which are the "
+                "bucket's own; Arraylake vends upload credentials only for a delegated-role bucket config"
+            )
+        name = self.repo_name(zarr_id, embargoed=embargoed)
+        with self._service_errors(f"repo {name}", missing_ok=True) as found:
+            self.client().get_repo_object(name)
+        if not found:
+            self.register(location, zarr_id, embargoed=embargoed, config=None)
+        return _VendedCredentials(self, repo=name.partition("/")[2])()
 
     def unregister(self, zarr_id: str, *, embargoed: bool) -> None:
         """Remove the Arraylake record of a repository, keeping its objects (idempotent)."""
@@ -270,13 +291,13 @@ class _Landed:
         return self.landed
 
 
-class _VendedBucketCredentials:
-    """Credentials for the whole bucket, vended by Arraylake for a delegated-role bucket config
-    (a :data:`~dandi_icechunk.location.CredentialsProvider`; picklable)."""
+class _VendedCredentials:
+    """Credentials Arraylake vends for a delegated-role bucket config: for the whole bucket
+    (``bucket_id``) or for one repo (``repo``, its name in the org). A
+    :data:`~dandi_icechunk.location.CredentialsProvider`; picklable."""
 
-    def __init__(self, repositories: ArraylakeRepositories, bucket_id: str) -> None:
-        self.repositories = repositories
-        self.bucket_id = bucket_id
+    def __init__(self, repositories: ArraylakeRepositories, *, bucket_id: str | None = None, repo: str | None = None) -> None:
+        self.repositories, self.bucket_id, self.repo = repositories, bucket_id, repo
 
     def __call__(self) -> S3Credentials:
         from uuid import UUID
@@ -285,8 +306,12 @@ class _VendedBucketCredentials:
 
         client = self.repositories.client()
         store = HttpMetastore(HttpMetastoreConfig(client.service_uri, self.repositories.org, client.token))
-        with self.repositories._service_errors("vending bucket credentials"):
-            vended = asyncio.run(store.get_s3_bucket_credentials_from_bucket(UUID(self.bucket_id), access="write"))
+        with self.repositories._service_errors(f"vending credentials for {self.repo or 'the bucket'}"):
+            if self.repo is not None:
+                vended = asyncio.run(store.get_s3_bucket_credentials_from_repo(self.repo))
+            else:
+                assert self.bucket_id is not None
+                vended = asyncio.run(store.get_s3_bucket_credentials_from_bucket(UUID(self.bucket_id), access="write"))
         expires: datetime | None = vended.expiration
         return S3Credentials(vended.aws_access_key_id, vended.aws_secret_access_key,
                              vended.aws_session_token, expires)

@@ -16,6 +16,10 @@ anything), in one of two ways:
   user's name being the zarr_id lets DANDI's bucket policy pin vended users to their own
   embargoed repository (``${aws:username}``, see :mod:`dandi_icechunk.archive.policy`).
 
+With an Arraylake location (:mod:`dandi_icechunk.arraylake_location`), Arraylake vends them: the
+archive asks for the repository's credentials with its own Arraylake token and hands them on, so
+the archive still decides who uploads (Dandiset ownership) and Arraylake what they may touch.
+
 Clients pass a ``credentials_provider`` that asks again before expiry (Icechunk's refreshable
 credentials), so a long upload survives the expiry of each key or session.
 """
@@ -149,6 +153,10 @@ class CredentialVendor:
         user keeps at most two keys (AWS's limit): the oldest goes when a third is made."""
         zarr_id = validate_zarr_id(zarr_id)
         prefix = self.location.repository_prefix(zarr_id, embargoed=embargoed)
+        if self.location.arraylake is not None:
+            credentials = self.location.arraylake.repository_credentials(self.location, zarr_id, embargoed=embargoed)
+            user = f"arraylake:{self.location.arraylake.repo_name(zarr_id, embargoed=embargoed)}"
+            return VendedCredentials(zarr_id=zarr_id, prefix=prefix, user=user, credentials=credentials)
         if self.role_arn is not None and not embargoed:
             return self._assume_role(zarr_id, prefix)
         user = zarr_id

@@ -21,6 +21,7 @@ uses it).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -112,6 +113,7 @@ class ArraylakeStandIn:
             auth_config=auth_config,
         )
         self.repos: dict[str, Repo] = {}
+        self.containers: dict[str, dict[str, str]] = {}  # repo -> authorized container -> bucket
         self._lock = threading.Lock()
         self.url = ""
         self._server: uvicorn.Server | None = None
@@ -133,6 +135,7 @@ class ArraylakeStandIn:
             Route("/repos/{org}/{name}", self._get_repo),
             Route("/repos/{org}/{name}/open", self._open_repo),
             Route("/repos/{org}/{name}/bucket-credentials", self._repo_credentials),
+            Route("/repos/icechunk/{org}/{name}/virtual-chunk-containers", self._containers, methods=["GET", "PATCH"]),
         ]
         for route in routes:
             route.app = self._guarded(route.endpoint)
@@ -218,6 +221,7 @@ class ArraylakeStandIn:
                 return _error(404, "repo not found")
             if request.method == "DELETE":
                 del self.repos[name]
+                self.containers.pop(name, None)
                 return Response(status_code=204)
             change = RepoModifyRequest.model_validate_json(await request.body())
             if change.optimization_config is not None:
@@ -253,16 +257,9 @@ class ArraylakeStandIn:
         repo = self.repos.get(request.path_params["name"])
         if repo is None:
             return _error(404, "repo not found")
-        # Containers the repo's stored config declares in this bucket are authorized, as the
-        # service discovers and authorizes those a repo writer declared.
-        try:
-            config = icechunk.Repository.fetch_config(self._storage(repo.prefix))
-        except icechunk.IcechunkError:  # not made yet: the client asks for credentials to make it
-            config = None
-        declared = (config.virtual_chunk_containers or {}) if config else {}
-        vccs = {
+        vccs = {  # every container a repo writer authorized, in this stand-in's one bucket
             prefix: VirtualChunkCredentials.from_bucket(self.org, self.bucket, self._vend())
-            for prefix in declared if prefix.startswith(f"s3://{self.bucket.name}/")
+            for prefix in self.containers.get(repo.name, {})
         }
         return _json(OpenRepoResponse(
             repo_bucket=self.bucket, repo_prefix=repo.prefix,
@@ -270,6 +267,21 @@ class ArraylakeStandIn:
             author=self.user.as_author() if self.user else Author(email="standin@example.org"),
             principal_id=str(self.user.id), status=self._status(),
         ))
+
+    async def _containers(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.repos:
+            return _error(404, "repo not found")
+        with self._lock:
+            containers = self.containers.setdefault(name, {})
+            if request.method == "PATCH":
+                change = json.loads(await request.body())
+                if set(change.get("add", {}).values()) - {self.nickname}:
+                    return _error(404, "bucket config not found")
+                containers.update(change.get("add", {}))
+                for prefix in change.get("remove", []):
+                    containers.pop(prefix, None)
+            return JSONResponse(dict(containers))
 
     async def _repo_credentials(self, request: Request) -> Response:
         if request.path_params["name"] not in self.repos:
