@@ -142,6 +142,37 @@ def test_a_repository_already_in_the_bucket_is_imported_with_its_history_not_cop
     assert len(listed) > objects_before  # the update, in place
 
 
+def test_a_bucket_backed_dandi_switches_by_registering_every_repository_in_place(
+    service: Any, location: StorageLocation, s3_server: S3Server, tmp_path: Path,
+) -> None:
+    bucket_location = s3_server.location(prefix=service.bucket.prefix)
+    public, private = str(uuid.uuid4()), str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    first = upload_zarr(src, bucket_location, public)
+    upload_zarr(src, bucket_location, private, embargoed=True, dedup=False)
+    asset = draft_zarr_asset(public, src.name, first.zarr_checksum, first.size)
+    publish_dandiset("000123", "0.260101.1200", [asset], location=bucket_location)
+
+    runner = CliRunner()
+    storage = ["--storage", location.url]
+    done = runner.invoke(main, [*storage, "arraylake-register", "--all", "--json"])
+    assert done.exit_code == 0, done.output
+    assert {(r["repo"], r["imported"]) for r in json.loads(done.output)} == {
+        (f"dandi/zarr-{public}", True), (f"dandi/zarr-embargoed-{private}", True)}
+    assert ("POST", f"/orgs/{service.org}/repos") not in service.calls  # imported, not made anew
+    assert service.repos[f"zarr-{public}"].optimization_config.gc_config.extra_gc_roots == {first.snapshot_id}
+    assert ZarrRepository.open(location, public).resolve() == first.snapshot_id
+    assert ZarrRepository.open(location, private).embargoed
+
+    again = runner.invoke(main, [*storage, "arraylake-register", public, private])
+    assert again.exit_code == 0 and "0 registered, 2 already registered" in again.output
+    missing = runner.invoke(main, [*storage, "arraylake-register", str(uuid.uuid4())])
+    assert missing.exit_code != 0 and "no repository for zarr_id" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    plain = runner.invoke(main, ["--storage", bucket_location.url, "arraylake-register", "--all"])
+    assert plain.exit_code != 0 and "needs --storage arraylake://" in plain.output
+
+
 def test_unembargo_moves_the_registration_with_the_objects_and_keeps_every_snapshot(
     service: Any, location: StorageLocation, zarr_id: str, tmp_path: Path,
 ) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,17 @@ from urllib.parse import parse_qs, urlsplit
 import icechunk
 import platformdirs
 
-from .errors import AccessDeniedError, CredentialError, StorageLocationError, first_line
+from .errors import (
+    AccessDeniedError,
+    CredentialError,
+    DandiIcechunkError,
+    RepositoryNotFoundError,
+    StorageLocationError,
+    first_line,
+)
 from .location import S3Credentials, StorageLocation, validate_zarr_id
+from .objects import child_prefixes
+from .records import JsonRecord
 
 if TYPE_CHECKING:
     import arraylake
@@ -186,6 +196,41 @@ class ArraylakeRepositories:
             return self.open(location, zarr_id, embargoed=embargoed, config=config) or repo
         return repo
 
+    def register_existing(
+        self, location: StorageLocation, zarr_ids: Iterable[str] | None = None, *, jobs: int = 8
+    ) -> list[Registration]:
+        """Register the repositories already in the bucket (every one, or those of
+        ``zarr_ids``) with ``import_repo``, in place, with their history: how a bucket-backed
+        DANDI switches to Arraylake. Idempotent: registered ones are left as they are."""
+        if zarr_ids is None:
+            found = [(name, area) for area in (False, True)
+                     for name in child_prefixes(location, location.area_prefix(embargoed=area))
+                     if _is_zarr_id(name)]
+        else:
+            found = [(validate_zarr_id(z), self._area_in_bucket(location, z)) for z in zarr_ids]
+
+        def one(zarr_id: str, embargoed: bool) -> Registration:
+            name = self.repo_name(zarr_id, embargoed=embargoed)
+            with self._service_errors(f"repo {name}", missing_ok=True) as registered:
+                record = self.client().get_repo_object(name)
+            if registered:
+                self._check_prefix(name, record.prefix, location.repository_prefix(zarr_id, embargoed=embargoed))
+            else:
+                self.register(location, zarr_id, embargoed=embargoed, config=None)
+            return Registration(zarr_id=zarr_id, repo=name, embargoed=embargoed, imported=not registered)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(found)))) as pool:
+            return list(pool.map(lambda item: one(*item), found))
+
+    @staticmethod
+    def _area_in_bucket(location: StorageLocation, zarr_id: str) -> bool:
+        """Whether the repository of ``zarr_id`` is under the embargoed prefix (it must be
+        under one of the two)."""
+        for area in (False, True):
+            if icechunk.Repository.exists(location.icechunk_storage(zarr_id, embargoed=area)):
+                return area
+        raise RepositoryNotFoundError(f"no repository for zarr_id {zarr_id} in the bucket of {location.url}")
+
     def schedule_gc(self, zarr_id: str, *, keep: Iterable[str], restore_window: timedelta) -> None:
         """Hand the repository of ``zarr_id`` to Arraylake's scheduled expiration and GC with the
         archive's policy: draft snapshots and dangling objects older than ``restore_window``
@@ -280,6 +325,23 @@ class ArraylakeRepositories:
                     f"service_uri / ${SERVICE_ENV_VAR}"
                 ) from None
             raise
+
+
+@dataclass(frozen=True)
+class Registration(JsonRecord):
+    """One repository as :meth:`ArraylakeRepositories.register_existing` left it."""
+
+    zarr_id: str
+    repo: str
+    embargoed: bool
+    imported: bool
+
+
+def _is_zarr_id(name: str) -> bool:
+    try:
+        return validate_zarr_id(name) == name
+    except DandiIcechunkError:
+        return False
 
 
 class _Landed:

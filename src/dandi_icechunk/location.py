@@ -206,10 +206,13 @@ class StorageLocation:
         shared = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", Path.home() / ".aws" / "credentials"))
         return self if shared.exists() else dataclasses.replace(self, anonymous=True)
 
+    def area_prefix(self, *, embargoed: bool = False) -> str:
+        """Key prefix (inside the bucket) under which the public or embargoed repositories are."""
+        return "/".join(p for p in (self.prefix, EMBARGOED_PREFIX if embargoed else PUBLIC_PREFIX) if p)
+
     def repository_prefix(self, zarr_id: str, *, embargoed: bool = False) -> str:
         """Key prefix (inside the bucket) of the repository of ``zarr_id``."""
-        area = EMBARGOED_PREFIX if embargoed else PUBLIC_PREFIX
-        return "/".join(p for p in (self.prefix, area, validate_zarr_id(zarr_id)) if p)
+        return f"{self.area_prefix(embargoed=embargoed)}/{validate_zarr_id(zarr_id)}"
 
     def legacy_prefix(self, zarr_id: str) -> str:
         """Key prefix of the Zarr ``zarr_id`` as the archive stored it before Icechunk

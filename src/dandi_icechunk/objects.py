@@ -367,6 +367,22 @@ def prefix_objects(location: StorageLocation, prefix: str) -> RepositoryObjects:
     return _S3Objects(location, prefix)
 
 
+def child_prefixes(location: StorageLocation, prefix: str) -> Iterator[str]:
+    """The names one level under ``prefix``: S3's common prefixes (a delimiter listing, so not
+    every object), or a local bucket's subdirectories."""
+    if location.kind == "file":
+        root = Path(location.bucket) / prefix
+        yield from (sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else ())
+        return
+    pages = _s3_client(location).get_paginator("list_objects_v2").paginate(
+        Bucket=location.bucket, Prefix=f"{prefix}/", Delimiter="/"
+    )
+    with _storage_errors(f"listing {prefix}/"):
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                yield common["Prefix"][len(prefix) + 1:].rstrip("/")
+
+
 def repository_objects(
     location: StorageLocation, zarr_id: str, *, embargoed: bool = False
 ) -> RepositoryObjects:

@@ -1,4 +1,5 @@
-"""What the archive runs, as commands: publish, audit, gc, attach, unembargo, migrate, migrate-many."""
+"""What the archive runs, as commands: publish, audit, gc, attach, unembargo, migrate, migrate-many,
+arraylake-register."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import click
 
 from ..archive.audit import Publication
 from ..archive.gc import DEFAULT_RESTORE_WINDOW, collect_garbage
+from ..archive.ledger import keep_publications_in_arraylake_gc, recorded_publications
 from ..archive.migrate import inventory_listings
 from ..archive.migrate import migrate_many as migrate_many_zarrs
 from ..archive_hooks import (
@@ -268,3 +270,38 @@ def _inventory_rows(paths: tuple[Path, ...], columns: list[str]) -> Iterator[dic
         with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="")) as f:
             for row in csv.reader(f):
                 yield dict(zip(columns, row, strict=False))
+
+
+@main.command("arraylake-register")
+@click.argument("zarr_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every repository in the bucket.")
+@jobs_option
+@json_option
+@click.pass_context
+def arraylake_register(
+    ctx: click.Context, zarr_ids: tuple[str, ...], everything: bool, jobs: int, as_json: bool
+) -> None:
+    """Register repositories already in the bucket with Arraylake, in place, with their history
+    (``--storage arraylake://ORG/BUCKET_NICKNAME``; see docs/arraylake.md).
+
+    Registered ones are left as they are, so it is safe to run again. Zarrs with recorded
+    publications get Arraylake's scheduled GC, which keeps them.
+    """
+    location = ctx.obj
+    with user_errors():
+        if location.arraylake is None:
+            raise click.UsageError("arraylake-register needs --storage arraylake://ORG/BUCKET_NICKNAME")
+        if bool(zarr_ids) == everything:
+            raise click.UsageError("give ZARR_IDS or --all, not both")
+        results = location.arraylake.register_existing(location, None if everything else zarr_ids, jobs=jobs)
+        for r in results:
+            if r.imported and recorded_publications(location, r.zarr_id):
+                keep_publications_in_arraylake_gc(location, r.zarr_id)
+
+    def text() -> None:
+        imported = [r for r in results if r.imported]
+        for r in imported:
+            click.echo(f"{r.zarr_id}: registered as {r.repo}")
+        click.echo(f"{len(imported)} registered, {len(results) - len(imported)} already registered")
+
+    emit(as_json, [r.to_json() for r in results], text)
