@@ -25,7 +25,12 @@ from click.testing import CliRunner
 from dandi_icechunk.archive.embargo import unembargo_zarr
 from dandi_icechunk.archive.gc import collect_garbage
 from dandi_icechunk.archive.migrate import migrate_zarr
-from dandi_icechunk.archive_hooks import finalize_upload, publish_dandiset, vend_upload_credentials
+from dandi_icechunk.archive_hooks import (
+    audit_published,
+    finalize_upload,
+    publish_dandiset,
+    vend_upload_credentials,
+)
 from dandi_icechunk.cli import main
 from dandi_icechunk.errors import (
     AccessDeniedError,
@@ -103,6 +108,7 @@ def test_upload_publish_and_read_go_through_one_arraylake_repo_per_zarr_at_dandi
     asset = draft_zarr_asset(zarr_id, src.name, info.zarr_checksum, info.size)
     [published] = publish_dandiset("000123", "0.260101.1200", [asset], location=location)
     assert SnapshotReference.from_asset(published).repository.startswith(f"s3://{s3_server.bucket}/{record.prefix}?")
+    assert audit_published([published], location=location).ok
 
     before = _values(src)
     make_zarr_v3(src, chunks=(4, 16, 16), seed=9)
@@ -221,6 +227,7 @@ def test_arraylakes_scheduled_gc_keeps_every_recorded_publication_even_with_its_
 
     repo = ZarrRepository.open(location, zarr_id)
     repo.icechunk.delete_tag(SnapshotReference.from_asset(published).tag)  # as an uploader could
+    assert not audit_published([published], location=location).ok  # the audit sees it
     summary = service.run_scheduled_gc(f"zarr-{zarr_id}", now=datetime.now(UTC) + timedelta(days=31))
     assert summary.chunks_deleted > 0  # the draft in between went
     kept = ZarrRepository.open(location, zarr_id).readonly_session(snapshot_id=first.snapshot_id)
