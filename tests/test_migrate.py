@@ -4,8 +4,8 @@ Content-MD5 each, as dandi-cli uploads) into a repository that references them i
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import icechunk

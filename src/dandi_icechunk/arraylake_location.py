@@ -146,13 +146,10 @@ class ArraylakeRepositories:
     ) -> icechunk.Repository | None:
         """The registered repository of ``zarr_id`` in this area, or ``None`` when there is
         none (not registered, or registered with nothing in storage yet)."""
+        if not self._registered(location, zarr_id, embargoed=embargoed):
+            return None
         name = self.repo_name(zarr_id, embargoed=embargoed)
         client = self.client()
-        with self._service_errors(f"repo {name}", missing_ok=True) as found:
-            record = client.get_repo_object(name)
-        if not found:
-            return None
-        self._check_prefix(name, record.prefix, location.repository_prefix(zarr_id, embargoed=embargoed))
         if not icechunk.Repository.exists(location.icechunk_storage(zarr_id, embargoed=embargoed)):
             return None  # registered, but its objects moved away (an embargo lifted) or never came
         if config is not None and config.virtual_chunk_containers:
@@ -210,13 +207,10 @@ class ArraylakeRepositories:
             found = [(validate_zarr_id(z), self._area_in_bucket(location, z)) for z in zarr_ids]
 
         def one(zarr_id: str, embargoed: bool) -> Registration:
-            name = self.repo_name(zarr_id, embargoed=embargoed)
-            with self._service_errors(f"repo {name}", missing_ok=True) as registered:
-                record = self.client().get_repo_object(name)
-            if registered:
-                self._check_prefix(name, record.prefix, location.repository_prefix(zarr_id, embargoed=embargoed))
-            else:
+            registered = self._registered(location, zarr_id, embargoed=embargoed)
+            if not registered:
                 self.register(location, zarr_id, embargoed=embargoed, config=None)
+            name = self.repo_name(zarr_id, embargoed=embargoed)
             return Registration(zarr_id=zarr_id, repo=name, embargoed=embargoed, imported=not registered)
 
         with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(found)))) as pool:
@@ -236,7 +230,12 @@ class ArraylakeRepositories:
         archive's policy: draft snapshots and dangling objects older than ``restore_window``
         go, daily; the snapshots in ``keep`` (every publication the archive recorded) are roots
         it never collects, even if an uploader deleted their tags."""
-        from arraylake.types import ExpirationConfig, GCConfig, GCDeleteOlderThan, OptimizationConfig
+        from arraylake.types import (
+            ExpirationConfig,
+            GCConfig,
+            GCDeleteOlderThan,
+            OptimizationConfig,
+        )
 
         older = GCDeleteOlderThan(date=restore_window)
         config = OptimizationConfig(
@@ -267,11 +266,9 @@ class ArraylakeRepositories:
                 f"{self.url}: bucket config {self.bucket_nickname!r} uses HMAC keys, which are the "
                 "bucket's own; Arraylake vends upload credentials only for a delegated-role bucket config"
             )
-        name = self.repo_name(zarr_id, embargoed=embargoed)
-        with self._service_errors(f"repo {name}", missing_ok=True) as found:
-            self.client().get_repo_object(name)
-        if not found:
+        if not self._registered(location, zarr_id, embargoed=embargoed):
             self.register(location, zarr_id, embargoed=embargoed, config=None)
+        name = self.repo_name(zarr_id, embargoed=embargoed)
         return _VendedCredentials(self, repo=name.partition("/")[2])()
 
     def unregister(self, zarr_id: str, *, embargoed: bool) -> None:
@@ -281,12 +278,21 @@ class ArraylakeRepositories:
         with self._service_errors(f"unregistering repo {name}", missing_ok=True):
             client.delete_repo(name, imsure=True, imreallysure=True, immediate=True, retain_data=True)
 
-    def _check_prefix(self, name: str, actual: str, expected: str) -> None:
-        if actual.strip("/") != expected:
+    def _registered(self, location: StorageLocation, zarr_id: str, *, embargoed: bool) -> bool:
+        """Whether Arraylake has the repo of ``zarr_id`` in this area; one at another prefix than
+        ours is refused."""
+        name = self.repo_name(zarr_id, embargoed=embargoed)
+        with self._service_errors(f"repo {name}", missing_ok=True) as found:
+            record = self.client().get_repo_object(name)
+        if not found:
+            return False
+        expected = location.repository_prefix(zarr_id, embargoed=embargoed)
+        if record.prefix.strip("/") != expected:
             raise StorageLocationError(
-                f"Arraylake repo {name} is at prefix {actual!r}, not {expected!r} where DANDI keeps "
-                "it; it was not registered by dandi-icechunk: rename or remove it in Arraylake"
+                f"Arraylake repo {name} is at prefix {record.prefix!r}, not {expected!r} where DANDI "
+                "keeps it; it was not registered by dandi-icechunk: rename or remove it in Arraylake"
             )
+        return True
 
     @contextlib.contextmanager
     def _service_errors(
@@ -313,18 +319,13 @@ class ArraylakeRepositories:
             raise StorageLocationError(f"Arraylake ({self.url}) failed on {what}: {first_line(exc)}") from None
         except arraylake.exceptions.BucketNotFoundError:
             raise StorageLocationError(f"Arraylake ({self.url}) has no {what}") from None
-        except OSError as exc:
+        except Exception as exc:
+            if not isinstance(exc, OSError) and not type(exc).__module__.startswith("httpx"):
+                raise
             raise StorageLocationError(
                 f"the Arraylake service of {self.url} does not answer ({first_line(exc)}); check "
                 f"service_uri / ${SERVICE_ENV_VAR}"
             ) from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("httpx"):
-                raise StorageLocationError(
-                    f"the Arraylake service of {self.url} does not answer ({first_line(exc)}); check "
-                    f"service_uri / ${SERVICE_ENV_VAR}"
-                ) from None
-            raise
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,13 @@ def _with_virtual_access(
     return icechunk.Repository.open(storage, config=config, authorize_virtual_chunk_access=access)
 
 
+def _no_repository(location: StorageLocation, zarr_id: str) -> RepositoryNotFoundError:
+    return RepositoryNotFoundError(
+        f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "
+        "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
+    )
+
+
 class ZarrRepository:
     """The Icechunk repository of one Zarr asset, with DANDI's view of its snapshots."""
 
@@ -230,9 +237,9 @@ class ZarrRepository:
         """
         zarr_id = validate_zarr_id(zarr_id)
         location.check_reachable()
-        if location.arraylake is not None:
-            return cls._open_arraylake(location, zarr_id, create=create, embargoed=embargoed, config=config)
         try:
+            if location.arraylake is not None:
+                return cls._open_arraylake(location, zarr_id, create=create, embargoed=embargoed, config=config)
             refused: icechunk.IcechunkError | None = None
             for area in (embargoed, not embargoed):
                 storage = location.icechunk_storage(zarr_id, embargoed=area)
@@ -255,10 +262,7 @@ class ZarrRepository:
                     "private (embargoed) to these credentials, or does not exist"
                 )
             if not create:
-                raise RepositoryNotFoundError(
-                    f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "
-                    "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
-                )
+                raise _no_repository(location, zarr_id)
             storage = location.icechunk_storage(zarr_id, embargoed=embargoed)
             repo = icechunk.Repository.open_or_create(storage, config=config)
             return cls(location, zarr_id, repo, embargoed=embargoed)
@@ -277,27 +281,17 @@ class ZarrRepository:
         """:meth:`open` for a location whose repositories Arraylake registers and opens."""
         repositories = location.arraylake
         assert repositories is not None
-        try:
-            for area in (embargoed, not embargoed):
-                repo = repositories.open(location, zarr_id, embargoed=area, config=config)
-                if repo is not None:
-                    # A migrated Zarr reads its own legacy objects, and no other Zarr's, with
-                    # this location's credentials (as in a bucket-backed location)
-                    repo = _with_virtual_access(repo, location, zarr_id, repo.storage, config)
-                    return cls(location, zarr_id, repo, embargoed=area)
-            if not create:
-                raise RepositoryNotFoundError(
-                    f"no repository for zarr_id {zarr_id} at {location.url}; upload the Zarr "
-                    "first, or check --storage / $DANDI_ICECHUNK_STORAGE"
-                )
-            repo = repositories.register(location, zarr_id, embargoed=embargoed, config=config)
-            return cls(location, zarr_id, repo, embargoed=embargoed)
-        except DandiIcechunkError:
-            raise
-        except (icechunk.IcechunkError, ValueError) as exc:
-            raise StorageLocationError(
-                f"cannot open the repository of {zarr_id} at {location.url}: {first_line(exc)}"
-            ) from None
+        for area in (embargoed, not embargoed):
+            repo = repositories.open(location, zarr_id, embargoed=area, config=config)
+            if repo is not None:
+                # A migrated Zarr reads its own legacy objects, and no other Zarr's, with
+                # this location's credentials (as in a bucket-backed location)
+                repo = _with_virtual_access(repo, location, zarr_id, repo.storage, config)
+                return cls(location, zarr_id, repo, embargoed=area)
+        if not create:
+            raise _no_repository(location, zarr_id)
+        repo = repositories.register(location, zarr_id, embargoed=embargoed, config=config)
+        return cls(location, zarr_id, repo, embargoed=embargoed)
 
     def resolve(
         self, *, snapshot_id: str | None = None, tag: str | None = None, branch: str | None = None

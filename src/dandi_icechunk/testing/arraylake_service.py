@@ -31,8 +31,8 @@ from typing import Any, Literal
 import icechunk
 import uvicorn
 from arraylake.types import (
-    AWSCustomerManagedRoleAuth,
     Author,
+    AWSCustomerManagedRoleAuth,
     BucketResponse,
     GCDeleteOlderThan,
     HmacAuth,
@@ -72,9 +72,9 @@ class ArraylakeStandIn:
 
     ``auth`` chooses the bucket config: ``"hmac"`` (the bucket's keys are in the config, as for
     an S3-compatible bucket) or ``"delegated"`` (a customer-managed role: credentials are vended
-    per repo and per bucket, expiring after ``credential_seconds``). ``calls`` records every
-    request as ``(method, path)``, ``traffic`` each answered one as ``(unix time, method, path,
-    response body bytes)``, and ``vended`` counts the delegated credentials handed out.
+    per repo and per bucket, expiring after ``credential_seconds``). ``traffic`` records every
+    answered request as ``(unix time, method, path, response body bytes)`` (``calls``: as
+    ``(method, path)``), and ``vended`` counts the delegated credentials handed out.
     """
 
     def __init__(
@@ -92,7 +92,6 @@ class ArraylakeStandIn:
         self.nickname = nickname
         self.token = f"ema_{uuid.uuid4().hex}"
         self.credential_seconds = credential_seconds
-        self.calls: list[tuple[str, str]] = []
         self.traffic: list[tuple[float, str, str, int]] = []
         self.vended = 0
         self.user = UserInfo(id=uuid.uuid4(), first_name="Stand", family_name="In", email="standin@example.org")
@@ -146,8 +145,6 @@ class ArraylakeStandIn:
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             request = Request(scope, receive)
-            with self._lock:
-                self.calls.append((request.method, request.url.path))
             if request.headers.get("authorization") != f"Bearer {self.token}":
                 response: Response = _error(401, "Not authenticated")
             elif request.path_params.get("org", self.org) != self.org:
@@ -159,6 +156,12 @@ class ArraylakeStandIn:
             await response(scope, receive, send)
 
         return app
+
+    @property
+    def calls(self) -> list[tuple[str, str]]:
+        """Every answered request as ``(method, path)``, in order."""
+        with self._lock:
+            return [(method, path) for _, method, path, _ in self.traffic]
 
     async def _user(self, request: Request) -> Response:
         return _json(self.user)
