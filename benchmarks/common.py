@@ -19,14 +19,16 @@ import numpy as np
 import zarr
 
 
-def make_chunked_v2(path: Path, *, total_bytes: int, chunk_bytes: int, seed: int = 0) -> int:
+def make_chunked_v2(path: Path, *, total_bytes: int, chunk_bytes: int, seed: int = 0, per_directory: int = 1) -> int:
     """A DANDI-like Zarr v2 array of incompressible uint16 chunks written as files directly
-    (zarr-python is slow at tens of thousands of chunks). Returns the number of chunks."""
+    (zarr-python is slow at tens of thousands of chunks), ``per_directory`` chunk files in each
+    directory (``<row>/<column>``). Returns the number of chunk files; chunk ``i`` is the file
+    :func:`chunk_key` names."""
     plane = chunk_bytes // 2  # uint16 values per chunk
     n_chunks = max(1, total_bytes // chunk_bytes)
     zarr.create_array(
         str(path),
-        shape=(n_chunks, plane),
+        shape=(-(-n_chunks // per_directory), per_directory * plane),  # a last row short of files: fill value
         chunks=(1, plane),
         dtype="<u2",
         fill_value=0,
@@ -36,9 +38,15 @@ def make_chunked_v2(path: Path, *, total_bytes: int, chunk_bytes: int, seed: int
     )
     rng = np.random.default_rng(seed)
     for i in range(n_chunks):
-        (path / str(i)).mkdir(exist_ok=True)
-        (path / str(i) / "0").write_bytes(rng.bytes(chunk_bytes))
+        chunk = path / chunk_key(i, per_directory)
+        chunk.parent.mkdir(exist_ok=True)
+        chunk.write_bytes(rng.bytes(chunk_bytes))
     return n_chunks
+
+
+def chunk_key(i: int, per_directory: int = 1) -> str:
+    """The key of chunk ``i`` of :func:`make_chunked_v2`."""
+    return f"{i // per_directory}/{i % per_directory}"
 
 
 def change_chunks(path: Path, n_chunks: int, fraction: float, seed: int = 1) -> list[str]:

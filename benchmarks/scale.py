@@ -12,7 +12,12 @@ contender, the order rotating over rounds; each run in its own process, for its 
   snapshot to disk) against a raw parallel GET of the same objects (boto3, no hashing).
 Output: results/scale.{json,md,png} (time and peak RSS against file count).
 
-    python benchmarks/scale.py [--sizes 10000 100000 300000 1300000] [--rounds 1] [--quick]
+The layout: ``--files-per-directory`` chunk files in each directory (default 64, as in a
+nested-key OME-Zarr whose x axis has 64 chunks); 1 is the worst case for listing (a directory
+per file).
+
+    python benchmarks/scale.py [--sizes 10000 100000 300000 1300000] [--rounds 1]
+                               [--files-per-directory 64] [--quick]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
     child_payload,
+    chunk_key,
     get_files,
     local_files,
     make_chunked_v2,
@@ -64,18 +70,19 @@ PHASES = {
 LABELS = {"icechunk": "dandi-icechunk", "dandi-today": "DANDI today", "raw-get": "raw parallel GET"}
 
 
-def change(src: Path, n: int, regional: bool, seed: int) -> list[str]:
+def change(src: Path, n: int, regional: bool, seed: int, per_directory: int) -> list[str]:
     """Rewrite 1 % of the chunk files, scattered or as one contiguous run; their keys."""
     rng = np.random.default_rng(seed)
     count = max(1, n // 100)
     if regional:
         start = int(rng.integers(0, n - count + 1))
-        rows = range(start, start + count)
+        chunks = range(start, start + count)
     else:
-        rows = sorted(int(i) for i in rng.choice(n, size=count, replace=False))
-    for row in rows:
-        (src / str(row) / "0").write_bytes(rng.bytes(CHUNK))
-    return [f"{row}/0" for row in rows]
+        chunks = sorted(int(i) for i in rng.choice(n, size=count, replace=False))
+    keys = [chunk_key(i, per_directory) for i in chunks]
+    for key in keys:
+        (src / key).write_bytes(rng.bytes(CHUNK))
+    return keys
 
 
 def child(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -120,14 +127,14 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"s": t.seconds, "peak_rss_MB": peak_rss_mb(), **out}
 
 
-def one_size(n: int, rounds: int, jobs: int, work: Path) -> dict[str, Any]:
+def one_size(n: int, rounds: int, jobs: int, per_directory: int, work: Path) -> dict[str, Any]:
     """Every phase of every contender at ``n`` files, ``rounds`` times."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {c: [] for c in cs} for p, (_, cs) in PHASES.items()}
     changed_bytes: dict[str, int] = {}
     for round_ in range(rounds):
         src = work / "src.zarr"
         shutil.rmtree(src, ignore_errors=True)
-        make_chunked_v2(src, total_bytes=n * CHUNK, chunk_bytes=CHUNK)
+        make_chunked_v2(src, total_bytes=n * CHUNK, chunk_bytes=CHUNK, per_directory=per_directory)
         with run_seaweedfs(work / f"s3-{round_}") as s3:
             # SeaweedFS allocates a bucket's volumes on its first write: not in anyone's time
             s3.client().put_object(Bucket=s3.bucket, Key="warm-up", Body=b"")
@@ -138,7 +145,7 @@ def one_size(n: int, rounds: int, jobs: int, work: Path) -> dict[str, Any]:
             repo_prefix = s3.location().repository_prefix(zarr_id)
             for phase, (_, contenders) in PHASES.items():
                 if phase in ("scattered", "regional"):
-                    keys = change(src, n, phase == "regional", seed=round_ + len(phase))
+                    keys = change(src, n, phase == "regional", seed=round_ + len(phase), per_directory=per_directory)
                     changed_bytes[phase] = len(keys) * CHUNK
                 order = list(contenders)[round_ % 2:] + list(contenders)[: round_ % 2]
                 for contender in order:
@@ -164,7 +171,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"Zarr v2 of 1 KiB chunks, {results['jobs']} parallel transfers, median of {results['rounds']} round(s) "
+        f"Zarr v2 of 1 KiB chunks, {results['files_per_directory']} in each directory, {results['jobs']} "
+        f"parallel transfers, median of {results['rounds']} round(s) "
         "(min-max), each run in its own process, SeaweedFS on loopback.",
         "",
         "| files | phase | contender | s (min-max) | files/s (changed files for a change) | peak RSS MB | ours: time vs other | ours: stored / changed bytes | ours: time / first upload |",
@@ -227,14 +235,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000, 1_300_000])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--files-per-directory", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="10 k and 100 k files")
     args = parser.parse_args()
     sizes, rounds = ([10_000, 100_000], args.rounds) if args.quick else (args.sizes, args.rounds)
     load_before = os.getloadavg()
-    results: dict[str, Any] = {"jobs": args.jobs, "rounds": rounds, "sizes": {}}
+    results: dict[str, Any] = {"jobs": args.jobs, "rounds": rounds, "files_per_directory": args.files_per_directory,
+                               "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="dandi-icechunk-scale-") as tmp:
         for n in sizes:  # results are written after each size: a long run keeps what it measured
-            measured = one_size(n, rounds, args.jobs, Path(tmp))
+            measured = one_size(n, rounds, args.jobs, args.files_per_directory, Path(tmp))
             measured["summary"] = {p: {c: summarize(r) for c, r in by.items()} for p, by in measured["runs"].items()}
             results["sizes"][str(n)] = measured
             results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -312,6 +312,77 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert result.zarr_checksum == reference_checksum(src)
 
 
+def test_an_upload_of_a_directory_listed_as_at_its_last_upload_ends_after_the_listing(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dandi_icechunk.upload import commit
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    first = upload_zarr(src, location, zarr_id, digest_cache=cache)
+
+    def no_scan(_: object) -> None:
+        raise AssertionError("the local Zarr was validated and hashed again")
+
+    monkeypatch.setattr(commit, "scan_local_zarr", no_scan)
+    again = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert again.snapshot_id is None and again.files_written == again.files_deleted == 0
+    assert again.parent_snapshot_id == first.snapshot_id
+    assert (again.zarr_checksum, again.file_count, again.size) == (first.zarr_checksum, first.file_count, first.size)
+
+
+def _edit_a_chunk(src: Path) -> None:
+    chunk = next(p for p in sorted((src / "0").rglob("*")) if p.is_file() and not p.name.startswith("."))
+    chunk.write_bytes(os.urandom(chunk.stat().st_size))
+
+
+def _remove_a_chunk(src: Path) -> None:
+    next(p for p in sorted((src / "1").rglob("*")) if p.is_file() and not p.name.startswith(".")).unlink()
+
+
+@pytest.mark.parametrize("since", ["a chunk edited", "a chunk removed", "another upload moved the branch",
+                                   "the last upload was a patch", "the record is unreadable"])
+def test_the_listing_shortcut_never_hides_a_change(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, since: str
+) -> None:
+    """Whatever happened since the last upload from this directory, the next upload leaves the
+    branch holding exactly the directory."""
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    if since == "the last upload was a patch":
+        extra = make_ome_zarr_v2(tmp_path / "extra.ome.zarr", seed=3)
+        (extra / "0").rename(extra / "2")  # a file the directory lacks
+        upload_zarr(extra, location, zarr_id)
+        upload_zarr(src, location, zarr_id, digest_cache=cache, delete_missing=False)
+    else:
+        upload_zarr(src, location, zarr_id, digest_cache=cache)
+    if since == "a chunk edited":
+        _edit_a_chunk(src)
+    elif since == "a chunk removed":
+        _remove_a_chunk(src)
+    elif since == "another upload moved the branch":
+        upload_zarr(make_ome_zarr_v2(tmp_path / "other.ome.zarr", seed=5), location, zarr_id)
+    elif since == "the record is unreadable":
+        records = list((tmp_path / "cache").glob("*.uploads.json"))
+        assert records
+        for record in records:
+            record.write_text("{not json")
+
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    if since == "the record is unreadable":  # nothing changed: found the long way
+        assert result.snapshot_id is None
+    else:
+        assert result.snapshot_id is not None and result.files_written + result.files_deleted > 0
+    assert result.zarr_checksum == reference_checksum(src)
+    repo = ZarrRepository.open(location, zarr_id)
+    exported = export_snapshot(repo, tmp_path / "back.ome.zarr", snapshot_id=result.parent_snapshot_id
+                               if result.snapshot_id is None else result.snapshot_id)
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+
+
 class _RewriteWhenUploadStarts(NoProgress):
     """A Progress that rewrites one chunk file after hashing, as the uploading phase begins:
     a writer still busy with the Zarr while it is uploaded."""

@@ -23,6 +23,7 @@ from zarr.buffer import cpu
 from ..errors import (
     ConflictError,
     InvalidArgumentError,
+    RefNotFoundError,
     RepositoryNotFoundError,
     StorageLocationError,
     first_line,
@@ -51,9 +52,9 @@ from ..session import (
     manifest_splitting,
 )
 from .chunks import write_chunks
-from .digest_cache import DigestCache
+from .digest_cache import DigestCache, UploadRecord
 from .distributed import hash_on, write_on_dask
-from .local_zarr import LocalZarr, scan_local_zarr
+from .local_zarr import LocalListing, LocalZarr, scan_local_zarr
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -109,7 +110,9 @@ def upload_zarr(
     names that Zarr (``reused`` is true, nothing is written); and the new snapshot is entered in
     the checksum lookup. Uploads with vended credentials (one prefix only) pass ``dedup=False``:
     the archive does both (:func:`~dandi_icechunk.archive_hooks.finalize_upload`).
-    With ``digest_cache``, local files unchanged since the last upload are not hashed again.
+    With ``digest_cache``, local files unchanged since the last upload are not hashed again, and
+    an upload of a directory listed exactly as at its last upload to ``branch``, still the tip,
+    ends after the listing.
     Without ``delete_missing`` (dandi-cli's ``--zarr-mode patch``), files of the branch tip that
     are not in the local Zarr are kept: the new snapshot holds both.
     With ``dask`` (a ``distributed.Client``), the cluster's workers hash and send the files,
@@ -129,7 +132,13 @@ def upload_zarr(
             "new Zarr of the embargoed Dandiset instead, or lift the embargo first"
         )
     progress = progress or NoProgress()
-    local = scan_local_zarr(path)
+    listing = LocalListing.of(path)
+    if digest_cache is not None and (unchanged := _unchanged_since_last_upload(
+        listing, location, zarr_id, branch, digest_cache, delete_missing=delete_missing, dedup=dedup,
+    )) is not None:
+        return unchanged
+    fingerprint = listing.fingerprint
+    local = scan_local_zarr(listing)
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy)),
         storage=icechunk.StorageSettings(minimum_size_for_multipart_upload=_MULTIPART_MIN),
@@ -217,6 +226,9 @@ def upload_zarr(
     if not delta:
         if dedup:
             register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
+        if digest_cache is not None:
+            digest_cache.record_upload(local.root, _upload_target(writer, branch),
+                                       UploadRecord(fingerprint, base_sid, complete=delete_missing))
         return result
 
     committed: dict[str, Any] = {}
@@ -249,6 +261,10 @@ def upload_zarr(
     info: CommitInfo = committed["info"]
     if dedup:
         register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
+    if digest_cache is not None:
+        complete = delete_missing and committed["parent"] == base_sid
+        digest_cache.record_upload(local.root, _upload_target(writer, branch),
+                                   UploadRecord(fingerprint, snapshot_id, complete=complete))
     return UploadResult(
         **{
             **result.to_json(),
@@ -259,6 +275,45 @@ def upload_zarr(
             "size": info.size,
         }
     )
+
+
+def _upload_target(repository: ZarrRepository, branch: str) -> str:
+    return f"{repository.url}#{branch}"
+
+
+def _unchanged_since_last_upload(
+    listing: LocalListing,
+    location: StorageLocation,
+    zarr_id: str,
+    branch: str,
+    cache: DigestCache,
+    *,
+    delete_missing: bool,
+    dedup: bool,
+) -> UploadResult | None:
+    """The result of an upload that has nothing to do, told from the listing alone: the
+    directory lists as it did at its last upload to ``branch`` and the branch is still at the
+    snapshot that upload made. ``None`` when that cannot be told so cheaply."""
+    try:
+        repository = ZarrRepository.open(location, zarr_id)
+    except RepositoryNotFoundError:
+        return None
+    last = cache.last_upload(listing.root, _upload_target(repository, branch))
+    # A patch leaves files the directory lacks: the same listing is a no-change patch, not a no-change upload.
+    if last is None or last.fingerprint != listing.fingerprint or not (last.complete or not delete_missing):
+        return None
+    try:
+        tip = repository.resolve(branch=branch)
+    except RefNotFoundError:  # the branch is gone
+        return None
+    info = repository.commit_info(tip) if tip == last.snapshot_id else None
+    if info is None:
+        return None
+    if dedup:
+        register_checksum(location, info.zarr_checksum, zarr_id, tip, embargoed=repository.embargoed)
+    return UploadResult(zarr_id=zarr_id, repository=repository.url, snapshot_id=None, parent_snapshot_id=tip,
+                        zarr_checksum=info.zarr_checksum, file_count=info.file_count, size=info.size,
+                        files_written=0, bytes_written=0, files_deleted=0)
 
 
 def _shard_ids(repository: ZarrRepository, snapshot_id: str) -> list[str]:

@@ -170,29 +170,55 @@ def _unreadable(key: str, exc: OSError) -> InvalidZarrError:
     return InvalidZarrError(f"cannot read {key} ({exc.strerror or exc}); fix its permissions or remove it")
 
 
-def scan_local_zarr(path: str | Path) -> LocalZarr:
-    """Find and validate every file of the Zarr directory ``path``.
+@dataclass(frozen=True)
+class LocalListing:
+    """Every file of a local Zarr directory as listed, before anything is read or validated."""
+
+    root: Path
+    paths: dict[str, str]  # key -> file path
+    stats: dict[str, FileStat]  # key -> (size, mtime ns, inode)
+    fingerprint: str  # changes whenever a file is added, removed, or its stat changes
+
+    @classmethod
+    def of(cls, path: str | Path) -> LocalListing:
+        """List the Zarr directory ``path``; a path that is no directory, or that cannot be
+        listed (permissions, symlink loops, special files), raises :class:`InvalidZarrError`."""
+        root = Path(path)
+        if not root.is_dir():
+            raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
+        paths: dict[str, str] = {}
+        stats: dict[str, FileStat] = {}
+        excluded: list[str] = []
+        fingerprint = hashlib.blake2b(digest_size=20)
+        for directory in _walk(root, excluded):
+            for key, file, st in directory:
+                paths[key] = file
+                stats[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            fingerprint.update("".join(f"{k}\0{stats[k]}\n" for k, _, _ in directory).encode())
+        if excluded:
+            _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
+        return cls(root, paths, stats, fingerprint.hexdigest())
+
+
+def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
+    """Find and validate every file of the Zarr directory ``path`` (or of a listing of it,
+    whose dicts the result takes over).
 
     Raises :class:`InvalidZarrError` for anything that cannot be uploaded as it is: not a
     directory, no or broken metadata, mixed v2/v3, symlink loops, special files, invalid keys,
     and files that are neither metadata nor a chunk of an array.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
+    listing = path if isinstance(path, LocalListing) else LocalListing.of(path)
+    root, chunk_files, stats = listing.root, listing.paths, listing.stats
     documents: dict[str, bytes] = {}
-    chunk_files: dict[str, str] = {}
-    stats: dict[str, FileStat] = {}
-    excluded: list[str] = []
     size = 0
-    for key, file, st in _walk(root, excluded):
+    for key, (file_size, _, _) in stats.items():
         check_key(key)
-        size += st.st_size
-        if is_document(key) or st.st_size == 0:  # Icechunk refuses empty chunks
-            documents[key] = read_file(file, key)
-        else:
-            chunk_files[key] = file
-            stats[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        size += file_size
+        if is_document(key) or file_size == 0:  # Icechunk refuses empty chunks
+            documents[key] = read_file(chunk_files[key], key)
+    for key in documents:
+        del chunk_files[key], stats[key]
     try:
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
@@ -213,8 +239,6 @@ def scan_local_zarr(path: str | Path) -> LocalZarr:
         for key in stray:
             documents[key] = read_file(chunk_files.pop(key), key)
             del stats[key]
-    if excluded:
-        _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
     return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size, stats)
 
 
@@ -222,25 +246,31 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-def _walk(root: Path, excluded: list[str]) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Yield (key, path, stat) of every file under ``root``, following symlinks, refusing loops;
-    append to ``excluded`` the keys of what dandi-cli leaves out."""
-    root_stat = root.stat()
-    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
-        (str(root), "", frozenset({(root_stat.st_dev, root_stat.st_ino)}))
-    ]
+def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, str, os.stat_result]]]:
+    """Yield, a directory at a time, (key, path, stat) of every file under ``root``, following
+    symlinks, refusing loops; append to ``excluded`` the keys of what dandi-cli leaves out.
+
+    Only files and symlinks are stat'ed: a real directory cannot lead back above itself, so the
+    identities of the directories above are looked up only when a symlink to a directory is met.
+    """
+    stack: list[tuple[str, str, tuple[str, ...]]] = [(str(root), "", ())]
     while stack:
-        directory, prefix, ancestors = stack.pop()
+        directory, prefix, above = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except OSError as exc:
             raise InvalidZarrError(
                 f"cannot list {directory} ({exc.strerror or exc}); fix its permissions"
             ) from None
+        found = []
         for entry in entries:
             key = f"{prefix}{entry.name}"
             if entry.name in EXCLUDED_NAMES:
                 excluded.append(key)
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, key + "/", (*above, directory)))
                 continue
             try:
                 st = entry.stat(follow_symlinks=True)
@@ -250,14 +280,14 @@ def _walk(root: Path, excluded: list[str]) -> Iterator[tuple[str, str, os.stat_r
                     "fix or remove it"
                 ) from None
             if stat.S_ISDIR(st.st_mode):
-                ident = (st.st_dev, st.st_ino)
-                if ident in ancestors:
+                if (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, (*above, directory))}:
                     raise InvalidZarrError(
                         f"symlink loop at {key} (it leads back to a directory above it); "
                         "remove the link"
                     )
-                stack.append((entry.path, key + "/", ancestors | {ident}))
+                stack.append((entry.path, key + "/", (*above, directory)))
             elif stat.S_ISREG(st.st_mode):
-                yield key, entry.path, st
+                found.append((key, entry.path, st))
             else:
                 raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")
+        yield found
