@@ -16,8 +16,12 @@ The layout: ``--files-per-directory`` chunk files in each directory (default 64,
 nested-key OME-Zarr whose x axis has 64 chunks); 1 is the worst case for listing (a directory
 per file).
 
+``--phases`` and ``--contenders`` run a part (the 1.3 M-file size with DANDI today's route
+alone takes hours here).
+
     python benchmarks/scale.py [--sizes 10000 100000 300000 1300000] [--rounds 1]
-                               [--files-per-directory 64] [--quick]
+                               [--files-per-directory 64] [--phases first nochange ...]
+                               [--contenders icechunk ...] [--quick]
 """
 
 from __future__ import annotations
@@ -127,9 +131,9 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"s": t.seconds, "peak_rss_MB": peak_rss_mb(), **out}
 
 
-def one_size(n: int, rounds: int, jobs: int, per_directory: int, work: Path) -> dict[str, Any]:
-    """Every phase of every contender at ``n`` files, ``rounds`` times."""
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {c: [] for c in cs} for p, (_, cs) in PHASES.items()}
+def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[str, list[str]], work: Path) -> dict[str, Any]:
+    """Each phase of ``phases`` for its contenders at ``n`` files, ``rounds`` times."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {c: [] for c in cs} for p, cs in phases.items()}
     changed_bytes: dict[str, int] = {}
     for round_ in range(rounds):
         src = work / "src.zarr"
@@ -143,7 +147,7 @@ def one_size(n: int, rounds: int, jobs: int, per_directory: int, work: Path) -> 
                     "access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key,
                     "zarr_id": zarr_id, "cache": str(work / f"cache-{round_}"), "export_to": str(work / "export")}
             repo_prefix = s3.location().repository_prefix(zarr_id)
-            for phase, (_, contenders) in PHASES.items():
+            for phase, contenders in phases.items():
                 if phase in ("scattered", "regional"):
                     keys = change(src, n, phase == "regional", seed=round_ + len(phase), per_directory=per_directory)
                     changed_bytes[phase] = len(keys) * CHUNK
@@ -180,9 +184,10 @@ def table(results: dict[str, Any]) -> str:
     ]
     for n, size in results["sizes"].items():
         first = size["summary"]["first"]["icechunk"].get("s")
-        for phase, (label, contenders) in PHASES.items():
-            by = size["summary"][phase]
-            ours, other = by["icechunk"].get("s"), by[contenders[1]].get("s")
+        for phase, contenders in results["phases"].items():
+            label, by = PHASES[phase][0], size["summary"][phase]
+            ours = by.get("icechunk", {}).get("s")
+            other = by[contenders[-1]].get("s") if contenders[-1] != "icechunk" else None
             for contender in contenders:
                 s = by[contender]
                 if "s" not in s:
@@ -207,7 +212,8 @@ def plot(results: dict[str, Any]) -> None:
         return
     sizes = sorted(results["sizes"], key=int)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for color, (phase, (label, contenders)) in enumerate(PHASES.items()):
+    for color, (phase, contenders) in enumerate(results["phases"].items()):
+        label = PHASES[phase][0]
         for contender in contenders:
             points = [(int(n), results["sizes"][n]["summary"][phase][contender]) for n in sizes]
             points = [(n, s) for n, s in points if "s" in s]
@@ -236,15 +242,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--files-per-directory", type=int, default=64)
+    parser.add_argument("--phases", nargs="+", choices=list(PHASES), default=list(PHASES))
+    parser.add_argument("--contenders", nargs="+", choices=list(LABELS), default=list(LABELS))
     parser.add_argument("--quick", action="store_true", help="10 k and 100 k files")
     args = parser.parse_args()
     sizes, rounds = ([10_000, 100_000], args.rounds) if args.quick else (args.sizes, args.rounds)
     load_before = os.getloadavg()
+    if "first" not in args.phases:
+        parser.error("--phases must include first: every other phase works on what it uploaded")
+    phases = {p: [c for c in PHASES[p][1] if c in args.contenders] for p in args.phases}
+    phases = {p: cs for p, cs in phases.items() if cs}
     results: dict[str, Any] = {"jobs": args.jobs, "rounds": rounds, "files_per_directory": args.files_per_directory,
-                               "sizes": {}}
+                               "phases": phases, "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="dandi-icechunk-scale-") as tmp:
         for n in sizes:  # results are written after each size: a long run keeps what it measured
-            measured = one_size(n, rounds, args.jobs, args.files_per_directory, Path(tmp))
+            measured = one_size(n, rounds, args.jobs, args.files_per_directory, phases, Path(tmp))
             measured["summary"] = {p: {c: summarize(r) for c, r in by.items()} for p, by in measured["runs"].items()}
             results["sizes"][str(n)] = measured
             results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -176,7 +176,7 @@ def upload_zarr(
         # for sending, so no file is read twice and hashing overlaps the writes.
         chunk_digests: dict[str, FileDigest] = {}
         with _storage_errors(writer.zarr_id):
-            _write_changes(writer, session, local, _NodeChanges.of(hierarchy, None, []), sorted(local.chunk_files),
+            _write_changes(writer, session, local, _NodeChanges.of(hierarchy, None, []), sorted(local.stats),
                            jobs, progress, hashed=chunk_digests, dask=dask)
         new_index = local.index_of(chunk_digests, digest_cache)
         checksum_job = _in_background(new_index.zarr_checksum)

@@ -40,20 +40,26 @@ BatchMapper = Callable[..., Iterable[list[tuple[str, FileDigest]]]]
 
 @dataclass(frozen=True)
 class LocalZarr:
-    """A validated local Zarr: its hierarchy, metadata documents and chunk files."""
+    """A validated local Zarr: its hierarchy, metadata documents and chunk files.
+
+    Held per chunk file is its key and stat only (a 1.3 M-file Zarr is held by the uploader for
+    the whole upload): its path and Icechunk key are derived when needed.
+    """
 
     root: Path
     hierarchy: Hierarchy
     documents: dict[str, bytes]  # metadata documents, and files kept in the digest index
-    chunk_files: dict[str, str]  # logical key -> file path
-    icechunk_keys: dict[str, str]  # logical chunk key -> Icechunk key
     size: int  # total bytes of all files, as listed
     stats: dict[str, FileStat]  # chunk key -> (size, mtime ns, inode) when listed
 
     @property
     def file_count(self) -> int:
         """Number of files (documents and chunks)."""
-        return len(self.documents) + len(self.chunk_files)
+        return len(self.documents) + len(self.stats)
+
+    def path(self, key: str) -> str:
+        """The local file of ``key``."""
+        return os.path.join(self.root, key)
 
     def digest_index(
         self,
@@ -73,12 +79,12 @@ class LocalZarr:
         files: dict[str, FileDigest] = {}
         cached = cache.load(self.root) if cache else {}
         for key, (seen, md5) in cached.items():
-            if key in self.chunk_files and self.stats.get(key) == seen:
+            if self.stats.get(key) == seen:
                 files[key] = FileDigest(md5, seen[0])
         if progress:
             progress(len(files) + len(self.documents),
                      sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
-        items = [(k, p) for k, p in self.chunk_files.items() if k not in files]
+        items = [(k, self.path(k)) for k in self.stats if k not in files]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
         batches = [items[i : i + _HASH_BATCH] for i in range(0, len(items), _HASH_BATCH)]
         with contextlib.ExitStack() as stack:
@@ -96,12 +102,14 @@ class LocalZarr:
         files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
         files.update(chunk_digests)
         if cache:
-            cache.save(self.root, {k: (self.stats[k], chunk_digests[k].md5) for k in self.chunk_files})
+            cache.save(self.root, {k: (st, chunk_digests[k].md5) for k, st in self.stats.items()})
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
     def chunk(self, key: str) -> ChunkFile:
         """What sending chunk ``key`` needs, in a value a worker process can take."""
-        return ChunkFile(key, self.chunk_files[key], self.icechunk_keys[key], self.stats[key][0])
+        target = self.hierarchy.icechunk_key(key)
+        assert target is not None, f"{key} is no chunk: the scan keeps such files as documents"
+        return ChunkFile(key, self.path(key), target, self.stats[key][0])
 
 
 class ChunkFile(NamedTuple):
@@ -175,8 +183,7 @@ class LocalListing:
     """Every file of a local Zarr directory as listed, before anything is read or validated."""
 
     root: Path
-    paths: dict[str, str]  # key -> file path
-    stats: dict[str, FileStat]  # key -> (size, mtime ns, inode)
+    stats: dict[str, FileStat]  # key -> (size, mtime ns, inode); the file is root/key
     fingerprint: str  # changes whenever a file is added, removed, or its stat changes
 
     @classmethod
@@ -186,44 +193,42 @@ class LocalListing:
         root = Path(path)
         if not root.is_dir():
             raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
-        paths: dict[str, str] = {}
         stats: dict[str, FileStat] = {}
         excluded: list[str] = []
         fingerprint = hashlib.blake2b(digest_size=20)
         for directory in _walk(root, excluded):
-            for key, file, st in directory:
-                paths[key] = file
+            for key, st in directory:
                 stats[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
-            fingerprint.update("".join(f"{k}\0{stats[k]}\n" for k, _, _ in directory).encode())
+            fingerprint.update("".join(f"{k}\0{stats[k]}\n" for k, _ in directory).encode())
         if excluded:
             _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
-        return cls(root, paths, stats, fingerprint.hexdigest())
+        return cls(root, stats, fingerprint.hexdigest())
 
 
 def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
     """Find and validate every file of the Zarr directory ``path`` (or of a listing of it,
-    whose dicts the result takes over).
+    whose stats the result takes over).
 
     Raises :class:`InvalidZarrError` for anything that cannot be uploaded as it is: not a
     directory, no or broken metadata, mixed v2/v3, symlink loops, special files, invalid keys,
     and files that are neither metadata nor a chunk of an array.
     """
     listing = path if isinstance(path, LocalListing) else LocalListing.of(path)
-    root, chunk_files, stats = listing.root, listing.paths, listing.stats
+    root, stats = listing.root, listing.stats
     documents: dict[str, bytes] = {}
     size = 0
     for key, (file_size, _, _) in stats.items():
         check_key(key)
         size += file_size
         if is_document(key) or file_size == 0:  # Icechunk refuses empty chunks
-            documents[key] = read_file(chunk_files[key], key)
+            documents[key] = read_file(root / key, key)
     for key in documents:
-        del chunk_files[key], stats[key]
+        del stats[key]
     try:
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
-    icechunk_keys, stray = hierarchy.chunk_keys(chunk_files)
+    stray = sorted(k for k in stats if hierarchy.icechunk_key(k) is None)
     if stray:
         extra_bytes = sum(stats[k][0] for k in stray)
         if extra_bytes > EXTRAS_MAX_BYTES:
@@ -237,17 +242,17 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
             "asset and its checksum), not readable through zarr", root, len(stray), _shown(stray),
         )
         for key in stray:
-            documents[key] = read_file(chunk_files.pop(key), key)
+            documents[key] = read_file(root / key, key)
             del stats[key]
-    return LocalZarr(root, hierarchy, documents, chunk_files, icechunk_keys, size, stats)
+    return LocalZarr(root, hierarchy, documents, size, stats)
 
 
 def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, str, os.stat_result]]]:
-    """Yield, a directory at a time, (key, path, stat) of every file under ``root``, following
+def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, os.stat_result]]]:
+    """Yield, a directory at a time, (key, stat) of every file under ``root``, following
     symlinks, refusing loops; append to ``excluded`` the keys of what dandi-cli leaves out.
 
     Only files and symlinks are stat'ed: a real directory cannot lead back above itself, so the
@@ -287,7 +292,7 @@ def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, str, os.s
                     )
                 stack.append((entry.path, key + "/", (*above, directory)))
             elif stat.S_ISREG(st.st_mode):
-                found.append((key, entry.path, st))
+                found.append((key, st))
             else:
                 raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")
         yield found
