@@ -11,7 +11,8 @@ Readers:
 - boto3 parallel GET of the same objects, the physical limit.
 Each round runs every reader once per pattern, the order rotating; reported: median seconds
 (min-max) from opening to the last byte, MB/s, peak RSS of the reader's process; every read is
-checked against the local data. Output: results/read.{json,md,png}.
+checked against the local data. For the readers of the HTTP view, the view's CPU time per
+request (the view runs in this process, idle otherwise). Output: results/read.{json,md,png}.
 
     python benchmarks/read.py [--size-mb 1024] [--chunk-kb 256] [--jobs 16] [--rounds 5] [--quick]
 """
@@ -23,6 +24,8 @@ import hashlib
 import json
 import os
 import platform
+import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -121,6 +124,11 @@ def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_MB": peak_rss_mb()}
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def serve_in_thread(app: Any) -> tuple[str, uvicorn.Server]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -137,8 +145,8 @@ def table(results: dict[str, Any]) -> str:
         f"{results['rounds']} interleaved rounds (min-max), each reader in its own process, "
         "SeaweedFS on loopback.",
         "",
-        "| pattern | reader | s (min-max) | MB/s | peak RSS MB | speed vs zarr-python on the plain prefix |",
-        "|---|---|---|---|---|---|",
+        "| pattern | reader | s (min-max) | MB/s | peak RSS MB | speed vs zarr-python on the plain prefix | view CPU ms per request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for pattern, label in PATTERNS.items():
         by = results["summary"][pattern]
@@ -146,11 +154,13 @@ def table(results: dict[str, Any]) -> str:
         for key, reader in READERS.items():
             s = by[key]
             if "s" not in s:
-                lines.append(f"| {label} | {reader} | failed: {s['error'].strip().splitlines()[-1:]} | | | |")
+                lines.append(f"| {label} | {reader} | failed: {s['error'].strip().splitlines()[-1:]} | | | | |")
                 continue
             ratio = f"{base / s['s']:.2f}x" if base else ""
+            cpu = [r["view_cpu_ms_per_request"] for r in results["runs"][pattern][key] if "view_cpu_ms_per_request" in r]
+            view_cpu = f"{statistics.median(cpu):.2f}" if cpu else ""
             lines.append(f"| {label} | {reader} | {s['s']:.2f} ({s['min_s']:.2f}-{s['max_s']:.2f}) | "
-                         f"{s['MBps']:.0f} | {s['peak_rss_MB']:.0f} | {ratio} |")
+                         f"{s['MBps']:.0f} | {s['peak_rss_MB']:.0f} | {ratio} | {view_cpu} |")
             label = ""
     return "\n".join(lines)
 
@@ -222,7 +232,10 @@ def main() -> None:
                 order = order[round_ % len(order):] + order[: round_ % len(order)]
                 for pattern in PATTERNS:
                     for reader in order:
+                        cpu_before = _cpu_seconds()
                         run = run_child(__file__, {"reader": reader, "pattern": pattern, "cfg": cfg}, timeout=1800)
+                        if reader.endswith("-view") and "s" in run:
+                            run["view_cpu_ms_per_request"] = 1000 * (_cpu_seconds() - cpu_before) / len(selection(pattern, n_chunks))
                         if run.get("digest") not in (None, expected[pattern]):
                             run = {"error": f"{reader} read other values than the local data ({pattern})"}
                         runs[pattern][reader].append(run)

@@ -13,6 +13,7 @@ code of ours. What DANDI needs beyond Icechunk travels in each snapshot's commit
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import math
 import re
@@ -210,7 +211,12 @@ class ZarrRepository:
         self.zarr_id = zarr_id
         self.embargoed = embargoed
         self.icechunk = repository
-        self.objects: RepositoryObjects = repository_objects(location, zarr_id, embargoed=embargoed)
+
+    @functools.cached_property
+    def objects(self) -> RepositoryObjects:
+        """The repository's own objects (digest index, history), beside what Icechunk keeps;
+        made when first needed: reading refs and snapshots does not need them."""
+        return repository_objects(self.location, self.zarr_id, embargoed=self.embargoed)
 
     def __repr__(self) -> str:
         return f"ZarrRepository({self.zarr_id!r}, {self.url!r})"
