@@ -160,7 +160,8 @@ def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[st
                         run["bytes_stored"] = prefix_usage(s3.client(), s3.bucket, repo_prefix)[1] - before
                     shutil.rmtree(base["export_to"], ignore_errors=True)
                     runs[phase][contender].append(run)
-                    print(f"{n} files, round {round_ + 1}, {phase}, {contender}: {run.get('s', 'failed')}", flush=True)
+                    print(f"{n} files, round {round_ + 1}, {phase}, {contender}: {run.get('s', 'failed')} s, "
+                          f"peak RSS {run.get('peak_rss_MB')} MB, stored {run.get('bytes_stored')} B", flush=True)
         shutil.rmtree(work / f"s3-{round_}", ignore_errors=True)
     return {"runs": runs, "changed_bytes": changed_bytes}
 
