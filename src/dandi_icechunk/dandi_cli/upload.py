@@ -4,11 +4,14 @@ For each Zarr asset: the archive is asked to begin an upload (it says where, on 
 and vends credentials for that repository only), the changed chunks are committed (with
 ``--zarr-mode patch``, files missing locally are kept), the archive finalizes, and its checksum
 must equal the local one before the asset is created or updated. An archive that does not run
-the dandi-icechunk adapter gets dandi-cli's own upload.
+the dandi-icechunk adapter gets dandi-cli's own upload. Local digests are cached as dandi-cli
+caches its own (``DANDI_CACHE=ignore`` turns the cache off), so an unchanged Zarr is not hashed
+again.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -27,6 +30,7 @@ except ImportError:  # pragma: no cover - the "upload" extra
 
 from ..upload.archive import archive_zarr_state, begin_archive_upload, finalize_archive_upload
 from ..upload.commit import UploadResult, upload_zarr
+from ..upload.digest_cache import DigestCache
 
 _FINALIZE_POLL_S = 0.5
 _FINALIZE_TIMEOUT_S = 3600
@@ -134,6 +138,7 @@ class IcechunkZarrUpload:
                     embargoed=upload.embargoed, dedup=False, jobs=jobs or 5,
                     progress=_QueueProgress(statuses), dandiset=upload.dandiset,
                     delete_missing=delete_missing,
+                    digest_cache=None if os.environ.get("DANDI_CACHE") == "ignore" else DigestCache.default(),
                 )
             except BaseException as exc:  # handed to the generator's thread
                 outcome["error"] = exc
