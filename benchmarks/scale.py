@@ -17,7 +17,8 @@ nested-key OME-Zarr whose x axis has 64 chunks); 1 is the worst case for listing
 per file).
 
 ``--phases`` and ``--contenders`` run a part (the 1.3 M-file size with DANDI today's route
-alone takes hours here).
+alone takes hours here); ``--no-stored-bytes`` skips listing the repository around each change
+(several minutes a listing at 1.3 M objects on SeaweedFS).
 
     python benchmarks/scale.py [--sizes 10000 100000 300000 1300000] [--rounds 1]
                                [--files-per-directory 64] [--phases first nochange ...]
@@ -131,7 +132,8 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"s": t.seconds, "peak_rss_MB": peak_rss_mb(), **out}
 
 
-def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[str, list[str]], work: Path) -> dict[str, Any]:
+def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[str, list[str]], work: Path,
+             stored_bytes: bool = True) -> dict[str, Any]:
     """Each phase of ``phases`` for its contenders at ``n`` files, ``rounds`` times."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {c: [] for c in cs} for p, cs in phases.items()}
     changed_bytes: dict[str, int] = {}
@@ -153,7 +155,7 @@ def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[st
                     changed_bytes[phase] = len(keys) * CHUNK
                 order = list(contenders)[round_ % 2:] + list(contenders)[: round_ % 2]
                 for contender in order:
-                    stored = contender == "icechunk" and phase in ("nochange", "scattered", "regional")
+                    stored = stored_bytes and contender == "icechunk" and phase in ("nochange", "scattered", "regional")
                     before = prefix_usage(s3.client(), s3.bucket, repo_prefix)[1] if stored else 0
                     run = run_child(__file__, {**base, "phase": phase, "contender": contender}, timeout=4 * 3600)
                     if stored and "s" in run:
@@ -243,6 +245,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--files-per-directory", type=int, default=64)
+    parser.add_argument("--no-stored-bytes", action="store_true",
+                        help="skip listing the repository before and after each change (minutes each at 1.3 M objects)")
     parser.add_argument("--phases", nargs="+", choices=list(PHASES), default=list(PHASES))
     parser.add_argument("--contenders", nargs="+", choices=list(LABELS), default=list(LABELS))
     parser.add_argument("--quick", action="store_true", help="10 k and 100 k files")
@@ -257,7 +261,8 @@ def main() -> None:
                                "phases": phases, "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="dandi-icechunk-scale-") as tmp:
         for n in sizes:  # results are written after each size: a long run keeps what it measured
-            measured = one_size(n, rounds, args.jobs, args.files_per_directory, phases, Path(tmp))
+            measured = one_size(n, rounds, args.jobs, args.files_per_directory, phases, Path(tmp),
+                                stored_bytes=not args.no_stored_bytes)
             measured["summary"] = {p: {c: summarize(r) for c, r in by.items()} for p, by in measured["runs"].items()}
             results["sizes"][str(n)] = measured
             results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
