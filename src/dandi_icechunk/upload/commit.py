@@ -137,7 +137,6 @@ def upload_zarr(
         listing, location, zarr_id, branch, digest_cache, delete_missing=delete_missing, dedup=dedup,
     )) is not None:
         return unchanged
-    fingerprint = listing.fingerprint
     local = scan_local_zarr(listing)
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy)),
@@ -227,8 +226,8 @@ def upload_zarr(
         if dedup:
             register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
         if digest_cache is not None:
-            digest_cache.record_upload(local.root, _upload_target(writer, branch),
-                                       UploadRecord(fingerprint, base_sid, complete=delete_missing))
+            digest_cache.record_upload(local.root, _upload_target(writer.url, branch),
+                                       UploadRecord(listing.fingerprint, base_sid, complete=delete_missing))
         return result
 
     committed: dict[str, Any] = {}
@@ -263,8 +262,8 @@ def upload_zarr(
         register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
     if digest_cache is not None:
         complete = delete_missing and committed["parent"] == base_sid
-        digest_cache.record_upload(local.root, _upload_target(writer, branch),
-                                   UploadRecord(fingerprint, snapshot_id, complete=complete))
+        digest_cache.record_upload(local.root, _upload_target(writer.url, branch),
+                                   UploadRecord(listing.fingerprint, snapshot_id, complete=complete))
     return UploadResult(
         **{
             **result.to_json(),
@@ -277,8 +276,8 @@ def upload_zarr(
     )
 
 
-def _upload_target(repository: ZarrRepository, branch: str) -> str:
-    return f"{repository.url}#{branch}"
+def _upload_target(repository_url: str, branch: str) -> str:
+    return f"{repository_url}#{branch}"
 
 
 def _unchanged_since_last_upload(
@@ -293,14 +292,23 @@ def _unchanged_since_last_upload(
 ) -> UploadResult | None:
     """The result of an upload that has nothing to do, told from the listing alone: the
     directory lists as it did at its last upload to ``branch`` and the branch is still at the
-    snapshot that upload made. ``None`` when that cannot be told so cheaply."""
+    snapshot that upload made. ``None`` when that cannot be told so cheaply; the repository is
+    opened only when the listing matches a recorded upload."""
+    matching: dict[bool, UploadRecord] = {}  # by the area (embargoed or not) the upload went to
+    for area in (False, True):
+        target = _upload_target(location.repository_url(zarr_id, embargoed=area), branch)
+        last = cache.last_upload(listing.root, target)
+        # A patch leaves files the directory lacks: the same listing is a no-change patch, not a no-change upload.
+        if last is not None and last.fingerprint == listing.fingerprint and (last.complete or not delete_missing):
+            matching[area] = last
+    if not matching:
+        return None
     try:
         repository = ZarrRepository.open(location, zarr_id)
     except RepositoryNotFoundError:
         return None
-    last = cache.last_upload(listing.root, _upload_target(repository, branch))
-    # A patch leaves files the directory lacks: the same listing is a no-change patch, not a no-change upload.
-    if last is None or last.fingerprint != listing.fingerprint or not (last.complete or not delete_missing):
+    last = matching.get(repository.embargoed)
+    if last is None:
         return None
     try:
         tip = repository.resolve(branch=branch)
