@@ -312,6 +312,38 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert result.zarr_checksum == reference_checksum(src)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "a line that is no entry"])
+def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    import gzip
+
+    from dandi_icechunk.upload import local_zarr
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    upload_zarr(src, location, zarr_id, digest_cache=cache)
+    (saved,) = (tmp_path / "cache").glob("*.tsv.gz")
+    data = saved.read_bytes()
+    lines = gzip.decompress(data).decode().splitlines(keepends=True)
+    assert len(lines) == sum(1 for p in src.rglob("*") if p.is_file() and p.name != "zarr.json")
+    saved.write_bytes({
+        "truncated": data[: len(data) // 2],
+        "not gzip": b"{not a cache",
+        "a line that is no entry": gzip.compress("".join([*lines[:-1], "data/c/0/0/0\t12\n"]).encode()),
+    }[damage])
+    hashed: list[str] = []
+    real_hash = local_zarr.hash_file
+    monkeypatch.setattr(local_zarr, "hash_file", lambda path, key: hashed.append(key) or real_hash(path, key))
+    zarr.open_group(str(src), mode="r+")["data"][0:4, 0:16, 0:16] = 7
+
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert sorted(hashed) == sorted(line.split("\t")[0] for line in lines)
+    assert result.files_written == 1
+    assert result.zarr_checksum == reference_checksum(src)
+
+
 def test_an_upload_of_a_directory_listed_as_at_its_last_upload_ends_after_the_listing(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,7 +20,7 @@ import posixpath
 import re
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +38,7 @@ _BAD_CHARACTER = re.compile(r'[\x00-\x1f\\:*?"<>|]')
 
 def is_document(key: str) -> bool:
     """Whether ``key`` names a Zarr metadata document (as opposed to a chunk)."""
-    return posixpath.basename(key) in DOCUMENT_NAMES
+    return key.rpartition("/")[2] in DOCUMENT_NAMES
 
 
 def node_key(path: str) -> str:
@@ -78,11 +78,13 @@ class ArrayGrid:
                 return None
         else:
             coords = [] if relative == "0" and not self.grid else relative.split(self.separator)
-        if len(coords) != len(self.grid) or not all(_INTEGER.fullmatch(c) for c in coords):
+        if len(coords) != len(self.grid):
             return None
-        if any(int(c) >= n for c, n in zip(coords, self.grid)):
-            return None
-        return "/".join(p for p in (self.path, "c", *coords) if p)
+        for c, n in zip(coords, self.grid):
+            if not _INTEGER.fullmatch(c) or int(c) >= n:
+                return None
+        prefix = f"{self.path}/c" if self.path else "c"
+        return f"{prefix}/{'/'.join(coords)}" if coords else prefix
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Hierarchy:
 
     zarr_format: Literal[2, 3]
     nodes: Mapping[str, Node]
+    # directory -> the array its files would be chunks of: a Zarr has thousands of chunks a directory
+    _arrays: dict[str, ArrayGrid | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_documents(cls, documents: Mapping[str, bytes]) -> Hierarchy:
@@ -133,14 +137,21 @@ class Hierarchy:
 
     def array_of(self, key: str) -> ArrayGrid | None:
         """The array whose chunk ``key`` would be (nearest array above it), if any."""
-        parent = posixpath.dirname(key)
+        directory = key.rpartition("/")[0]
+        if directory in self._arrays:
+            return self._arrays[directory]
+        parent = directory
         while True:
             node = self.nodes.get(parent)
             if node is not None and node.grid is not None:
-                return node.grid
+                grid = node.grid
+                break
             if not parent:
-                return None
+                grid = None
+                break
             parent = posixpath.dirname(parent)
+        self._arrays[directory] = grid
+        return grid
 
     def icechunk_key(self, key: str) -> str | None:
         """The Icechunk key of chunk ``key``, or ``None`` when ``key`` is not a chunk of an array."""

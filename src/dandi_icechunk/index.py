@@ -44,7 +44,7 @@ _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileDigest:
     """MD5 (hex) and size in bytes of one file of a Zarr."""
 

@@ -1,8 +1,9 @@
 """A local cache of file digests, so re-uploading a huge Zarr does not re-hash unchanged files.
 
 Like dandi-cli's digest cache: a file whose size, modification time (ns) and inode are those
-seen when it was last hashed keeps its MD5. One gzip-compressed JSON file per Zarr directory,
-replaced atomically.
+seen when it was last hashed keeps its MD5. One gzip-compressed file per Zarr directory, a
+tab-separated line per file, read and written as a stream (a 1.3 M-file Zarr's cache is never
+held whole in memory), replaced atomically.
 
 Beside it, the last upload of the directory to each branch (:class:`UploadRecord`): when the
 directory lists the same files with the same stats and the branch is still at the snapshot
@@ -12,16 +13,21 @@ digest loaded.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import tempfile
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import platformdirs
 
+from ..index import FileDigest
 from ..records import JsonRecord
 
 FileStat = tuple[int, int, int]
@@ -48,22 +54,35 @@ class DigestCache:
         """The cache in the user's cache directory."""
         return cls(Path(platformdirs.user_cache_dir("dandi-icechunk")) / "digests")
 
-    def _file(self, root: Path, suffix: str = ".json.gz") -> Path:
+    def _file(self, root: Path, suffix: str = ".tsv.gz") -> Path:
         name = hashlib.sha256(str(root.resolve()).encode()).hexdigest()
         return self.directory / f"{name}{suffix}"
 
-    def load(self, root: Path) -> dict[str, tuple[FileStat, str]]:
-        """key -> (stat when hashed, MD5) for the Zarr at ``root`` (empty if unknown or unreadable)."""
+    def unchanged(self, root: Path, stats: Mapping[str, FileStat]) -> dict[str, FileDigest]:
+        """The digest of each file of ``stats`` (key -> stat as listed) whose stat is the one it had
+        when it was hashed; none when the cache of the Zarr at ``root`` is missing or unreadable."""
+        found: dict[str, FileDigest] = {}
         try:
-            entries = json.loads(gzip.decompress(self._file(root).read_bytes()))
-        except (OSError, ValueError):
+            with gzip.open(self._file(root), "rt", encoding="utf-8", newline="\n") as lines:
+                for line in lines:
+                    key, size, mtime, inode, md5 = line.split("\t")
+                    if (seen := stats.get(key)) is not None and len(md5) == 33 and md5[32] == "\n" \
+                            and seen == (int(size), int(mtime), int(inode)):
+                        found[key] = FileDigest(md5[:32], seen[0])
+        except (OSError, EOFError, ValueError, zlib.error):  # ValueError: a line that is no entry
             return {}
-        return {k: ((v[0], v[1], v[2]), v[3]) for k, v in entries.items()}
+        return found
 
-    def save(self, root: Path, entries: dict[str, tuple[FileStat, str]]) -> None:
-        """Replace the cache of the Zarr at ``root``."""
-        data = gzip.compress(json.dumps({k: [*st, md5] for k, (st, md5) in entries.items()}).encode(), 1)
-        self._replace(self._file(root), data)
+    def save(self, root: Path, entries: Iterable[tuple[str, FileStat, str]]) -> None:
+        """Replace the cache of the Zarr at ``root`` with ``entries``: (key, stat when hashed, MD5)."""
+        with self._replacing(self._file(root)) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as f:
+            lines: list[str] = []
+            for key, (size, mtime, inode), md5 in entries:
+                lines.append(f"{key}\t{size}\t{mtime}\t{inode}\t{md5}\n")
+                if len(lines) == 4096:
+                    f.write("".join(lines).encode())
+                    lines.clear()
+            f.write("".join(lines).encode())
 
     def last_upload(self, root: Path, target: str) -> UploadRecord | None:
         """The last upload of the Zarr at ``root`` to ``target`` (a repository and branch)."""
@@ -75,7 +94,8 @@ class DigestCache:
     def record_upload(self, root: Path, target: str, record: UploadRecord) -> None:
         """Remember ``record`` as the last upload of the Zarr at ``root`` to ``target``."""
         uploads = {**self._uploads(root), target: record.to_json()}
-        self._replace(self._file(root, ".uploads.json"), json.dumps(uploads).encode())
+        with self._replacing(self._file(root, ".uploads.json")) as f:
+            f.write(json.dumps(uploads).encode())
 
     def _uploads(self, root: Path) -> dict[str, dict]:
         try:
@@ -84,9 +104,15 @@ class DigestCache:
             return {}
         return uploads if isinstance(uploads, dict) else {}
 
-    def _replace(self, file: Path, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _replacing(self, file: Path) -> Iterator[IO[bytes]]:
+        """A file to write that replaces ``file`` when done, and is removed on failure."""
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, file)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.replace(tmp, file)
+        except BaseException:
+            os.unlink(tmp)
+            raise

@@ -76,11 +76,7 @@ class LocalZarr:
         ``map_batches``, the batches run there instead: on a Dask cluster, say
         (:mod:`.distributed`).
         """
-        files: dict[str, FileDigest] = {}
-        cached = cache.load(self.root) if cache else {}
-        for key, (seen, md5) in cached.items():
-            if self.stats.get(key) == seen:
-                files[key] = FileDigest(md5, seen[0])
+        files = cache.unchanged(self.root, self.stats) if cache else {}
         if progress:
             progress(len(files) + len(self.documents),
                      sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
@@ -102,7 +98,7 @@ class LocalZarr:
         files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
         files.update(chunk_digests)
         if cache:
-            cache.save(self.root, {k: (st, chunk_digests[k].md5) for k, st in self.stats.items()})
+            cache.save(self.root, ((k, st, chunk_digests[k].md5) for k, st in self.stats.items()))
         return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
 
     def chunk(self, key: str) -> ChunkFile:
@@ -197,9 +193,9 @@ class LocalListing:
         excluded: list[str] = []
         fingerprint = hashlib.blake2b(digest_size=20)
         for directory in _walk(root, excluded):
-            for key, st in directory:
-                stats[key] = (st.st_size, st.st_mtime_ns, st.st_ino)
-            fingerprint.update("".join(f"{k}\0{stats[k]}\n" for k, _ in directory).encode())
+            listed = [(key, (st.st_size, st.st_mtime_ns, st.st_ino)) for key, st in directory]
+            stats.update(listed)
+            fingerprint.update(f"{'\0'.join(k for k, _ in listed)}\n{[s for _, s in listed]!r}\n".encode())
         if excluded:
             _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
         return cls(root, stats, fingerprint.hexdigest())
@@ -217,8 +213,13 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
     root, stats = listing.root, listing.stats
     documents: dict[str, bytes] = {}
     size = 0
+    checked: set[str] = set()  # directories whose keys are valid
     for key, (file_size, _, _) in stats.items():
-        check_key(key)
+        directory, _, name = key.rpartition("/")
+        if directory and directory not in checked:
+            check_key(directory)
+            checked.add(directory)
+        check_key(name)
         size += file_size
         if is_document(key) or file_size == 0:  # Icechunk refuses empty chunks
             documents[key] = read_file(root / key, key)
