@@ -312,6 +312,26 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert result.zarr_checksum == reference_checksum(src)
 
 
+def test_the_digest_cache_reads_back_every_entry_whatever_its_blocks_cut_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read back in blocks: keys whose UTF-8 bytes straddle two blocks are still found."""
+    from dandi_icechunk.upload import digest_cache
+
+    monkeypatch.setattr(digest_cache, "_READ_BLOCK", 97)  # many block ends, inside characters too
+    cache, root = digest_cache.DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    rng = np.random.default_rng(3)
+    # random CJK names: literals in the compressed stream, so block ends fall inside characters
+    names = ["".join(map(chr, rng.integers(0x4E00, 0x9FFF, 6))) for _ in range(3000)]
+    entries = [(f"données/{name}/ß", (i + 1, 10**18 + i, 7 * i), rng.bytes(16).hex()) for i, name in enumerate(names)]
+    cache.save(root, iter(entries))
+    stats = {key: st for key, st, _ in entries}
+    stats[entries[5][0]] = (6, 0, 35)  # changed since it was hashed
+    found = cache.unchanged(root, stats)
+    assert len(found) == len(entries) - 1 and entries[5][0] not in found
+    assert all(found[key].md5 == md5 and found[key].size == st[0] for key, st, md5 in entries if key in found)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not gzip", "a line that is no entry"])
 def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str

@@ -13,6 +13,7 @@ digest loaded.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import hashlib
@@ -30,6 +31,7 @@ import platformdirs
 from ..index import FileDigest
 from ..records import JsonRecord
 
+_READ_BLOCK = 1 << 20
 FileStat = tuple[int, int, int]
 """(size, mtime in ns, inode) of a file."""
 
@@ -63,13 +65,13 @@ class DigestCache:
         when it was hashed; none when the cache of the Zarr at ``root`` is missing or unreadable."""
         found: dict[str, FileDigest] = {}
         try:
-            with gzip.open(self._file(root), "rt", encoding="utf-8", newline="\n") as lines:
+            for lines in _lines(self._file(root)):
                 for line in lines:
                     key, size, mtime, inode, md5 = line.split("\t")
-                    if (seen := stats.get(key)) is not None and len(md5) == 33 and md5[32] == "\n" \
+                    if (seen := stats.get(key)) is not None and len(md5) == 32 \
                             and seen == (int(size), int(mtime), int(inode)):
-                        found[key] = FileDigest(md5[:32], seen[0])
-        except (OSError, EOFError, ValueError, zlib.error):  # ValueError: a line that is no entry
+                        found[key] = FileDigest(md5, seen[0])
+        except (OSError, ValueError, zlib.error):  # ValueError: no gzip, cut short, or a line that is no entry
             return {}
         return found
 
@@ -116,3 +118,15 @@ class DigestCache:
         except BaseException:
             os.unlink(tmp)
             raise
+
+
+def _lines(file: Path) -> Iterator[list[str]]:
+    """The lines of the gzip file ``file``, a block at a time; :class:`ValueError` if it is cut short."""
+    decompressor, decoder = zlib.decompressobj(wbits=31), codecs.getincrementaldecoder("utf-8")()
+    rest = ""
+    with file.open("rb") as f:
+        while block := f.read(_READ_BLOCK):
+            *lines, rest = (rest + decoder.decode(decompressor.decompress(block))).split("\n")
+            yield lines
+    if rest or not decompressor.eof or decoder.decode(b"", final=True):
+        raise ValueError(f"{file} is cut short")
