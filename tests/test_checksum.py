@@ -11,6 +11,7 @@ from zarr_checksum import compute_zarr_checksum
 from zarr_checksum.generators import ZarrArchiveFile
 
 from dandi_icechunk.checksum import dandi_zarr_checksum
+from dandi_icechunk.index import FileDigest
 
 NAMES = ["a", "b", "0", "1", "10", "2", "c0", ".zarray", ".zattrs", "zarr.json", "é", "A"]
 
@@ -32,15 +33,15 @@ def _reference(files: dict[str, tuple[str, int]]) -> str:
 @pytest.mark.parametrize("seed", range(50))
 def test_checksum_matches_zarr_checksum_package_on_random_trees(seed: int) -> None:
     files = _random_tree(random.Random(seed))
-    assert dandi_zarr_checksum((k, md5, size) for k, (md5, size) in files.items()) == _reference(files)
+    assert dandi_zarr_checksum({k: FileDigest(md5, size) for k, (md5, size) in files.items()}) == _reference(files)
 
 
 def test_checksum_of_no_files_is_the_packages_empty_checksum() -> None:
-    assert dandi_zarr_checksum([]) == _reference({})
+    assert dandi_zarr_checksum({}) == _reference({})
 
 
 def test_checksum_changes_when_one_file_changes() -> None:
     files = {f"{i}/0": (hashlib.md5(str(i).encode()).hexdigest(), 100) for i in range(1000)}
-    before = dandi_zarr_checksum((k, m, s) for k, (m, s) in files.items())
+    before = dandi_zarr_checksum({k: FileDigest(m, s) for k, (m, s) in files.items()})
     files["500/0"] = (hashlib.md5(b"changed").hexdigest(), 100)
-    assert dandi_zarr_checksum((k, m, s) for k, (m, s) in files.items()) != before
+    assert dandi_zarr_checksum({k: FileDigest(m, s) for k, (m, s) in files.items()}) != before

@@ -11,36 +11,47 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .index import FileDigest
+
+_Entry = tuple[str, str, int, int]  # name, digest, size, file count
 
 
-def dandi_zarr_checksum(files: Iterable[tuple[str, str, int]]) -> str:
-    """The checksum of ``(key, md5 hex, size)`` triples, keys ``/``-separated from the Zarr root."""
-    # children[directory] = ([dir entries], [file entries]); entries are (name, digest, size, count)
-    children: defaultdict[str, tuple[list[tuple[str, str, int, int]], list[tuple[str, str, int, int]]]]
-    children = defaultdict(lambda: ([], []))
-    children[""]  # the root exists even for an empty Zarr
-    for key, md5, size in files:
-        parent, _, name = key.rpartition("/")
-        children[parent][1].append((name, md5, size, 1))
-        while parent:  # register missing ancestors
-            parent = parent.rpartition("/")[0]
-            if parent in children:
-                break
-            children[parent]
-    # deeper directories first, so each one's digest is ready before its parent's
-    for directory in sorted(children, key=lambda d: -d.count("/") if d else 1):
-        digest, size, count = _directory_digest(*children[directory])
-        if directory:
-            parent, _, name = directory.rpartition("/")
-            children[parent][0].append((name, digest, size, count))
-    return digest
+def dandi_zarr_checksum(files: Mapping[str, FileDigest]) -> str:
+    """The checksum of ``files`` (key -> MD5 and size), keys ``/``-separated from the Zarr root.
+
+    The keys are walked in sorted order, in which every directory's keys are one run: a directory
+    is summed up as soon as the walk leaves it, so only the directories on the current path are
+    held, not an entry per file."""
+    # the open directories, root first: (path, subdirectory entries, file entries)
+    open_dirs: list[tuple[str, list[_Entry], list[_Entry]]] = [("", [], [])]
+    for key in sorted(files):
+        directory, _, name = key.rpartition("/")
+        while (top := open_dirs[-1][0]) and directory != top and not directory.startswith(top + "/"):
+            _close(open_dirs)
+        if directory != top:
+            start = len(top) + 1 if top else 0
+            for part in directory[start:].split("/"):
+                open_dirs.append((f"{top}/{part}" if top else part, [], []))
+                top = open_dirs[-1][0]
+        digest = files[key]
+        open_dirs[-1][2].append((name, digest.md5, digest.size, 1))
+    while len(open_dirs) > 1:
+        _close(open_dirs)
+    return _directory_digest(*open_dirs[0][1:])[0]
 
 
-def _directory_digest(
-    directories: list[tuple[str, str, int, int]], files: list[tuple[str, str, int, int]]
-) -> tuple[str, int, int]:
+def _close(open_dirs: list[tuple[str, list[_Entry], list[_Entry]]]) -> None:
+    """Sum up the innermost open directory into its parent's entries."""
+    path, directories, files = open_dirs.pop()
+    digest, size, count = _directory_digest(directories, files)
+    open_dirs[-1][1].append((path.rpartition("/")[2], digest, size, count))
+
+
+def _directory_digest(directories: list[_Entry], files: list[_Entry]) -> tuple[str, int, int]:
     directories.sort()
     files.sort()
     # the compact JSON of {"directories": [...], "files": [...]}, spelled out because
@@ -52,7 +63,7 @@ def _directory_digest(
     return f"{md5}-{count}--{size}", size, count
 
 
-def _entries(entries: list[tuple[str, str, int, int]]) -> str:
+def _entries(entries: list[_Entry]) -> str:
     return ",".join(
         f'{{"digest":"{d}","name":{json.dumps(n)},"size":{s}}}' for n, d, s, _ in entries
     )

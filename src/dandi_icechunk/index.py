@@ -93,7 +93,7 @@ class DigestIndex:
 
     def zarr_checksum(self) -> str:
         """The ``dandi-zarr-checksum`` of these files."""
-        return dandi_zarr_checksum((k, d.md5, d.size) for k, d in self.files.items())
+        return dandi_zarr_checksum(self.files)
 
     def delta_to(self, newer: DigestIndex) -> IndexDelta:
         """The keys to write and remove to turn this index's files into ``newer``'s."""
