@@ -61,7 +61,7 @@ def test_an_update_of_one_file_writes_one_shard_and_a_root(tmp_path: Path) -> No
     first_id = store_index(objects, first)
     before = {k for k, _, _ in objects.list_with_times(SHARD_PREFIX)}
     changed = _index(10 * SHARD_TARGET, {"0/200/50": FileDigest("0" * 32, 1)})
-    second_id = store_index(objects, changed, stored_shards=index_shard_ids(objects, first_id))
+    second_id = store_index(objects, changed, stored=IndexReader.load(objects, first_id).table)
     after = {k for k, _, _ in objects.list_with_times(SHARD_PREFIX)}
     assert len(after - before) == 1
     assert len(set(index_shard_ids(objects, first_id)) ^ set(index_shard_ids(objects, second_id))) == 2
@@ -119,3 +119,52 @@ def test_an_upload_reads_only_the_index_shards_that_differ(
     repo = ZarrRepository.open(location, zarr_id)
     assert repo.index(repo.resolve()).zarr_checksum() == second.zarr_checksum
     assert (src / "c" / "50" / "50").exists() and repo.index(repo.resolve()).files["c/50/50"].size > 0
+
+
+def _without_content_hashes(objects, index_id: str) -> str:  # type: ignore[no-untyped-def]
+    """The same index as stored before table rows carried their run's content hash."""
+    root = json.loads(gzip.decompress(objects.get(f"{INDEX_PREFIX}{index_id}.json.gz")))
+    root["shards"] = [row[:5] for row in root["shards"]]
+    data = gzip.compress(json.dumps(root).encode(), mtime=0)
+    old_id = hashlib.sha256(data).hexdigest()
+    objects.put(f"{INDEX_PREFIX}{old_id}.json.gz", data)
+    return old_id
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("table", ["with content hashes", "stored before content hashes"])
+def test_the_shards_an_update_compares_find_every_change_and_store_the_same_index_as_from_scratch(
+    tmp_path: Path, seed: int, table: str
+) -> None:
+    """Edits that keep the size, added keys and removed ones (boundary keys among them): the
+    parts compared give the whole delta, only the shards that differ are read, and the index
+    stored against the parent's table is the one stored from scratch."""
+    import random
+
+    from dandi_icechunk.index import differing_parts
+
+    rng = random.Random(seed)
+    objects = _objects(tmp_path)
+    base = _index(20 * SHARD_TARGET)
+    base_id = store_index(objects, base)
+    if table == "stored before content hashes":
+        base_id = _without_content_hashes(objects, base_id)
+    files = dict(base.files)
+    boundaries = [row[1] for row in IndexReader.load(objects, base_id).table[:-1]]
+    for key in rng.sample(sorted(files), 2):  # edited in place: same size, new MD5
+        files[key] = FileDigest(hashlib.md5(key.encode() + b"!").hexdigest(), files[key].size)
+    for key in [rng.choice(boundaries), rng.choice(sorted(files))]:  # a run's last key among them
+        del files[key]
+    files.update({f"0/{rng.randrange(200)}/x{i}": FileDigest("c" * 32, i) for i in range(2)})
+    new = DigestIndex(3, files, base.documents)
+
+    reader = IndexReader.load(objects, base_id)
+    read: list[int] = []
+    reader.read_shard = lambda number: read.append(number) or IndexReader.read_shard(reader, number)  # type: ignore[method-assign]
+    old_part, new_part = differing_parts(reader, new)
+    assert old_part.delta_to(new_part) == base.delta_to(new)
+    assert 0 < len(read) <= 6 + 1 < len(reader.table)  # each change's shard, and the next where a boundary went
+
+    updated_id = store_index(objects, new, stored=reader.table)
+    assert updated_id == store_index(_objects(tmp_path / "scratch"), new)
+    assert load_index(objects, updated_id) == new

@@ -10,7 +10,8 @@ commit that names them: a crash leaves at most an unreferenced index, never a wr
 Large indexes are split into shards (format 2): runs of keys in sorted order whose boundaries
 fall where a key's hash says so (content-defined), so a change touches only its own shard, and
 an update writes only the shards that changed; the root object names them with their key
-ranges. :class:`IndexReader` reads one shard at a time, for readers that must not hold a whole
+ranges and the hash of their content (keys, MD5s, sizes), so an update tells its unchanged
+runs without serialising them. :class:`IndexReader` reads one shard at a time, for readers that must not hold a whole
 index in memory (the HTTP view, the archive's files endpoint).
 """
 
@@ -42,6 +43,7 @@ SHARD_TARGET = 1024
 """Expected files per shard; an index of at most this many files keeps them in its root."""
 _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
+_ID, _CONTENT = 2, 5  # columns of a shard's row in the root's table
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,20 +128,35 @@ class DigestIndex:
         return body
 
     @cached_property
-    def shards(self) -> list[Shard]:
+    def runs(self) -> dict[str, list[tuple[str, FileDigest]]]:
         """The files in sorted runs, cut after each key whose hash is a boundary (or at
-        ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each with its
-        stored bytes and ID, made once however often they are compared and stored."""
+        ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each by the hash
+        of its content (keys, MD5s, sizes), which tells an unchanged run without serialising it."""
         runs: list[list[tuple[str, FileDigest]]] = [[]]
         for key, digest in sorted(self.files.items()):
             runs[-1].append((key, digest))
             if _is_boundary(key) or len(runs[-1]) >= _SHARD_MAX:
                 runs.append([])
-        return [Shard.of(r) for r in runs if r]
+        return {_content_hash(r): r for r in runs if r}
+
+    def shard(self, content: str) -> Shard:
+        """The run of content hash ``content`` as stored, made once however often it is asked for."""
+        made = self._shards.get(content)
+        if made is None:
+            made = self._shards[content] = Shard.of(self.runs[content], content)
+        return made
+
+    @cached_property
+    def _shards(self) -> dict[str, Shard]:
+        return {}
 
 
 def _is_boundary(key: str) -> bool:
     return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % SHARD_TARGET == 0
+
+
+def _content_hash(run: list[tuple[str, FileDigest]]) -> str:
+    return hashlib.sha256("".join(f"{len(k)}:{k}{d.md5}{d.size}\n" for k, d in run).encode()).hexdigest()
 
 
 def _gzip_json(body: Any) -> bytes:
@@ -177,33 +194,39 @@ class Shard:
     """One run of an index's files, as stored: gzipped JSON named by its SHA-256."""
 
     files: list[tuple[str, FileDigest]]
+    content: str  # the run's content hash
     shard_id: str
     data: bytes
 
     @classmethod
-    def of(cls, run: list[tuple[str, FileDigest]]) -> Shard:
+    def of(cls, run: list[tuple[str, FileDigest]], content: str) -> Shard:
         data = _gzip_json(_files_body(run))
-        return cls(run, hashlib.sha256(data).hexdigest(), data)
+        return cls(run, content, hashlib.sha256(data).hexdigest(), data)
 
     def table_row(self) -> list[Any]:
-        """The root's row for this shard: first and last key, ID, file count, bytes."""
-        return [self.files[0][0], self.files[-1][0], self.shard_id, len(self.files), sum(d.size for _, d in self.files)]
+        """The root's row for this shard: first and last key, ID, file count, bytes, content hash."""
+        return [self.files[0][0], self.files[-1][0], self.shard_id, len(self.files),
+                sum(d.size for _, d in self.files), self.content]
 
 
 def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, DigestIndex]:
     """The parts of a stored index ``base`` and of ``new`` that can differ, whose delta is the
-    whole delta: when both are sharded, the files of the shards whose content (ID) the other side
-    lacks, so only those of ``base`` are read; otherwise both whole."""
+    whole delta: when both are sharded, the files of the runs whose content the other side
+    lacks, so only those shards of ``base`` are read; otherwise both whole. Runs are told by
+    their content hash, or, for a table stored before rows carried it, by the stored shard's ID."""
     if base.inline is not None or new.file_count <= SHARD_TARGET:
         whole = base.inline if base.inline is not None else load_index_files(base)
         return DigestIndex(base.zarr_format, whole, base.documents), new
-    runs = {shard.shard_id: shard.files for shard in new.shards}
-    stored = set(base.shard_ids)
-    reading = [n for n, row in enumerate(base.table) if row[2] not in runs]
+    by_content = all(len(row) > _CONTENT for row in base.table)
+    column = _CONTENT if by_content else _ID
+    # each new run by the name the table would give it
+    ours = {content: content if by_content else new.shard(content).shard_id for content in new.runs}
+    theirs, named = {row[column] for row in base.table}, set(ours.values())
+    reading = [n for n, row in enumerate(base.table) if row[column] not in named]
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
         parts = list(pool.map(base.read_shard, reading))
     old_files = {k: d for part in parts for k, d in part.items()}
-    new_files = {k: d for shard_id, run in runs.items() if shard_id not in stored for k, d in run}
+    new_files = {k: d for content, name in ours.items() if name not in theirs for k, d in new.runs[content]}
     return (DigestIndex(base.zarr_format, old_files, base.documents),
             DigestIndex(new.zarr_format, new_files, new.documents))
 
@@ -217,19 +240,26 @@ def load_index_files(reader: IndexReader) -> dict[str, FileDigest]:
     return {k: d for part in parts for k, d in part.items()}
 
 
-def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored_shards: Iterable[str] = ()) -> str:
+def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored: Iterable[list[Any]] = ()) -> str:
     """Write ``index`` (its shards, then its root; what is already stored is not written again)
-    and return its ID. ``stored_shards``: shard IDs known to be stored (the parent's)."""
+    and return its ID. ``stored``: the table rows of a stored index (the parent's), whose runs
+    are neither serialised nor written again."""
     body = index.root_body()
     if index.file_count <= SHARD_TARGET:
         body["files"] = _files_body(sorted(index.files.items()))
     else:
-        known = set(stored_shards)
+        rows = list(stored)
+        known = {row[_CONTENT]: row for row in rows if len(row) > _CONTENT}
+        stored_ids = {row[_ID] for row in rows}
         table = []
-        for shard in index.shards:
-            if shard.shard_id not in known:
-                objects.put_if_absent(f"{SHARD_PREFIX}{shard.shard_id}.json.gz", shard.data)
-            table.append(shard.table_row())
+        for content in index.runs:
+            row = known.get(content)
+            if row is None:
+                shard = index.shard(content)
+                if shard.shard_id not in stored_ids:
+                    objects.put_if_absent(f"{SHARD_PREFIX}{shard.shard_id}.json.gz", shard.data)
+                row = shard.table_row()
+            table.append(row)
         body["shards"] = table
     data = _gzip_json(body)
     index_id = hashlib.sha256(data).hexdigest()

@@ -33,8 +33,8 @@ from ..index import (
     DigestIndex,
     FileDigest,
     IndexDelta,
+    IndexReader,
     differing_parts,
-    index_shard_ids,
     load_index_files,
     store_index,
 )
@@ -240,8 +240,8 @@ def upload_zarr(
             zarr_checksum=checksum if index is new_index else index.zarr_checksum(),
             file_count=index.file_count,
             size=index.size,
-            index_id=store_index(writer.objects, index, stored_shards=base.shard_ids if parent == base_sid
-                                 else _shard_ids(writer, parent)),
+            index_id=store_index(writer.objects, index,
+                                 stored=base.table if parent == base_sid else _index_table(writer, parent)),
             zarr_format=index.zarr_format,
             user=user or current_user(),
             dandiset=dandiset,
@@ -324,10 +324,10 @@ def _unchanged_since_last_upload(
                         files_written=0, bytes_written=0, files_deleted=0)
 
 
-def _shard_ids(repository: ZarrRepository, snapshot_id: str) -> list[str]:
-    """The digest-index shards the snapshot's index names: already stored, not written again."""
+def _index_table(repository: ZarrRepository, snapshot_id: str) -> list[list[Any]]:
+    """The shard table of the snapshot's digest index: those shards are stored, not written again."""
     info = repository.commit_info(snapshot_id)
-    return index_shard_ids(repository.objects, info.index_id) if info else []
+    return IndexReader.load(repository.objects, info.index_id).table if info else []
 
 
 def _done[T](value: T) -> Future[T]:
