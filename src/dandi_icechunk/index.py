@@ -128,22 +128,22 @@ class DigestIndex:
         return body
 
     @cached_property
-    def runs(self) -> dict[str, list[tuple[str, FileDigest]]]:
+    def runs(self) -> dict[str, list[str]]:
         """The files in sorted runs, cut after each key whose hash is a boundary (or at
         ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each by the hash
         of its content (keys, MD5s, sizes), which tells an unchanged run without serialising it."""
-        runs: list[list[tuple[str, FileDigest]]] = [[]]
-        for key, digest in sorted(self.files.items()):
-            runs[-1].append((key, digest))
+        runs: list[list[str]] = [[]]
+        for key in sorted(self.files):
+            runs[-1].append(key)
             if _is_boundary(key) or len(runs[-1]) >= _SHARD_MAX:
                 runs.append([])
-        return {_content_hash(r): r for r in runs if r}
+        return {_content_hash(r, self.files): r for r in runs if r}
 
     def shard(self, content: str) -> Shard:
         """The run of content hash ``content`` as stored, made once however often it is asked for."""
         made = self._shards.get(content)
         if made is None:
-            made = self._shards[content] = Shard.of(self.runs[content], content)
+            made = self._shards[content] = Shard.of(self.runs[content], self.files, content)
         return made
 
     @cached_property
@@ -155,8 +155,8 @@ def _is_boundary(key: str) -> bool:
     return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % SHARD_TARGET == 0
 
 
-def _content_hash(run: list[tuple[str, FileDigest]]) -> str:
-    return hashlib.sha256("".join(f"{len(k)}:{k}{d.md5}{d.size}\n" for k, d in run).encode()).hexdigest()
+def _content_hash(keys: list[str], files: Mapping[str, FileDigest]) -> str:
+    return hashlib.sha256("".join(f"{len(k)}:{k}{(d := files[k]).md5}{d.size}\n" for k in keys).encode()).hexdigest()
 
 
 def _gzip_json(body: Any) -> bytes:
@@ -193,20 +193,16 @@ def _get_checked(objects: RepositoryObjects, key: str, object_id: str, what: str
 class Shard:
     """One run of an index's files, as stored: gzipped JSON named by its SHA-256."""
 
-    files: list[tuple[str, FileDigest]]
-    content: str  # the run's content hash
     shard_id: str
     data: bytes
+    row: list[Any]  # the root's row for it: first and last key, ID, file count, bytes, content hash
 
     @classmethod
-    def of(cls, run: list[tuple[str, FileDigest]], content: str) -> Shard:
-        data = _gzip_json(_files_body(run))
-        return cls(run, content, hashlib.sha256(data).hexdigest(), data)
-
-    def table_row(self) -> list[Any]:
-        """The root's row for this shard: first and last key, ID, file count, bytes, content hash."""
-        return [self.files[0][0], self.files[-1][0], self.shard_id, len(self.files),
-                sum(d.size for _, d in self.files), self.content]
+    def of(cls, keys: list[str], files: Mapping[str, FileDigest], content: str) -> Shard:
+        """The shard of the run ``keys`` (sorted) of ``files``, whose content hash is ``content``."""
+        data = _gzip_json(_files_body((k, files[k]) for k in keys))
+        shard_id = hashlib.sha256(data).hexdigest()
+        return cls(shard_id, data, [keys[0], keys[-1], shard_id, len(keys), sum(files[k].size for k in keys), content])
 
 
 def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, DigestIndex]:
@@ -226,7 +222,7 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
         parts = list(pool.map(base.read_shard, reading))
     old_files = {k: d for part in parts for k, d in part.items()}
-    new_files = {k: d for content, name in ours.items() if name not in theirs for k, d in new.runs[content]}
+    new_files = {k: new.files[k] for content, name in ours.items() if name not in theirs for k in new.runs[content]}
     return (DigestIndex(base.zarr_format, old_files, base.documents),
             DigestIndex(new.zarr_format, new_files, new.documents))
 
@@ -258,7 +254,7 @@ def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored: Itera
                 shard = index.shard(content)
                 if shard.shard_id not in stored_ids:
                     objects.put_if_absent(f"{SHARD_PREFIX}{shard.shard_id}.json.gz", shard.data)
-                row = shard.table_row()
+                row = shard.row
             table.append(row)
         body["shards"] = table
     data = _gzip_json(body)

@@ -209,6 +209,9 @@ def upload_zarr(
             with _storage_errors(writer.zarr_id):
                 _write_changes(writer, session, local, nodes, written_chunks, jobs, progress,
                                expected=new_index, dask=dask)
+    # Past the writes no file's stat is needed: not held through the commit (~340 MB at 1.3 M files).
+    root, fingerprint = listing.root, listing.fingerprint
+    del listing, local
     checksum = checksum_job.result()
     result = UploadResult(
         zarr_id=zarr_id,
@@ -226,8 +229,8 @@ def upload_zarr(
         if dedup:
             register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
         if digest_cache is not None:
-            digest_cache.record_upload(local.root, _upload_target(writer.url, branch),
-                                       UploadRecord(listing.fingerprint, base_sid, complete=delete_missing))
+            digest_cache.record_upload(root, _upload_target(writer.url, branch),
+                                       UploadRecord(fingerprint, base_sid, complete=delete_missing))
         return result
 
     committed: dict[str, Any] = {}
@@ -254,7 +257,7 @@ def upload_zarr(
         summary += f", {removed_nodes} node(s) removed"
     with _storage_errors(writer.zarr_id):
         snapshot_id = writer.commit(
-            session, message or f"Upload {local.root.name} ({summary})", commit_info_for
+            session, message or f"Upload {root.name} ({summary})", commit_info_for
         )
     # After a rebase over a concurrent upload the snapshot holds both uploads' changes.
     info: CommitInfo = committed["info"]
@@ -262,8 +265,8 @@ def upload_zarr(
         register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
     if digest_cache is not None:
         complete = delete_missing and committed["parent"] == base_sid
-        digest_cache.record_upload(local.root, _upload_target(writer.url, branch),
-                                   UploadRecord(listing.fingerprint, snapshot_id, complete=complete))
+        digest_cache.record_upload(root, _upload_target(writer.url, branch),
+                                   UploadRecord(fingerprint, snapshot_id, complete=complete))
     return UploadResult(
         **{
             **result.to_json(),

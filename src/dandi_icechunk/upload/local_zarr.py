@@ -94,12 +94,12 @@ class LocalZarr:
 
     def index_of(self, chunk_digests: dict[str, FileDigest], cache: DigestCache | None = None) -> DigestIndex:
         """The digest index of this Zarr given every chunk's digest (the documents are hashed
-        here); the chunks' digests are saved in ``cache`` for the next upload."""
-        files = {k: FileDigest(hashlib.md5(v).hexdigest(), len(v)) for k, v in self.documents.items()}
-        files.update(chunk_digests)
+        here); the chunks' digests are saved in ``cache`` for the next upload. ``chunk_digests``
+        is taken over, not copied: the documents' digests are added to it."""
         if cache:
             cache.save(self.root, ((k, st, chunk_digests[k].md5) for k, st in self.stats.items()))
-        return DigestIndex(self.hierarchy.zarr_format, files, dict(self.documents))
+        chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
+        return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
 
     def chunk(self, key: str) -> ChunkFile:
         """What sending chunk ``key`` needs, in a value a worker process can take."""
