@@ -44,6 +44,7 @@ SHARD_TARGET = 1024
 _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
 _ID, _CONTENT = 2, 5  # columns of a shard's row in the root's table
+_CACHED_SHARDS = 16  # a reader's memory: ~16 k files' digests, whatever the Zarr's size
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +291,7 @@ class IndexReader:
         *,
         inline: dict[str, FileDigest] | None = None,
         table: list[list[Any]] | None = None,
-        cache: int = 64,
+        cache: int = _CACHED_SHARDS,
     ) -> None:
         self.objects, self.zarr_format, self.documents = objects, zarr_format, documents
         self.inline, self.table = inline, table or []
@@ -300,7 +301,7 @@ class IndexReader:
         self._size, self._lock = cache, threading.Lock()
 
     @classmethod
-    def load(cls, objects: RepositoryObjects, index_id: str, *, cache: int = 64) -> IndexReader:
+    def load(cls, objects: RepositoryObjects, index_id: str, *, cache: int = _CACHED_SHARDS) -> IndexReader:
         """The index ``index_id`` (format 1 or 2): its root now, its shards when asked."""
         data = _get_checked(objects, f"{INDEX_PREFIX}{index_id}.json.gz", index_id, "digest index")
         root = json.loads(gzip.decompress(data))

@@ -34,7 +34,7 @@ from ..session import ZarrRepository
 from ..snapshot_files import SnapshotFiles, byte_range
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
-_CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 64 shards
+_CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 16 shards
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
 
