@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main() -> None:
             for n in args.sizes if round_number % 2 == 0 else list(reversed(args.sizes)):
                 path = Path(tmp) / f"{n}-{round_number}"
                 run = run_child(__file__, {"n": n, "path": str(path)}, timeout=3600)
+                shutil.rmtree(path, ignore_errors=True)  # 1.3 M objects: removed as we go
                 runs[n].append(run)
                 print(f"{n} chunks, round {round_number + 1}: {run}", flush=True)
     by_size = {}
