@@ -141,7 +141,7 @@ def _refused_within(seconds: float, request: object) -> bool:
 def test_each_zarr_has_one_upload_user_with_at_most_two_live_keys_and_expiry_removes_it(
     iam_s3_server: S3Server, tmp_path: Path
 ) -> None:
-    admin = iam_s3_server.location()
+    admin = iam_s3_server.location(prefix=f"own-{uuid.uuid4().hex[:8]}")  # records no other test vends into
     zid = str(uuid.uuid4())
     ZarrRepository.open(admin, zid, create=True)
     vendor = CredentialVendor(admin, ttl=timedelta(minutes=5))
