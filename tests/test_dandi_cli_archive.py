@@ -151,9 +151,12 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def _publish(archive: ServedArchive, dandiset: str) -> str:
-    """Publish the draft once the archive's validation passed it; the new version's name."""
+    """Publish the draft once the archive's validation passed it and each of its assets (an asset
+    changed by a migration is validated again after the version may already say Valid); the new
+    version's name."""
     deadline = time.monotonic() + 120
-    while (info := archive.call("GET", f"dandisets/{dandiset}/versions/draft/info/"))["status"] != "Valid":
+    while ((info := archive.call("GET", f"dandisets/{dandiset}/versions/draft/info/"))["status"] != "Valid"
+           or info["asset_validation_errors"]):
         assert time.monotonic() < deadline, f"the draft did not validate: {info.get('version_validation_errors')} {info.get('asset_validation_errors')}"
         time.sleep(1)
     archive.call("POST", f"dandisets/{dandiset}/versions/draft/publish/")

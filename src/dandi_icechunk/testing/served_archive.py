@@ -35,7 +35,8 @@ class ServedArchive:
         """One API call as the owner (or as ``api_key``'s user); raises on an error status."""
         response = requests.request(method, f"{self.api_url}/{path}", timeout=timeout,
                                     headers={"Authorization": f"token {api_key or self.api_key}"}, **kwargs)
-        response.raise_for_status()
+        if not response.ok:  # the archive's reason, not only the status
+            raise requests.HTTPError(f"{response.status_code} on {method} {path}: {response.text[:500]}", response=response)
         return response.json() if response.content else None
 
     def wait_until_up(self, timeout: float = 120) -> None:
