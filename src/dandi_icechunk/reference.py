@@ -49,10 +49,9 @@ class SnapshotReference:
         embargoed: bool = False, tag: str | None = None,
     ) -> SnapshotReference:
         """The reference to ``snapshot_id`` of the repository of ``zarr_id`` at ``location``."""
-        prefix = location.repository_prefix(zarr_id, embargoed=embargoed)
         return cls(
             repository=location.repository_url(zarr_id, embargoed=embargoed), zarr_id=zarr_id,
-            snapshot_id=snapshot_id, tag=tag, url=repository_http_url(location, prefix),
+            snapshot_id=snapshot_id, tag=tag, url=location.http_url(zarr_id, embargoed=embargoed),
         )
 
     def to_resource(self) -> dict[str, Any]:
@@ -128,12 +127,3 @@ def asset_zarr_id(asset: Mapping[str, Any]) -> str:
         f"asset {asset.get('path') or asset.get('id')!r} has no S3 contentUrl ending in "
         "/zarr/<zarr_id>/, so its zarr_id is unknown"
     )
-
-
-def repository_http_url(location: StorageLocation, prefix: str) -> str | None:
-    """The http(s) URL of a repository prefix, for readers without credentials (None for files)."""
-    if location.kind != "s3":
-        return None
-    if location.endpoint_url:
-        return f"{location.endpoint_url.rstrip('/')}/{location.bucket}/{prefix}/"
-    return f"https://{location.bucket}.s3.amazonaws.com/{prefix}/"

@@ -29,7 +29,7 @@ from django.db import transaction
 from rest_framework import status
 
 from ...errors import DandiIcechunkError, RepositoryNotFoundError, ReuseError, first_line
-from ...reference import SnapshotReference, repository_http_url, with_snapshot
+from ...reference import SnapshotReference, with_snapshot
 from ...session import DEFAULT_BRANCH
 from ..credentials import CredentialVendor, VendedCredentials
 from ..embargo import unembargo_zarr
@@ -194,7 +194,7 @@ def asset_metadata(asset: Asset, metadata: dict[str, Any]) -> dict[str, Any]:
     zarr, draft = asset.zarr, _draft_of(asset)
     location = AdapterSettings.load().location
     zarr_id = str(zarr.zarr_id)
-    http_url = repository_http_url(location, location.repository_prefix(zarr_id, embargoed=zarr.embargoed))
+    http_url = location.http_url(zarr_id, embargoed=zarr.embargoed)
     reference = (
         SnapshotReference.in_repository(location, zarr_id, draft.snapshot_id, embargoed=zarr.embargoed)
         if draft is not None and draft.snapshot_id else None
