@@ -18,15 +18,16 @@ from dandi_icechunk.errors import (
     RepositoryNotFoundError,
 )
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.objects import EMBARGO_TAG
 from dandi_icechunk.read import open_dataset
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.snapshot_files import verify_snapshot
+from dandi_icechunk.snapshot_files import SnapshotFiles, verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
 from .conftest import edit_after_hashing, reference_checksum, tree_bytes
-from .test_serve import server  # noqa: F401  (the HTTP view fixture)
+from .test_serve import server, serving  # noqa: F401  (the HTTP view fixture)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -50,6 +51,28 @@ def test_serve_answers_an_embargoed_zarr_exactly_as_a_missing_one(
     assert (status, missing_status) == (404, 404)
     assert b"zarr_format" not in body
     assert _get(f"{server}/{embargoed}/{hidden.snapshot_id}/")[0] == 404  # nor its listing
+
+
+def test_the_view_serves_no_byte_the_bucket_hides_from_anyone_even_with_its_own_credentials_exempt(
+    dandi_s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Objects tagged embargoed under the public prefix (an unembargo's copies before they are
+    untagged) stay hidden: the view reads public repositories as anyone would."""
+    admin = dandi_s3_server.location()  # the archive's identity, which the policy exempts
+    zarr_id = str(uuid.uuid4())
+    sid = upload_zarr(make_zarr_v3(tmp_path / "a.zarr"), admin, zarr_id, dedup=False).snapshot_id
+    files = SnapshotFiles.open(ZarrRepository.open(admin, zarr_id), sid)
+    chunk = next(k for k in files.list() if k not in files.index.documents)
+    client, prefix = dandi_s3_server.client(), f"{admin.repository_prefix(zarr_id)}/chunks/"
+    tagged = [o["Key"] for o in client.list_objects_v2(Bucket=admin.bucket, Prefix=prefix)["Contents"]]
+    for key in tagged:
+        client.put_object_tagging(Bucket=admin.bucket, Key=key, Tagging={"TagSet": [EMBARGO_TAG]})
+    assert client.get_object(Bucket=admin.bucket, Key=tagged[0])["Body"].read()  # the exempt identity still reads it
+    with serving(admin) as view:
+        assert _get(f"{view}/{zarr_id}/{sid}/zarr.json")[0] == 200  # what is not hidden is served
+        status, body = _get(f"{view}/{zarr_id}/{sid}/{chunk}")
+    assert status != 200
+    assert len(body) < 200  # a one-line error, not the chunk
 
 
 def test_a_missing_zarr_is_not_found_even_when_its_id_contains_403(public_s3_server: S3Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -47,6 +48,13 @@ def published(location: StorageLocation, zarr_id: str, tmp_path: Path) -> tuple[
 @pytest.fixture
 def server(location: StorageLocation) -> Iterator[str]:
     """The HTTP view on 127.0.0.1 (a free port), in a thread."""
+    with serving(location) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(location: StorageLocation) -> Iterator[str]:
+    """The HTTP view of ``location`` on 127.0.0.1 (a free port), in a thread, while in the block."""
     config = uvicorn.Config(create_app(location), host="127.0.0.1", port=0, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
@@ -56,9 +64,11 @@ def server(location: StorageLocation) -> Iterator[str]:
         assert time.monotonic() < deadline, "the HTTP view did not start"
         time.sleep(0.05)
     port = instance.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
 
 
 def _get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:

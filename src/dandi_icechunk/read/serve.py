@@ -7,6 +7,10 @@ links, the listing fsspec's HTTP filesystem reads. Responses carry the file's MD
 are cacheable forever (a snapshot never changes); single byte ranges are served with 206.
 Only GET, HEAD and OPTIONS are allowed; every response carries CORS headers (any origin, ETag,
 Content-Range and Content-Length exposed), so browser viewers (Neuroglancer, vizarr) can read it.
+On S3, a repository the bucket lets anyone read is read as anyone reads it (Icechunk's HTTP
+storage, unsigned), so the view never shows more than the bucket policy does (an unembargo's
+copies stay hidden until untagged), whatever its own credentials may read; the embargo check on
+the repository's prefix comes on top.
 
     dandi-icechunk serve --port 8000
     zarr.open_group("http://127.0.0.1:8000/<zarr_id>/<snapshot_id>/", mode="r")
@@ -14,6 +18,7 @@ Content-Range and Content-Length exposed), so browser viewers (Neuroglancer, viz
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import threading
@@ -44,6 +49,7 @@ class _Snapshots:
 
     def __init__(self, location: StorageLocation) -> None:
         self.location = location
+        self._public = dataclasses.replace(location, credentials=None, credentials_provider=None, anonymous=True)
         self._cache: OrderedDict[tuple[str, str], SnapshotFiles] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -57,7 +63,7 @@ class _Snapshots:
     def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
         if (found := self.cached(zarr_id, ref)) is not None:
             return found
-        repo = ZarrRepository.open(self.location, zarr_id)
+        repo = self._open(zarr_id)
         if repo.embargoed:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
@@ -68,6 +74,17 @@ class _Snapshots:
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return snapshot
+
+    def _open(self, zarr_id: str) -> ZarrRepository:
+        """The repository read as anyone reads the bucket when the bucket lets them (cheaper
+        per chunk, and never more than the bucket policy shows anyone), else with the view's
+        own credentials."""
+        if self.location.kind == "s3":
+            try:
+                return ZarrRepository.open(self._public, zarr_id)
+            except DandiIcechunkError:
+                pass
+        return ZarrRepository.open(self.location, zarr_id)
 
 
 def _split(path: str) -> tuple[str, str, str]:
