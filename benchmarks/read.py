@@ -3,8 +3,7 @@ reader in its own process, on the same SeaweedFS server.
 
 Readers:
 - dandi-icechunk by snapshot ID (``open_zarr``: a read-only Icechunk session), with signed S3
-  requests, with unsigned requests through the same S3 client (what signing costs, apart from
-  the client), and anonymously over plain HTTP;
+  requests and anonymously (Icechunk's HTTP storage, which an anonymous S3 location uses too);
 - zarr-python and tensorstore on the same data stored as a plain Zarr prefix (``zarr/<id>/``,
   as DANDI stores Zarrs today), anonymous HTTP;
 - zarr-python and tensorstore through ``dandi-icechunk serve`` (the plain-Zarr HTTP view);
@@ -59,7 +58,6 @@ from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results"
 READERS = {
     "icechunk-signed": "dandi-icechunk by snapshot ID, signed S3",
-    "icechunk-s3-unsigned": "dandi-icechunk by snapshot ID, unsigned S3",
     "icechunk-anonymous": "dandi-icechunk by snapshot ID, anonymous HTTP",
     "zarr-plain": "zarr-python, plain prefix (DANDI today)",
     "zarr-view": "zarr-python, HTTP view",
@@ -100,9 +98,6 @@ def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
             if reader == "icechunk-signed":
                 location = StorageLocation(kind="s3", bucket=cfg["bucket"], endpoint_url=cfg["endpoint_url"],
                                            credentials=S3Credentials(cfg["access_key_id"], cfg["secret_access_key"]))
-                array = open_zarr(cfg["zarr_id"], location=location, snapshot_id=cfg["snapshot"])
-            elif reader == "icechunk-s3-unsigned":
-                location = StorageLocation(kind="s3", bucket=cfg["bucket"], endpoint_url=cfg["endpoint_url"], anonymous=True)
                 array = open_zarr(cfg["zarr_id"], location=location, snapshot_id=cfg["snapshot"])
             elif reader == "icechunk-anonymous":
                 array = open_zarr(cfg["repository_url"], snapshot_id=cfg["snapshot"])

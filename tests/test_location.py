@@ -23,6 +23,17 @@ def test_repositories_live_apart_from_legacy_zarr_prefix_and_embargoed_ones_apar
     assert not public.startswith("zarr/") and not private.startswith(public)
 
 
+def test_the_http_url_of_a_repository_is_what_anonymous_readers_fetch_on_each_kind_of_s3(tmp_path: Path) -> None:
+    zid = "2b1f5f4c-3c35-4a3e-9a6c-1b9bb5d6b0c1"
+    local = StorageLocation.parse("s3://dandiarchive/p?endpoint_url=http://127.0.0.1:9000/")
+    assert local.http_url(zid) == f"http://127.0.0.1:9000/dandiarchive/p/zarr-icechunk/{zid}/"
+    assert StorageLocation.parse("s3://dandiarchive").http_url(zid, embargoed=True) == (
+        f"https://dandiarchive.s3.amazonaws.com/zarr-icechunk-embargoed/{zid}/")
+    assert StorageLocation.parse("s3://b?region=eu-west-1").http_url(zid) == (
+        f"https://b.s3.eu-west-1.amazonaws.com/zarr-icechunk/{zid}/")
+    assert StorageLocation.parse(tmp_path.as_uri()).http_url(zid) is None
+
+
 def test_file_url_is_an_absolute_local_bucket(tmp_path: Path) -> None:
     loc = StorageLocation.parse(tmp_path.as_uri())
     assert (loc.kind, loc.bucket) == ("file", str(tmp_path))

@@ -56,8 +56,9 @@ def test_serve_answers_an_embargoed_zarr_exactly_as_a_missing_one(
 def test_the_view_serves_no_byte_the_bucket_hides_from_anyone_even_with_its_own_credentials_exempt(
     dandi_s3_server: S3Server, tmp_path: Path
 ) -> None:
-    """Objects tagged embargoed under the public prefix (an unembargo's copies before they are
-    untagged) stay hidden: the view reads public repositories as anyone would."""
+    """An object the bucket hides from anyone (tagged ``embargoed=true``, DANDI's way of hiding
+    one object) stays hidden through the view, though the view's own credentials may read it:
+    the view reads public repositories as anyone would."""
     admin = dandi_s3_server.location()  # the archive's identity, which the policy exempts
     zarr_id = str(uuid.uuid4())
     sid = upload_zarr(make_zarr_v3(tmp_path / "a.zarr"), admin, zarr_id, dedup=False).snapshot_id

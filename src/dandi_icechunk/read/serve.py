@@ -8,9 +8,9 @@ are cacheable forever (a snapshot never changes); single byte ranges are served 
 Only GET, HEAD and OPTIONS are allowed; every response carries CORS headers (any origin, ETag,
 Content-Range and Content-Length exposed), so browser viewers (Neuroglancer, vizarr) can read it.
 On S3, a repository the bucket lets anyone read is read as anyone reads it (Icechunk's HTTP
-storage, unsigned), so the view never shows more than the bucket policy does (an unembargo's
-copies stay hidden until untagged), whatever its own credentials may read; the embargo check on
-the repository's prefix comes on top.
+storage, unsigned), so the view never shows more than the bucket policy shows anyone (objects
+tagged ``embargoed=true`` stay hidden), whatever its own credentials may read; the embargo check
+on the repository's prefix comes on top.
 
     dandi-icechunk serve --port 8000
     zarr.open_group("http://127.0.0.1:8000/<zarr_id>/<snapshot_id>/", mode="r")
