@@ -25,6 +25,7 @@ from dandi_icechunk.testing import S3Server, make_ome_zarr_v2
 from dandi_icechunk.upload import upload_zarr
 
 from .conftest import reference_checksum, tree_bytes
+from .test_serve import _get, serving
 
 
 def _legacy_upload(server: S3Server, location: StorageLocation, zarr_id: str, src: Path) -> dict[str, str]:
@@ -75,6 +76,21 @@ def test_a_legacy_zarr_becomes_a_repository_of_references_without_copying_a_chun
     assert changed.files_written == 1
     again = export_snapshot(ZarrRepository.open(s3_location, zarr_id), tmp_path / "again.zarr")
     assert tree_bytes(Path(again.destination)) == tree_bytes(src)
+
+
+def test_the_http_view_serves_a_migrated_zarr_from_its_legacy_objects_on_dandis_public_bucket(
+    dandi_s3_server: S3Server, zarr_id: str, tmp_path: Path
+) -> None:
+    """The view reads public repositories unsigned: the chunks a migrated repository references
+    in ``zarr/<zarr_id>/`` are read that way too, byte for byte."""
+    location = dandi_s3_server.location()
+    src = make_ome_zarr_v2(tmp_path / "legacy.ome.zarr")
+    _legacy_upload(dandi_s3_server, location, zarr_id, src)
+    result = migrate_zarr(location, zarr_id, expected_checksum=reference_checksum(src), dandiset="000123")
+    assert result.virtual_chunks > 0
+    with serving(location) as view:
+        served = {key: _get(f"{view}/{zarr_id}/{result.snapshot_id}/{key}") for key in tree_bytes(src)}
+    assert {k: (status, body) for k, (status, _, body) in served.items()} == {k: (200, d) for k, d in tree_bytes(src).items()}
 
 
 def test_an_overwritten_legacy_object_is_caught_by_verify_not_read_silently(
