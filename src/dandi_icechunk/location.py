@@ -276,8 +276,7 @@ class StorageLocation:
         prefix = self.repository_prefix(zarr_id, embargoed=embargoed)
         if self.endpoint_url:
             return f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{prefix}/"
-        host = f"s3.{self.region}" if self.region and self.region != "us-east-1" else "s3"
-        return f"https://{self.bucket}.{host}.amazonaws.com/{prefix}/"
+        return f"https://{self.bucket}.s3.amazonaws.com/{prefix}/"  # as DANDI's contentUrls: any region
 
     def checksums_prefix(self, *, embargoed: bool = False) -> str:
         """Key prefix of the checksum -> snapshot lookup (its embargoed half is private too)."""
