@@ -295,7 +295,7 @@ class StorageLocation:
             return icechunk.local_filesystem_storage(str(Path(self.bucket) / prefix))
         if self.anonymous and self.credentials is None and self.credentials_provider is None:
             # Icechunk's plain HTTP storage spends about a third less CPU per chunk than its
-            # unsigned S3 client (benchmarks/README.md, reads), and reads only what the bucket lets anyone read.
+            # unsigned S3 client (benchmarks/read_routes.py), and reads only what the bucket lets anyone read.
             return icechunk.http_storage(str(self.http_url(zarr_id, embargoed=embargoed)))
         common: dict[str, object] = {
             "bucket": self.bucket,
