@@ -17,7 +17,7 @@ import zarr
 
 from dandi_icechunk import open_dataset, open_session, open_zarr
 from dandi_icechunk.archive_hooks import publish_dandiset
-from dandi_icechunk.errors import RefNotFoundError, RepositoryNotFoundError
+from dandi_icechunk.errors import DandiIcechunkError, RefNotFoundError, RepositoryNotFoundError
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read import AccessDeniedError
 from dandi_icechunk.reference import NotAZarrAssetError, SnapshotReference
@@ -175,6 +175,36 @@ def test_the_cli_reads_a_public_bucket_with_no_aws_credentials_at_all(
     assert result.snapshot_id in out.output
     exported = CliRunner().invoke(main, ["--storage", storage, "export", zid, str(tmp_path / "out.zarr")], env=env)
     assert exported.exit_code == 0, exported.output
+
+
+def test_configured_aws_credentials_serve_only_what_the_bucket_does_not_show_anyone(
+    public_s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Public Zarrs are read as anyone reads them, so stale keys in the environment do not get
+    in the way (API and CLI); the keys still open what only they may read."""
+    from click.testing import CliRunner
+
+    from dandi_icechunk.cli import main
+
+    admin = public_s3_server.location()
+    public, embargoed = str(uuid.uuid4()), str(uuid.uuid4())
+    src = make_zarr_v3(tmp_path / "a.zarr")
+    shown = upload_zarr(src, admin, public, dedup=False)
+    upload_zarr(src, admin, embargoed, embargoed=True, dedup=False)
+    from_env = dataclasses.replace(admin, credentials=None)
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "stale-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "stale-secret")
+    np.testing.assert_array_equal(open_dataset(public, location=from_env)["data"].values, _values(src))
+    out = CliRunner().invoke(main, ["--storage", from_env.url, "log", public, "--json"])
+    assert out.exit_code == 0 and shown.snapshot_id in out.output, out.output
+    with pytest.raises(DandiIcechunkError):
+        open_dataset(embargoed, location=from_env)
+
+    assert admin.credentials is not None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", admin.credentials.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", admin.credentials.secret_access_key)
+    np.testing.assert_array_equal(open_dataset(embargoed, location=from_env)["data"].values, _values(src))
 
 
 def test_snapshot_files_list_pages_by_prefix_and_read_files_as_uploaded(

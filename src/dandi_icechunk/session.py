@@ -13,12 +13,12 @@ code of ours. What DANDI needs beyond Icechunk travels in each snapshot's commit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import getpass
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -77,7 +77,7 @@ def publish_tag(dandiset_id: str, version: str) -> str:
     return f"dandiset/{dandiset_id}/{version}"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CommitInfo:
     """The DANDI metadata every snapshot committed by dandi-icechunk carries."""
 
@@ -103,7 +103,7 @@ class CommitInfo:
         return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SnapshotRecord:
     """One snapshot of a repository's history."""
 
@@ -278,6 +278,22 @@ class ZarrRepository:
             raise StorageLocationError(
                 f"cannot open the repository of {zarr_id} at {location.url}: {first_line(exc)}"
             ) from None
+
+    @classmethod
+    def open_for_reading(cls, location: StorageLocation, zarr_id: str, *, embargoed: bool = False) -> ZarrRepository:
+        """Open the repository of ``zarr_id`` to read it: on S3, as anyone reads the bucket when
+        the bucket lets them (unsigned, through Icechunk's cheaper HTTP storage, and never more
+        than the bucket policy shows anyone), else with ``location``'s own credentials.
+
+        >>> ZarrRepository.open_for_reading(location, zarr_id).resolve(tag="dandiset/000123/0.260101.1200")
+        """
+        if location.kind == "s3" and location.arraylake is None and not location.anonymous:
+            anyone = dataclasses.replace(location, credentials=None, credentials_provider=None, anonymous=True)
+            try:
+                return cls.open(anyone, zarr_id, embargoed=embargoed)
+            except DandiIcechunkError:
+                pass
+        return cls.open(location, zarr_id, embargoed=embargoed)
 
     @classmethod
     def _open_arraylake(

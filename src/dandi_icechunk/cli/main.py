@@ -58,8 +58,9 @@ def emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
 
 
 def open_repository(ctx: click.Context, zarr_id: str) -> ZarrRepository:
-    """The repository for a reading command: anonymous when no AWS credentials are configured."""
-    return ZarrRepository.open(ctx.obj.for_reading(), zarr_id)
+    """The repository for a reading command: read as anyone reads the bucket when it lets them
+    (and when no AWS credentials are configured), else with the configured credentials."""
+    return ZarrRepository.open_for_reading(ctx.obj.for_reading(), zarr_id)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress.")

@@ -277,9 +277,10 @@ def _open_repository(
         location, embargoed = location or StorageLocation.resolve(), False
     if credentials is not None:
         location = dataclasses.replace(location, credentials=credentials)
-    if anonymous is None:
-        location = location.for_reading()
-    elif location.kind == "s3" and location.credentials is None:
+    if anonymous is None and location.credentials is None and location.credentials_provider is None:
+        # Credentials from the environment are for what the bucket does not show anyone.
+        return ZarrRepository.open_for_reading(location.for_reading(), zarr_id, embargoed=embargoed)
+    if anonymous is not None and location.kind == "s3" and location.credentials is None:
         location = dataclasses.replace(location, anonymous=anonymous)
     return ZarrRepository.open(location, zarr_id, embargoed=embargoed)
 

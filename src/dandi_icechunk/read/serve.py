@@ -18,7 +18,6 @@ on the repository's prefix comes on top.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import re
 import threading
@@ -49,7 +48,6 @@ class _Snapshots:
 
     def __init__(self, location: StorageLocation) -> None:
         self.location = location
-        self._public = dataclasses.replace(location, credentials=None, credentials_provider=None, anonymous=True)
         self._cache: OrderedDict[tuple[str, str], SnapshotFiles] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -63,7 +61,7 @@ class _Snapshots:
     def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
         if (found := self.cached(zarr_id, ref)) is not None:
             return found
-        repo = self._open(zarr_id)
+        repo = ZarrRepository.open_for_reading(self.location, zarr_id)
         if repo.embargoed:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
@@ -74,17 +72,6 @@ class _Snapshots:
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return snapshot
-
-    def _open(self, zarr_id: str) -> ZarrRepository:
-        """The repository read as anyone reads the bucket when the bucket lets them (cheaper
-        per chunk, and never more than the bucket policy shows anyone), else with the view's
-        own credentials."""
-        if self.location.kind == "s3":
-            try:
-                return ZarrRepository.open(self._public, zarr_id)
-            except DandiIcechunkError:
-                pass
-        return ZarrRepository.open(self.location, zarr_id)
 
 
 def _split(path: str) -> tuple[str, str, str]:
