@@ -36,6 +36,7 @@ from common import (  # noqa: E402
     peak_rss_mb,
     put_files_like_dandi_today,
     pyplot,
+    rotated,
     run_child,
     summarize_runs,
     write_results,
@@ -173,8 +174,7 @@ def main() -> None:
         files = local_files(src)
         nbytes = sum(p.stat().st_size for _, p in files)
         for round_ in range(rounds):
-            order = list(CONTENDERS)
-            order = order[round_ % len(order):] + order[: round_ % len(order)]
+            order = rotated(CONTENDERS, round_)
             for key in order:
                 with run_seaweedfs(tmp / f"s3-{round_}-{key}") as server:
                     config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,

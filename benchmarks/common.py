@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,6 +82,30 @@ def put_files_like_dandi_today(
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return sum(pool.map(put, list(files)))
+
+
+def publish_sample(server: Any, src: Path, jobs: int) -> tuple[str, str]:
+    """The Zarr ``src`` stored both as DANDI stores it today (``zarr/<zarr_id>/``, one PUT per
+    file) and as a dandi-icechunk repository, on a bucket that lets anyone read both, as
+    DANDI's does. Returns (zarr_id, snapshot_id)."""
+    from dandi_icechunk.upload import upload_zarr
+
+    zarr_id = str(uuid.uuid4())
+    client = server.client()
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+        "Resource": [f"arn:aws:s3:::{server.bucket}/zarr/*", f"arn:aws:s3:::{server.bucket}/zarr-icechunk/*"]}]}
+    client.put_bucket_policy(Bucket=server.bucket, Policy=json.dumps(policy))
+    put_files_like_dandi_today(client, server.bucket, f"zarr/{zarr_id}", local_files(src), jobs)
+    return zarr_id, upload_zarr(src, server.location(), zarr_id, jobs=jobs).snapshot_id
+
+
+def rotated(keys: Iterable[str], round_: int) -> list[str]:
+    """``keys`` in the order of round ``round_``: each round starts one later, so no contender
+    always runs first (or right after the same one)."""
+    order = list(keys)
+    shift = round_ % len(order)
+    return order[shift:] + order[:shift]
 
 
 def update_like_dandi_today(client: Any, bucket: str, prefix: str, src: Path, jobs: int) -> int:

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,11 @@ from common import (  # noqa: E402
     Timer,
     child_payload,
     get_files,
-    local_files,
     make_chunked_v2,
     peak_rss_mb,
-    put_files_like_dandi_today,
+    publish_sample,
     pyplot,
+    rotated,
     run_child,
     summarize_runs,
     write_results,
@@ -195,7 +194,6 @@ def main() -> None:
     import icechunk
 
     from dandi_icechunk.read.serve import create_app
-    from dandi_icechunk.upload import upload_zarr
 
     icechunk.set_logs_filter("error")
     load_before = os.getloadavg()
@@ -208,23 +206,15 @@ def main() -> None:
         nbytes = {p: len(selection(p, n_chunks)) * args.chunk_kb * 1024 for p in PATTERNS}
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {k: [] for k in READERS} for p in PATTERNS}
         with run_seaweedfs(work / "s3") as s3:
-            client = s3.client()
-            zarr_id = str(uuid.uuid4())
-            policy = {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
-                "Resource": [f"arn:aws:s3:::{s3.bucket}/zarr/*", f"arn:aws:s3:::{s3.bucket}/zarr-icechunk/*"]}]}
-            client.put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps(policy))
-            put_files_like_dandi_today(client, s3.bucket, f"zarr/{zarr_id}", local_files(src), args.jobs)
+            zarr_id, snapshot = publish_sample(s3, src, args.jobs)
             location = s3.location()
-            snapshot = upload_zarr(src, location, zarr_id, jobs=args.jobs).snapshot_id
             view, server = serve_in_thread(create_app(location))
             cfg = {"endpoint_url": s3.endpoint_url, "bucket": s3.bucket, "access_key_id": s3.access_key_id,
                    "secret_access_key": s3.secret_access_key, "zarr_id": zarr_id, "snapshot": snapshot,
                    "view": view, "n_chunks": n_chunks, "jobs": args.jobs,
                    "repository_url": f"{s3.endpoint_url}/{s3.bucket}/{location.repository_prefix(zarr_id)}/"}
             for round_ in range(rounds):
-                order = list(READERS)
-                order = order[round_ % len(order):] + order[: round_ % len(order)]
+                order = rotated(READERS, round_)
                 for pattern in PATTERNS:
                     for reader in order:
                         cpu_before = _cpu_seconds()

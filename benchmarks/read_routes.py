@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     child_payload,
     chunk_key,
-    local_files,
     make_chunked_v2,
     peak_rss_mb,
-    put_files_like_dandi_today,
+    publish_sample,
     pyplot,
+    rotated,
     run_child,
     summarize_runs,
     write_results,
@@ -164,8 +163,6 @@ def main() -> None:
     import icechunk
 
     from dandi_icechunk.testing import run_seaweedfs
-    from dandi_icechunk.upload import upload_zarr
-
     icechunk.set_logs_filter("error")
     with tempfile.TemporaryDirectory(prefix="dandi-icechunk-read-routes-") as tmp:
         src = Path(tmp) / "sample.zarr"
@@ -173,21 +170,13 @@ def main() -> None:
         n_chunks = make_chunked_v2(src, total_bytes=args.size_mb * 1024 * 1024, chunk_bytes=chunk_bytes)
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ROUTES}
         with run_seaweedfs(Path(tmp) / "s3") as s3:
-            client = s3.client()
-            zarr_id = str(uuid.uuid4())
-            policy = {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
-                "Resource": [f"arn:aws:s3:::{s3.bucket}/zarr/*", f"arn:aws:s3:::{s3.bucket}/zarr-icechunk/*"]}]}
-            client.put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps(policy))
-            put_files_like_dandi_today(client, s3.bucket, f"zarr/{zarr_id}", local_files(src), args.jobs)
-            snapshot = upload_zarr(src, s3.location(), zarr_id, jobs=args.jobs).snapshot_id
+            zarr_id, snapshot = publish_sample(s3, src, args.jobs)
             cfg = {"endpoint_url": s3.endpoint_url, "bucket": s3.bucket, "access_key_id": s3.access_key_id,
                    "secret_access_key": s3.secret_access_key, "zarr_id": zarr_id, "snapshot": snapshot,
                    "plain": f"{s3.endpoint_url}/{s3.bucket}/zarr/{zarr_id}/", "n_chunks": n_chunks,
                    "chunk_bytes": chunk_bytes, "jobs": args.jobs}
             for round_ in range(args.rounds):
-                order = list(ROUTES)
-                order = order[round_ % len(order):] + order[: round_ % len(order)]
+                order = rotated(ROUTES, round_)
                 for route in order:
                     runs[route].append(run_child(__file__, {"route": route, "cfg": cfg}, timeout=600))
                 print(f"round {round_ + 1}/{args.rounds} done", flush=True)

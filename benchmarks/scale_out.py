@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     make_chunked_v2,
     peak_rss_mb,
     pyplot,
+    rotated,
     run_child,
     summarize_runs,
     write_results,
@@ -168,8 +169,7 @@ def main() -> None:
             nbytes = sum(p.stat().st_size for _, p in files)
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONTENDERS}
             for round_ in range(rounds):
-                order = list(CONTENDERS)
-                order = order[round_ % len(order):] + order[: round_ % len(order)]
+                order = rotated(CONTENDERS, round_)
                 for key in order:
                     with run_seaweedfs(tmp / f"s3-{shape}-{round_}-{key}") as server:
                         config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
