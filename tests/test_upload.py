@@ -10,6 +10,8 @@ from pathlib import Path
 import icechunk
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import xarray as xr
 import zarr
 
@@ -541,3 +543,19 @@ def test_bytes_in_flight_stay_within_the_budget_and_an_oversized_chunk_goes_alon
     asyncio.run(run_bounded(work, items(), 4, weight=weights.__getitem__, budget=100))
     assert sorted(i for i, _ in seen) == list(range(len(weights)))
     assert max(total for i, total in seen if weights[i] <= 100) <= 100
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.tuples(*[st.integers(0, 2**62)] * 3), max_size=40),
+       st.data())
+def test_packed_file_stats_answer_as_the_dict_of_the_same_listing(stats: dict[str, tuple[int, int, int]], data: st.DataObject) -> None:
+    from dandi_icechunk.upload.file_stats import FileStats
+
+    packed = FileStats(stats.items())
+    assert list(packed) == sorted(stats) and dict(packed.items()) == stats and len(packed) == len(stats)
+    assert all(packed[k] == v and packed.size_of(k) == v[0] for k, v in stats.items())
+    assert packed.get("\0absent") is None
+    gone = data.draw(st.sets(st.sampled_from(sorted(stats)))) if stats else set()
+    packed.remove(gone)
+    assert dict(packed.items()) == {k: v for k, v in stats.items() if k not in gone}
+    with pytest.raises(KeyError):
+        packed.remove({"\0absent"})

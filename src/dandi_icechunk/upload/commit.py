@@ -473,7 +473,7 @@ def _write_changes(
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
     ``hashed``."""
     known = expected.files if expected is not None else None
-    progress.start("uploading", len(written_chunks), sum(local.stats[k][0] for k in written_chunks))
+    progress.start("uploading", len(written_chunks), sum(map(local.stats.size_of, written_chunks)))
     try:
         if dask is not None:
             write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in written_chunks],

@@ -30,10 +30,9 @@ import platformdirs
 
 from ..index import FileDigest
 from ..records import JsonRecord
+from .file_stats import FileStat
 
 _READ_BLOCK = 1 << 20
-FileStat = tuple[int, int, int]
-"""(size, mtime in ns, inode) of a file."""
 
 
 @dataclass(frozen=True)

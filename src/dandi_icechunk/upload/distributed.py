@@ -64,7 +64,8 @@ def hash_on(client: Client) -> BatchMapper:
     """A ``map_batches`` for :meth:`LocalZarr.digest_index` that hashes on ``client``'s workers,
     several batches per task (a task costs about what hashing a few hundred small files does)."""
 
-    def map_batches(hash_batch: Callable[[list[Any]], list[Any]], batches: list[list[Any]]) -> Iterator[list[Any]]:
+    def map_batches(hash_batch: Callable[[list[Any]], list[Any]], batches: Iterable[list[Any]]) -> Iterator[list[Any]]:
+        batches = list(batches)
         size = _files_per_task(client, sum(map(len, batches)))
         tasks: list[list[list[Any]]] = [[]]
         for batch in batches:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import stat
@@ -22,7 +23,8 @@ from typing import NamedTuple
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_key, is_document
 from ..index import DigestIndex, FileDigest
-from .digest_cache import DigestCache, FileStat
+from .digest_cache import DigestCache
+from .file_stats import FileStat, FileStats
 
 EXCLUDED_NAMES = frozenset({".dandi", ".datalad", ".git", ".gitattributes", ".gitmodules"})
 """Files and directories dandi-cli leaves out of a Zarr asset, at any depth."""
@@ -50,7 +52,7 @@ class LocalZarr:
     hierarchy: Hierarchy
     documents: dict[str, bytes]  # metadata documents, and files kept in the digest index
     size: int  # total bytes of all files, as listed
-    stats: dict[str, FileStat]  # chunk key -> (size, mtime ns, inode) when listed
+    stats: FileStats  # of the chunk files, when listed
 
     @property
     def file_count(self) -> int:
@@ -80,9 +82,9 @@ class LocalZarr:
         if progress:
             progress(len(files) + len(self.documents),
                      sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
-        items = [(k, self.path(k)) for k in self.stats if k not in files]
-        small = self.size < _THREADED_MIN_FILE_SIZE * max(len(items), 1)
-        batches = [items[i : i + _HASH_BATCH] for i in range(0, len(items), _HASH_BATCH)]
+        to_hash = len(self.stats) - len(files)
+        small = self.size < _THREADED_MIN_FILE_SIZE * max(to_hash, 1)
+        batches = _batches((k, self.path(k)) for k in self.stats if k not in files)
         with contextlib.ExitStack() as stack:
             if map_batches is None and not small and workers > 1:
                 map_batches = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map
@@ -105,7 +107,12 @@ class LocalZarr:
         """What sending chunk ``key`` needs, in a value a worker process can take."""
         target = self.hierarchy.icechunk_key(key)
         assert target is not None, f"{key} is no chunk: the scan keeps such files as documents"
-        return ChunkFile(key, self.path(key), target, self.stats[key][0])
+        return ChunkFile(key, self.path(key), target, self.stats.size_of(key))
+
+
+def _batches(items: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    while batch := list(itertools.islice(items, _HASH_BATCH)):
+        yield batch
 
 
 class ChunkFile(NamedTuple):
@@ -179,7 +186,7 @@ class LocalListing:
     """Every file of a local Zarr directory as listed, before anything is read or validated."""
 
     root: Path
-    stats: dict[str, FileStat]  # key -> (size, mtime ns, inode); the file is root/key
+    stats: FileStats  # the file of a key is root/key
     fingerprint: str  # changes whenever a file is added, removed, or its stat changes
 
     @classmethod
@@ -189,13 +196,16 @@ class LocalListing:
         root = Path(path)
         if not root.is_dir():
             raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
-        stats: dict[str, FileStat] = {}
         excluded: list[str] = []
         fingerprint = hashlib.blake2b(digest_size=20)
-        for directory in _walk(root, excluded):
-            listed = [(key, (st.st_size, st.st_mtime_ns, st.st_ino)) for key, st in directory]
-            stats.update(listed)
-            fingerprint.update(f"{'\0'.join(k for k, _ in listed)}\n{[s for _, s in listed]!r}\n".encode())
+
+        def listed() -> Iterator[tuple[str, FileStat]]:
+            for directory in _walk(root, excluded):
+                files = [(key, (st.st_size, st.st_mtime_ns, st.st_ino)) for key, st in directory]
+                fingerprint.update(f"{'\0'.join(k for k, _ in files)}\n{[s for _, s in files]!r}\n".encode())
+                yield from files
+
+        stats = FileStats(listed())
         if excluded:
             _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
         return cls(root, stats, fingerprint.hexdigest())
@@ -223,8 +233,7 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
         size += file_size
         if is_document(key) or file_size == 0:  # Icechunk refuses empty chunks
             documents[key] = read_file(root / key, key)
-    for key in documents:
-        del stats[key]
+    stats.remove(documents.keys())
     try:
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
@@ -244,7 +253,7 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
         )
         for key in stray:
             documents[key] = read_file(root / key, key)
-            del stats[key]
+        stats.remove(set(stray))
     return LocalZarr(root, hierarchy, documents, size, stats)
 
 
