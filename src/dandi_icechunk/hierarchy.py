@@ -69,6 +69,22 @@ class ArrayGrid:
 
     def icechunk_key(self, relative: str) -> str | None:
         """The Icechunk key of chunk ``relative`` (key under the array), or ``None`` if not a chunk."""
+        coords = self._coordinates(relative)
+        if coords is None:
+            return None
+        prefix = f"{self.path}/c" if self.path else "c"
+        return f"{prefix}/{'/'.join(coords)}" if coords else prefix
+
+    def position(self, relative: str) -> int:
+        """Where chunk ``relative`` comes in the grid, in C order (the order of manifest splits)."""
+        coords = self._coordinates(relative)
+        assert coords is not None, f"{relative} is no chunk of {self.path!r}"
+        position = 0
+        for c, n in zip(coords, self.grid, strict=True):
+            position = position * n + int(c)
+        return position
+
+    def _coordinates(self, relative: str) -> list[str] | None:
         if self.v3_prefix:
             if relative == "c" and not self.grid:
                 coords: list[str] = []
@@ -83,8 +99,7 @@ class ArrayGrid:
         for c, n in zip(coords, self.grid):
             if not _INTEGER.fullmatch(c) or int(c) >= n:
                 return None
-        prefix = f"{self.path}/c" if self.path else "c"
-        return f"{prefix}/{'/'.join(coords)}" if coords else prefix
+        return coords
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,21 @@ class Hierarchy:
             return None
         relative = key[len(grid.path) + 1 :] if grid.path else key
         return grid.icechunk_key(relative)
+
+    def in_grid_order(self, keys: Iterable[str]) -> list[str]:
+        """The chunk keys ``keys``, array by array, each array's in C order of its grid."""
+        by_array: dict[str, list[str]] = {}
+        for key in keys:
+            grid = self.array_of(key)
+            assert grid is not None, f"{key} is no chunk"
+            by_array.setdefault(grid.path, []).append(key)
+        ordered: list[str] = []
+        for path in sorted(by_array):
+            grid = self.nodes[path].grid
+            assert grid is not None
+            skip = len(path) + 1 if path else 0
+            ordered.extend(sorted(by_array.pop(path), key=lambda k: grid.position(k[skip:])))
+        return ordered
 
     def chunk_keys(self, keys: Iterable[str]) -> tuple[dict[str, str], list[str]]:
         """Map every chunk key among ``keys`` to its Icechunk key; also return, sorted, the keys

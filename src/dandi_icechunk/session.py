@@ -48,7 +48,8 @@ MANIFEST_MIN_REFS = 1_000
 _MANIFEST_FULL_SPLIT_CHUNK_BYTES = 64 * 1024
 
 SCRATCH_BRANCH_PREFIX = "upload-staging/"
-"""Branches an upload on Dask makes for itself and deletes (:mod:`~dandi_icechunk.upload.distributed`)."""
+"""Branches an upload makes for itself and deletes: the batches of a large upload
+(:mod:`~dandi_icechunk.upload.staged`), the nodes of one on Dask (:mod:`~dandi_icechunk.upload.distributed`)."""
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _EMBARGO_MARK = "embargoed/"

@@ -105,8 +105,8 @@ def collect_garbage(
 
 
 def _abandoned_scratch_branches(ic: icechunk.Repository, cutoff: datetime) -> list[str]:
-    """Scratch branches of Dask uploads (:mod:`~dandi_icechunk.upload.distributed`) that a crash
-    left behind: an upload whose nodes were staged before the window is over."""
+    """Scratch branches of uploads (staged batches, a Dask upload's nodes) that a killed process
+    left behind: an upload whose last batch or nodes were staged before the window is over."""
     return sorted(
         b for b in ic.list_branches()
         if b.startswith(SCRATCH_BRANCH_PREFIX) and ic.lookup_snapshot(ic.lookup_branch(b)).written_at < cutoff

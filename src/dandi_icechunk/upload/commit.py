@@ -55,6 +55,7 @@ from .chunks import write_chunks
 from .digest_cache import DigestCache, UploadRecord
 from .distributed import hash_on, write_on_dask
 from .local_zarr import LocalListing, LocalZarr, scan_local_zarr
+from .staged import STAGE_CHUNKS, StagedUpload
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -165,118 +166,122 @@ def upload_zarr(
         writer = ZarrRepository.open(
             location, zarr_id, create=True, embargoed=embargoed, config=config
         )
-    session = writer.writable_session(branch)
-    base_sid = session.snapshot_id
-    base = writer.index_reader(base_sid)
-    hierarchy = local.hierarchy
-    removed_nodes = 0
-    if not dedup and base.file_count == 0:
-        # A first upload with no checksum lookup sends every chunk: each is hashed as it is read
-        # for sending, so no file is read twice and hashing overlaps the writes.
-        chunk_digests: dict[str, FileDigest] = {}
-        with _storage_errors(writer.zarr_id):
-            _write_changes(writer, session, local, _NodeChanges.of(hierarchy, None, []), sorted(local.stats),
-                           jobs, progress, hashed=chunk_digests, dask=dask)
-        new_index = local.index_of(chunk_digests, digest_cache)
-        checksum_job = _in_background(new_index.zarr_checksum)
-        base_index = DigestIndex(base.zarr_format, {}, {})
-        delta = base_index.delta_to(new_index)
-    else:
-        if not dedup:
-            new_index = hashed()
-        if not delete_missing:
-            whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
-            new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
-            hierarchy = Hierarchy.from_documents(new_index.documents)
-        # Only the index shards whose content differs are read and compared.
-        base_index, changed = differing_parts(base, new_index)
-        delta = base_index.delta_to(changed)
-        # Unchanged content has the checksum recorded at its commit; else it is CPU work the writes hide.
-        recorded = None if delta or looked_up else writer.commit_info(base_sid)
-        known = looked_up or (recorded.zarr_checksum if recorded else None)
-        checksum_job = _done(known) if known else _in_background(new_index.zarr_checksum)
-        written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
-        # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
-        dropped_chunks = sorted(
-            (delta.removed | (delta.written & new_index.documents.keys())) - base_index.documents.keys()
-        )
-        if delta:
-            old_hierarchy = (
-                Hierarchy.from_documents(base_index.documents) if base_index.documents else None
-            )
-            nodes = _NodeChanges.of(hierarchy, old_hierarchy, dropped_chunks)
-            removed_nodes = len(nodes.removed)
+    with contextlib.ExitStack() as cleanup:  # a staged upload's scratch branch goes, whatever happens
+        session = writer.writable_session(branch)
+        base_sid = session.snapshot_id
+        base = writer.index_reader(base_sid)
+        hierarchy = local.hierarchy
+        removed_nodes = 0
+        staged: StagedUpload | None = None
+        if not dedup and base.file_count == 0:
+            # A first upload with no checksum lookup sends every chunk: each is hashed as it is read
+            # for sending, so no file is read twice and hashing overlaps the writes.
+            chunk_digests: dict[str, FileDigest] = {}
             with _storage_errors(writer.zarr_id):
-                _write_changes(writer, session, local, nodes, written_chunks, jobs, progress,
-                               expected=new_index, dask=dask)
-    # Past the writes no file's stat is needed: not held through the commit (~340 MB at 1.3 M files).
-    root, fingerprint = listing.root, listing.fingerprint
-    del listing, local
-    checksum = checksum_job.result()
-    result = UploadResult(
-        zarr_id=zarr_id,
-        repository=writer.url,
-        snapshot_id=None,
-        parent_snapshot_id=base_sid,
-        zarr_checksum=checksum,
-        file_count=new_index.file_count,
-        size=new_index.size,
-        files_written=len(delta.written),
-        bytes_written=sum(new_index.files[k].size for k in delta.written),
-        files_deleted=len(delta.removed),
-    )
-    if not delta:
+                staged = _write_changes(writer, session, branch, cleanup, local, _NodeChanges.of(hierarchy, None, []),
+                                        sorted(local.stats), jobs, progress, hashed=chunk_digests, dask=dask)
+            new_index = local.index_of(chunk_digests, digest_cache)
+            checksum_job = _in_background(new_index.zarr_checksum)
+            base_index = DigestIndex(base.zarr_format, {}, {})
+            delta = base_index.delta_to(new_index)
+        else:
+            if not dedup:
+                new_index = hashed()
+            if not delete_missing:
+                whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
+                new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
+                hierarchy = Hierarchy.from_documents(new_index.documents)
+            # Only the index shards whose content differs are read and compared.
+            base_index, changed = differing_parts(base, new_index)
+            delta = base_index.delta_to(changed)
+            # Unchanged content has the checksum recorded at its commit; else it is CPU work the writes hide.
+            recorded = None if delta or looked_up else writer.commit_info(base_sid)
+            known = looked_up or (recorded.zarr_checksum if recorded else None)
+            checksum_job = _done(known) if known else _in_background(new_index.zarr_checksum)
+            written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
+            # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
+            dropped_chunks = sorted(
+                (delta.removed | (delta.written & new_index.documents.keys())) - base_index.documents.keys()
+            )
+            if delta:
+                old_hierarchy = (
+                    Hierarchy.from_documents(base_index.documents) if base_index.documents else None
+                )
+                nodes = _NodeChanges.of(hierarchy, old_hierarchy, dropped_chunks)
+                removed_nodes = len(nodes.removed)
+                with _storage_errors(writer.zarr_id):
+                    staged = _write_changes(writer, session, branch, cleanup, local, nodes, written_chunks, jobs,
+                                            progress, expected=new_index, dask=dask)
+        # Past the writes no file's stat is needed: not held through the commit (~340 MB at 1.3 M files).
+        root, fingerprint = listing.root, listing.fingerprint
+        del listing, local
+        checksum = checksum_job.result()
+        result = UploadResult(
+            zarr_id=zarr_id,
+            repository=writer.url,
+            snapshot_id=None,
+            parent_snapshot_id=base_sid,
+            zarr_checksum=checksum,
+            file_count=new_index.file_count,
+            size=new_index.size,
+            files_written=len(delta.written),
+            bytes_written=sum(new_index.files[k].size for k in delta.written),
+            files_deleted=len(delta.removed),
+        )
+        if not delta:
+            if dedup:
+                register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
+            if digest_cache is not None:
+                digest_cache.record_upload(root, _upload_target(writer.url, branch),
+                                           UploadRecord(fingerprint, base_sid, complete=delete_missing))
+            return result
+
+        committed: dict[str, Any] = {}
+
+        def commit_info_for(parent: str) -> CommitInfo:
+            index = new_index if parent == base_sid else _rebased_index(
+                writer, parent, base_index, new_index, delta
+            )
+            info = CommitInfo(
+                zarr_checksum=checksum if index is new_index else index.zarr_checksum(),
+                file_count=index.file_count,
+                size=index.size,
+                index_id=store_index(writer.objects, index,
+                                     stored=base.table if parent == base_sid else _index_table(writer, parent)),
+                zarr_format=index.zarr_format,
+                user=user or current_user(),
+                dandiset=dandiset,
+            )
+            committed.update(parent=parent, info=info)
+            return info
+
+        summary = f"{len(delta.written)} written, {len(delta.removed)} deleted"
+        if removed_nodes:
+            summary += f", {removed_nodes} node(s) removed"
+        message = message or f"Upload {root.name} ({summary})"
+        with _storage_errors(writer.zarr_id):
+            if staged is None:
+                snapshot_id = writer.commit(session, message, commit_info_for)
+            else:
+                snapshot_id = staged.publish(message, commit_info_for(base_sid).to_metadata())
+        # After a rebase over a concurrent upload the snapshot holds both uploads' changes.
+        info: CommitInfo = committed["info"]
         if dedup:
-            register_checksum(location, checksum, writer.zarr_id, base_sid, embargoed=writer.embargoed)
+            register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
         if digest_cache is not None:
+            complete = delete_missing and committed["parent"] == base_sid
             digest_cache.record_upload(root, _upload_target(writer.url, branch),
-                                       UploadRecord(fingerprint, base_sid, complete=delete_missing))
-        return result
-
-    committed: dict[str, Any] = {}
-
-    def commit_info_for(parent: str) -> CommitInfo:
-        index = new_index if parent == base_sid else _rebased_index(
-            writer, parent, base_index, new_index, delta
+                                       UploadRecord(fingerprint, snapshot_id, complete=complete))
+        return UploadResult(
+            **{
+                **result.to_json(),
+                "snapshot_id": snapshot_id,
+                "parent_snapshot_id": committed["parent"],
+                "zarr_checksum": info.zarr_checksum,
+                "file_count": info.file_count,
+                "size": info.size,
+            }
         )
-        info = CommitInfo(
-            zarr_checksum=checksum if index is new_index else index.zarr_checksum(),
-            file_count=index.file_count,
-            size=index.size,
-            index_id=store_index(writer.objects, index,
-                                 stored=base.table if parent == base_sid else _index_table(writer, parent)),
-            zarr_format=index.zarr_format,
-            user=user or current_user(),
-            dandiset=dandiset,
-        )
-        committed.update(parent=parent, info=info)
-        return info
-
-    summary = f"{len(delta.written)} written, {len(delta.removed)} deleted"
-    if removed_nodes:
-        summary += f", {removed_nodes} node(s) removed"
-    with _storage_errors(writer.zarr_id):
-        snapshot_id = writer.commit(
-            session, message or f"Upload {root.name} ({summary})", commit_info_for
-        )
-    # After a rebase over a concurrent upload the snapshot holds both uploads' changes.
-    info: CommitInfo = committed["info"]
-    if dedup:
-        register_checksum(location, info.zarr_checksum, writer.zarr_id, snapshot_id, embargoed=writer.embargoed)
-    if digest_cache is not None:
-        complete = delete_missing and committed["parent"] == base_sid
-        digest_cache.record_upload(root, _upload_target(writer.url, branch),
-                                   UploadRecord(fingerprint, snapshot_id, complete=complete))
-    return UploadResult(
-        **{
-            **result.to_json(),
-            "snapshot_id": snapshot_id,
-            "parent_snapshot_id": committed["parent"],
-            "zarr_checksum": info.zarr_checksum,
-            "file_count": info.file_count,
-            "size": info.size,
-        }
-    )
 
 
 def _upload_target(repository_url: str, branch: str) -> str:
@@ -459,6 +464,8 @@ class _NodeChanges:
 def _write_changes(
     writer: ZarrRepository,
     session: icechunk.Session,
+    branch: str,
+    cleanup: contextlib.ExitStack,
     local: LocalZarr,
     nodes: _NodeChanges,
     written_chunks: list[str],
@@ -468,24 +475,38 @@ def _write_changes(
     expected: DigestIndex | None = None,
     hashed: dict[str, FileDigest] | None = None,
     dask: Client | None = None,
-) -> None:
+) -> StagedUpload | None:
     """Write the changes into ``session``: nodes first, then chunks, here or on ``dask``.
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
-    ``hashed``."""
+    ``hashed``. More than :data:`STAGE_CHUNKS` chunks written here go in batches to a scratch
+    branch (:mod:`.staged`), deleted when ``cleanup`` closes: the staged upload is returned, and
+    its last batch is what to commit instead of ``session``."""
     known = expected.files if expected is not None else None
     progress.start("uploading", len(written_chunks), sum(map(local.stats.size_of, written_chunks)))
     try:
         if dask is not None:
             write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in written_chunks],
                           jobs, progress.advance, expected=known, hashed=hashed)
-            return
+            return None
+        staged = None
+        batches = [written_chunks]
+        if len(written_chunks) > STAGE_CHUNKS:
+            staged = StagedUpload(writer, branch, session.snapshot_id)
+            cleanup.callback(staged.close)
+            ordered = local.hierarchy.in_grid_order(written_chunks)
+            batches = [ordered[i : i + STAGE_CHUNKS] for i in range(0, len(ordered), STAGE_CHUNKS)]
 
-        async def run() -> None:
-            await nodes.apply(session.store)
-            await write_chunks(session.store, map(local.chunk, written_chunks), jobs, progress.advance,
+        async def run(store: Any, batch: list[str], first: bool) -> None:
+            if first:
+                await nodes.apply(store)
+            await write_chunks(store, map(local.chunk, batch), jobs, progress.advance,
                                expected=known, hashed=hashed)
             await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
 
-        asyncio.run(run())
+        for i, batch in enumerate(batches):
+            asyncio.run(run((staged.session if staged else session).store, batch, i == 0))
+            if staged and i < len(batches) - 1:
+                staged.stage()
+        return staged
     finally:
         progress.finish()

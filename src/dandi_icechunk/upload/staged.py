@@ -1,0 +1,80 @@
+"""Uploads of more chunks than one Icechunk session should hold: written in batches on a
+scratch branch, then put on the upload's branch at once.
+
+Icechunk keeps every chunk reference written in a session until the commit, and builds the
+manifests at the commit: about 420 bytes a chunk at the commit's peak, 584 MB for DANDI's
+1.3 M-file Zarr (`docs/upload-memory.md`). An upload that writes more than
+:data:`STAGE_CHUNKS` chunks writes them, in grid order (so each batch fills its own manifest
+splits), into a scratch branch made at the upload's base (:data:`SCRATCH_BRANCH_PREFIX`). Each
+batch is committed there by amending the one before, so the scratch branch holds one snapshot
+over the base whatever the number of batches; the last is amended with the upload's message and
+metadata, and the upload's branch is moved to it only if it is still at the base. Readers see
+the whole upload at once or nothing of it, as with one commit. If another upload moved the
+branch meanwhile, nothing is committed (:class:`ConflictError`) and the next run starts from
+the new tip. The scratch branch is deleted when the upload ends, whatever the outcome; one a
+killed process left behind is removed by ``gc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import icechunk
+
+from ..errors import ConflictError
+from ..session import SCRATCH_BRANCH_PREFIX, ZarrRepository
+
+STAGE_CHUNKS = 200_000
+"""Most chunks written into one Icechunk session (about 85 MB of Icechunk's memory at its commit)."""
+
+
+class StagedUpload:
+    """The scratch branch of one upload, and the session its next batch is written into.
+
+    >>> staged = StagedUpload(repository, "main", base_snapshot_id)
+    >>> write(staged.session, first_batch); staged.stage()
+    >>> write(staged.session, last_batch); staged.publish("Upload x", metadata)
+    'JG1QH...'
+    >>> staged.close()  # always: deletes the scratch branch
+    """
+
+    def __init__(self, repository: ZarrRepository, branch: str, base: str) -> None:
+        self._repository = repository
+        self.branch = branch
+        self.base = base
+        self.scratch = f"{SCRATCH_BRANCH_PREFIX}{uuid.uuid4().hex}"
+        repository.icechunk.create_branch(self.scratch, base)
+        self._staged = False
+        self.session = repository.writable_session(self.scratch)
+
+    def stage(self) -> None:
+        """Commit the batch written into :attr:`session`; the next batch gets a new session."""
+        self._commit("a batch of an upload in progress (never on a branch of record)", None)
+        self.session = self._repository.writable_session(self.scratch)
+
+    def publish(self, message: str, metadata: dict[str, Any]) -> str:
+        """Commit the last batch with ``message`` and ``metadata`` and move the upload's branch
+        to that snapshot, if the branch is still at the base; the new snapshot's ID."""
+        snapshot_id = self._commit(message, metadata)
+        try:
+            self._repository.icechunk.reset_branch(self.branch, snapshot_id, from_snapshot_id=self.base)
+        except icechunk.ConflictError:
+            raise ConflictError(
+                f"another upload committed to branch {self.branch!r} of {self._repository.zarr_id} "
+                "while this one ran; nothing was committed. Check the new state with "
+                "`dandi-icechunk log`, then run the upload again"
+            ) from None
+        return snapshot_id
+
+    def close(self) -> None:
+        """Delete the scratch branch (its snapshots go with the next ``gc``)."""
+        with contextlib.suppress(icechunk.IcechunkError):
+            self._repository.icechunk.delete_branch(self.scratch)
+
+    def _commit(self, message: str, metadata: dict[str, Any] | None) -> str:
+        if self._staged:
+            return self.session.amend(message, metadata=metadata, allow_empty=True)
+        self._staged = True
+        return self.session.commit(message, metadata, allow_empty=True)
