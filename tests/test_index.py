@@ -7,8 +7,11 @@ import gzip
 import hashlib
 import json
 from pathlib import Path
+from random import Random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dandi_icechunk.index import (
     INDEX_PREFIX,
@@ -16,13 +19,14 @@ from dandi_icechunk.index import (
     SHARD_TARGET,
     DigestIndex,
     FileDigest,
+    FileDigests,
     IndexReader,
     index_shard_ids,
     load_index,
     store_index,
 )
-from dandi_icechunk.objects import prefix_objects
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.objects import prefix_objects
 
 
 def _index(n: int, changed: dict[str, FileDigest] | None = None) -> DigestIndex:
@@ -168,3 +172,29 @@ def test_the_shards_an_update_compares_find_every_change_and_store_the_same_inde
     updated_id = store_index(objects, new, stored=reader.table)
     assert updated_id == store_index(_objects(tmp_path / "scratch"), new)
     assert load_index(objects, updated_id) == new
+
+
+@given(st.lists(st.tuples(st.text(max_size=6), st.binary(min_size=16, max_size=16), st.integers(0, 2**62)),
+                unique_by=lambda e: e[0], max_size=40), st.randoms(use_true_random=False))
+def test_packed_file_digests_answer_as_the_dict_of_the_same_files_whatever_the_order_they_came_in(
+    entries: list[tuple[str, bytes, int]], random: Random
+) -> None:
+    files = {key: FileDigest(md5.hex(), size) for key, md5, size in entries}
+    packed = FileDigests()
+    half = len(entries) // 2
+    packed.update((k, files[k]) for k, _, _ in entries[:half])
+    assert all(k in packed for k, _, _ in entries[:half])  # read between adds: sorted again after
+    for key, _, _ in random.sample(entries[half:], len(entries) - half):
+        packed[key] = files[key]
+    assert list(packed) == sorted(files) and dict(packed.items()) == files and len(packed) == len(files)
+    assert all(packed[k] == d for k, d in files.items()) and list(packed.values()) == [files[k] for k in sorted(files)]
+    assert "\0absent" not in packed and packed.get("\0absent") is None
+    index = DigestIndex(2, packed)
+    assert index.runs == DigestIndex(2, files).runs and index.zarr_checksum() == DigestIndex(2, files).zarr_checksum()
+
+
+def test_file_digests_refuse_a_key_added_twice() -> None:
+    packed = FileDigests([("a", FileDigest("0" * 32, 1)), ("b", FileDigest("1" * 32, 2))])
+    packed["a"] = FileDigest("2" * 32, 3)
+    with pytest.raises(ValueError, match="added twice"):
+        len(list(packed))

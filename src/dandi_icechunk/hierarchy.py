@@ -188,7 +188,7 @@ class Hierarchy:
             grid = self.nodes[path].grid
             assert grid is not None
             skip = len(path) + 1 if path else 0
-            ordered.extend(sorted(by_array.pop(path), key=lambda k: grid.position(k[skip:])))
+            ordered.extend(sorted(by_array.pop(path), key=lambda k, g=grid, s=skip: g.position(k[s:])))
         return ordered
 
     def chunk_keys(self, keys: Iterable[str]) -> tuple[dict[str, str], list[str]]:

@@ -23,8 +23,9 @@ import gzip
 import hashlib
 import json
 import threading
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,6 +54,106 @@ class FileDigest:
 
     md5: str
     size: int
+
+
+class FileDigests(Mapping[str, FileDigest]):
+    """Key -> :class:`FileDigest`, added in any order, each key once; read in sorted key order.
+
+    Packed: the MD5s as 16 bytes each in one buffer, the sizes in a machine-integer array,
+    about 40 bytes a file beside its key, where a dict of :class:`FileDigest` costs about 220
+    (290 MB at DANDI's 1.3 M-file Zarr). An upload holds one from the hashing to the commit.
+
+    >>> digests = FileDigests()
+    >>> digests["0/1"] = FileDigest("9e107d9d372bb6826bd81d3542a419d6", 1024)
+    >>> digests.update([("0/0", FileDigest("e4d909c290d0fb1ca068ffaddf22cbd0", 1024))])
+    >>> list(digests), digests["0/1"].size
+    (['0/0', '0/1'], 1024)
+    """
+
+    __slots__ = ("_keys", "_lock", "_md5s", "_sizes", "_sorted")
+
+    def __init__(self, entries: Iterable[tuple[str, FileDigest]] = ()) -> None:
+        self._keys: list[str] = []
+        self._md5s = bytearray()
+        self._sizes = array("q")
+        self._sorted = True
+        self._lock = threading.Lock()  # the checksum is computed in a thread while the index is stored
+        self.update(entries)
+
+    def __setitem__(self, key: str, digest: FileDigest) -> None:
+        with self._lock:
+            if self._keys and self._sorted and key <= self._keys[-1]:
+                self._sorted = False
+            self._keys.append(key)
+            self._md5s += bytes.fromhex(digest.md5)
+            self._sizes.append(digest.size)
+
+    def update(self, entries: Mapping[str, FileDigest] | Iterable[tuple[str, FileDigest]]) -> None:
+        """Add every (key, digest) of ``entries``."""
+        for key, digest in entries.items() if isinstance(entries, Mapping) else entries:
+            self[key] = digest
+
+    def _in_order(self) -> list[str]:
+        with self._lock:
+            if not self._sorted:
+                self._sort()
+            return self._keys
+
+    def _sort(self) -> None:
+        order = sorted(range(len(self._keys)), key=self._keys.__getitem__)
+        self._keys = [self._keys[i] for i in order]
+        md5s, self._md5s = memoryview(self._md5s), bytearray(len(self._md5s))
+        for j, i in enumerate(order):
+            self._md5s[16 * j : 16 * j + 16] = md5s[16 * i : 16 * i + 16]
+        self._sizes = array("q", (self._sizes[i] for i in order))
+        self._sorted = True
+        if any(a == b for a, b in zip(self._keys, self._keys[1:])):
+            raise ValueError("a key was added twice")
+
+    def _position(self, key: object) -> int:
+        keys = self._in_order()
+        i = bisect.bisect_left(keys, key)  # type: ignore[call-overload]
+        return i if i < len(keys) and keys[i] == key else -1
+
+    def __getitem__(self, key: str) -> FileDigest:
+        if (i := self._position(key)) < 0:
+            raise KeyError(key)
+        return self._digest(i)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._position(key) >= 0
+
+    def _digest(self, i: int) -> FileDigest:
+        return FileDigest(self._md5s[16 * i : 16 * i + 16].hex(), self._sizes[i])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._in_order())
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def items(self) -> ItemsView[str, FileDigest]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[FileDigest]:
+        return _Values(self)
+
+
+class _Items(ItemsView[str, FileDigest]):
+    """Items in key order, without a key lookup each."""
+
+    _mapping: FileDigests
+
+    def __iter__(self) -> Iterator[tuple[str, FileDigest]]:
+        digests = self._mapping
+        return ((key, digests._digest(i)) for i, key in enumerate(digests._in_order()))
+
+
+class _Values(ValuesView[FileDigest]):
+    _mapping: FileDigests
+
+    def __iter__(self) -> Iterator[FileDigest]:
+        return (value for _, value in _Items(self._mapping))
 
 
 @dataclass(frozen=True)
@@ -133,12 +234,17 @@ class DigestIndex:
         """The files in sorted runs, cut after each key whose hash is a boundary (or at
         ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each by the hash
         of its content (keys, MD5s, sizes), which tells an unchanged run without serialising it."""
-        runs: list[list[str]] = [[]]
-        for key in sorted(self.files):
-            runs[-1].append(key)
-            if _is_boundary(key) or len(runs[-1]) >= _SHARD_MAX:
-                runs.append([])
-        return {_content_hash(r, self.files): r for r in runs if r}
+        runs: dict[str, list[str]] = {}
+        run: list[str] = []
+        content = hashlib.sha256()
+        for key, digest in _sorted_items(self.files):
+            run.append(key)
+            content.update(_content_line(key, digest))
+            if _is_boundary(key) or len(run) >= _SHARD_MAX:
+                runs[content.hexdigest()], run, content = run, [], hashlib.sha256()
+        if run:
+            runs[content.hexdigest()] = run
+        return runs
 
     def shard(self, content: str) -> Shard:
         """The run of content hash ``content`` as stored, made once however often it is asked for."""
@@ -156,8 +262,14 @@ def _is_boundary(key: str) -> bool:
     return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % SHARD_TARGET == 0
 
 
-def _content_hash(keys: list[str], files: Mapping[str, FileDigest]) -> str:
-    return hashlib.sha256("".join(f"{len(k)}:{k}{(d := files[k]).md5}{d.size}\n" for k in keys).encode()).hexdigest()
+def _content_line(key: str, digest: FileDigest) -> bytes:
+    return f"{len(key)}:{key}{digest.md5}{digest.size}\n".encode()
+
+
+def _sorted_items(files: Mapping[str, FileDigest]) -> Iterator[tuple[str, FileDigest]]:
+    if isinstance(files, FileDigests):
+        return iter(files.items())
+    return ((key, files[key]) for key in sorted(files))
 
 
 def _gzip_json(body: Any) -> bytes:
@@ -228,13 +340,15 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
             DigestIndex(new.zarr_format, new_files, new.documents))
 
 
-def load_index_files(reader: IndexReader) -> dict[str, FileDigest]:
-    """Every file of a stored index, its shards read in parallel."""
+def load_index_files(reader: IndexReader) -> FileDigests:
+    """Every file of a stored index, its shards read in parallel (a few at a time in memory)."""
     if reader.inline is not None:
-        return dict(reader.inline)
+        return FileDigests(reader.inline.items())
+    files = FileDigests()
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
-        parts = list(pool.map(reader.read_shard, range(len(reader.table))))
-    return {k: d for part in parts for k, d in part.items()}
+        for part in pool.map(reader.read_shard, range(len(reader.table))):
+            files.update(part.items())
+    return files
 
 
 def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored: Iterable[list[Any]] = ()) -> str:

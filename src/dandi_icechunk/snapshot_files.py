@@ -24,7 +24,7 @@ from zarr.buffer import default_buffer_prototype
 from .aio import run_bounded
 from .errors import IntegrityError, first_line
 from .hierarchy import Hierarchy, node_key
-from .index import DigestIndex, FileDigest, IndexReader
+from .index import DigestIndex, FileDigest, FileDigests, IndexReader
 from .objects import DEFAULT_JOBS
 from .progress import NoProgress, Progress
 from .records import JsonRecord
@@ -182,7 +182,7 @@ def verify_snapshot(
     sid = repository.resolve(snapshot_id=snapshot_id, tag=tag, branch=branch)
     info = repository.commit_info(sid)
     index = repository.index(sid)
-    actual: dict[str, FileDigest] = {}
+    actual = FileDigests()
     problems: list[str] = []
 
     def check(key: str, data: bytes | None) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from zarr.buffer import cpu
 
 from ..aio import run_bounded
-from ..index import FileDigest
+from ..index import FileDigest, FileDigests
 from .local_zarr import ChunkFile, read_hashed, read_unchanged
 
 CHUNK_MEMORY_BUDGET = 768 * 1024 * 1024
@@ -26,23 +26,22 @@ async def write_chunks(
     advance: Callable[[int, int], None],
     *,
     expected: Mapping[str, FileDigest] | None = None,
-    hashed: dict[str, FileDigest] | None = None,
+    hashed: FileDigests | dict[str, FileDigest] | None = None,
 ) -> None:
     """Write each chunk file to ``store``. A chunk in ``expected`` must still have that digest
     (else :class:`InvalidZarrError`); the others are hashed as read, into ``hashed``."""
 
-    def read(chunk: ChunkFile) -> bytes:
+    def read(chunk: ChunkFile) -> tuple[bytes, FileDigest | None]:
         if expected is not None:
-            return read_unchanged(chunk, expected[chunk.key])
-        data, digest = read_hashed(chunk)
-        if hashed is not None:
-            hashed[chunk.key] = digest
-        return data
+            return read_unchanged(chunk, expected[chunk.key]), None
+        return read_hashed(chunk)
 
     async def one(chunk: ChunkFile) -> None:
         # A thread hop costs more than reading a small chunk in place.
-        data = read(chunk) if chunk.size <= _INLINE_READ_MAX else await asyncio.to_thread(read, chunk)
+        data, digest = read(chunk) if chunk.size <= _INLINE_READ_MAX else await asyncio.to_thread(read, chunk)
         await store.set(chunk.icechunk_key, cpu.Buffer.from_bytes(data))
+        if hashed is not None and digest is not None:
+            hashed[chunk.key] = digest
         advance(1, len(data))
 
     await run_bounded(one, chunks, jobs, weight=lambda c: c.size, budget=CHUNK_MEMORY_BUDGET)

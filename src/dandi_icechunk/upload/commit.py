@@ -31,7 +31,7 @@ from ..errors import (
 from ..hierarchy import Hierarchy, node_key
 from ..index import (
     DigestIndex,
-    FileDigest,
+    FileDigests,
     IndexDelta,
     IndexReader,
     differing_parts,
@@ -142,6 +142,9 @@ def upload_zarr(
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy)),
         storage=icechunk.StorageSettings(minimum_size_for_multipart_upload=_MULTIPART_MIN),
+        # Icechunk's default keeps up to 15 M chunk refs of the manifests it reads and writes:
+        # every batch of a staged upload (~80 bytes a chunk at 300 k chunks).
+        caching=icechunk.CachingConfig(num_chunk_refs=STAGE_CHUNKS),
     )
 
     def hashed() -> DigestIndex:
@@ -176,7 +179,7 @@ def upload_zarr(
         if not dedup and base.file_count == 0:
             # A first upload with no checksum lookup sends every chunk: each is hashed as it is read
             # for sending, so no file is read twice and hashing overlaps the writes.
-            chunk_digests: dict[str, FileDigest] = {}
+            chunk_digests = FileDigests()
             with _storage_errors(writer.zarr_id):
                 staged = _write_changes(writer, session, branch, cleanup, local, _NodeChanges.of(hierarchy, None, []),
                                         sorted(local.stats), jobs, progress, hashed=chunk_digests, dask=dask)
@@ -473,7 +476,7 @@ def _write_changes(
     progress: Progress,
     *,
     expected: DigestIndex | None = None,
-    hashed: dict[str, FileDigest] | None = None,
+    hashed: FileDigests | None = None,
     dask: Client | None = None,
 ) -> StagedUpload | None:
     """Write the changes into ``session``: nodes first, then chunks, here or on ``dask``.

@@ -28,7 +28,7 @@ from typing import IO
 
 import platformdirs
 
-from ..index import FileDigest
+from ..index import FileDigest, FileDigests
 from ..records import JsonRecord
 from .file_stats import FileStat
 
@@ -59,10 +59,10 @@ class DigestCache:
         name = hashlib.sha256(str(root.resolve()).encode()).hexdigest()
         return self.directory / f"{name}{suffix}"
 
-    def unchanged(self, root: Path, stats: Mapping[str, FileStat]) -> dict[str, FileDigest]:
+    def unchanged(self, root: Path, stats: Mapping[str, FileStat]) -> FileDigests:
         """The digest of each file of ``stats`` (key -> stat as listed) whose stat is the one it had
         when it was hashed; none when the cache of the Zarr at ``root`` is missing or unreadable."""
-        found: dict[str, FileDigest] = {}
+        found = FileDigests()
         try:
             for lines in _lines(self._file(root)):
                 for line in lines:
@@ -71,7 +71,7 @@ class DigestCache:
                             and seen == (int(size), int(mtime), int(inode)):
                         found[key] = FileDigest(md5, seen[0])
         except (OSError, ValueError, zlib.error):  # ValueError: no gzip, cut short, or a line that is no entry
-            return {}
+            return FileDigests()
         return found
 
     def save(self, root: Path, entries: Iterable[tuple[str, FileStat, str]]) -> None:

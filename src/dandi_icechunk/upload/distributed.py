@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import icechunk
 
 from ..errors import InvalidArgumentError, first_line
-from ..index import FileDigest
+from ..index import FileDigest, FileDigests
 from ..session import SCRATCH_BRANCH_PREFIX
 from .chunks import write_chunks
 from .local_zarr import BatchMapper, ChunkFile
@@ -99,7 +99,7 @@ def write_on_dask(
     advance: Callable[[int, int], None],
     *,
     expected: Mapping[str, FileDigest] | None = None,
-    hashed: dict[str, FileDigest] | None = None,
+    hashed: FileDigests | dict[str, FileDigest] | None = None,
 ) -> None:
     """Apply ``nodes`` and send ``chunks`` into ``session`` (which has no changes yet), the
     chunks from ``client``'s workers, ``jobs`` transfers per task."""

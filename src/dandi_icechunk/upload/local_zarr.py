@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_key, is_document
-from ..index import DigestIndex, FileDigest
+from ..index import DigestIndex, FileDigest, FileDigests
 from .digest_cache import DigestCache
 from .file_stats import FileStat, FileStats
 
@@ -78,13 +78,13 @@ class LocalZarr:
         ``map_batches``, the batches run there instead: on a Dask cluster, say
         (:mod:`.distributed`).
         """
-        files = cache.unchanged(self.root, self.stats) if cache else {}
+        files = cache.unchanged(self.root, self.stats) if cache else FileDigests()
         if progress:
             progress(len(files) + len(self.documents),
                      sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
-        to_hash = len(self.stats) - len(files)
-        small = self.size < _THREADED_MIN_FILE_SIZE * max(to_hash, 1)
-        batches = _batches((k, self.path(k)) for k in self.stats if k not in files)
+        to_hash = [k for k in self.stats if k not in files]
+        small = self.size < _THREADED_MIN_FILE_SIZE * max(len(to_hash), 1)
+        batches = _batches((k, self.path(k)) for k in to_hash)
         with contextlib.ExitStack() as stack:
             if map_batches is None and not small and workers > 1:
                 map_batches = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map
@@ -94,7 +94,7 @@ class LocalZarr:
                     progress(len(digests), sum(d.size for _, d in digests))
         return self.index_of(files, cache)
 
-    def index_of(self, chunk_digests: dict[str, FileDigest], cache: DigestCache | None = None) -> DigestIndex:
+    def index_of(self, chunk_digests: FileDigests, cache: DigestCache | None = None) -> DigestIndex:
         """The digest index of this Zarr given every chunk's digest (the documents are hashed
         here); the chunks' digests are saved in ``cache`` for the next upload. ``chunk_digests``
         is taken over, not copied: the documents' digests are added to it."""
