@@ -215,7 +215,7 @@ def upload_zarr(
                 with _storage_errors(writer.zarr_id):
                     staged = _write_changes(writer, session, branch, cleanup, local, nodes, written_chunks, jobs,
                                             progress, expected=new_index, dask=dask)
-        # Past the writes no file's stat is needed: not held through the commit (~340 MB at 1.3 M files).
+        # Past the writes no file's stat is needed: not held through the commit (~100 MB at 1.3 M files).
         root, fingerprint = listing.root, listing.fingerprint
         del listing, local
         checksum = checksum_job.result()
