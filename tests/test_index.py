@@ -193,6 +193,19 @@ def test_packed_file_digests_answer_as_the_dict_of_the_same_files_whatever_the_o
     assert index.runs == DigestIndex(2, files).runs and index.zarr_checksum() == DigestIndex(2, files).zarr_checksum()
 
 
+@given(st.dictionaries(st.text(max_size=4), st.integers(), max_size=30), st.dictionaries(st.text(max_size=4), st.integers(), max_size=30),
+       st.randoms(use_true_random=False))
+def test_left_join_pairs_sorted_keys_in_one_walk_and_never_pairs_a_wrong_value(
+    left: dict[str, int], right: dict[str, int], random: Random
+) -> None:
+    from dandi_icechunk.packed import left_join
+
+    in_order = sorted(left.items())
+    assert list(left_join(in_order, sorted(right.items()))) == [(k, v, right.get(k)) for k, v in in_order]
+    shuffled = random.sample(sorted(right.items()), len(right))  # out of order: some pairs missed, none wrong
+    assert all(b is None or b == right[k] for k, _, b in left_join(in_order, shuffled))
+
+
 def test_file_digests_refuse_a_key_added_twice() -> None:
     packed = FileDigests([("a", FileDigest("0" * 32, 1)), ("b", FileDigest("1" * 32, 2))])
     packed["a"] = FileDigest("2" * 32, 3)

@@ -29,6 +29,7 @@ from dandi_icechunk.session import (
 from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
+from dandi_icechunk.upload.file_stats import FileStats
 
 from .conftest import InterruptAfter, reference_checksum, tree_bytes
 
@@ -330,11 +331,11 @@ def test_the_digest_cache_reads_back_every_entry_whatever_its_blocks_cut_through
     rng = np.random.default_rng(3)
     # random CJK names: literals in the compressed stream, so block ends fall inside characters
     names = ["".join(map(chr, rng.integers(0x4E00, 0x9FFF, 6))) for _ in range(3000)]
-    entries = [(f"données/{name}/ß", (i + 1, 10**18 + i, 7 * i), rng.bytes(16).hex()) for i, name in enumerate(names)]
-    cache.save(root, iter(entries))
+    entries = sorted((f"données/{name}/ß", (i + 1, 10**18 + i, 7 * i), rng.bytes(16).hex()) for i, name in enumerate(names))
+    cache.save(root, iter(entries))  # in the listing's order, as uploads save it
     stats = {key: st for key, st, _ in entries}
     stats[entries[5][0]] = (6, 0, 35)  # changed since it was hashed
-    found = cache.unchanged(root, stats)
+    found = cache.unchanged(root, FileStats(stats.items()))
     assert len(found) == len(entries) - 1 and entries[5][0] not in found
     assert all(found[key].md5 == md5 and found[key].size == st[0] for key, st, md5 in entries if key in found)
 
@@ -553,8 +554,6 @@ def test_bytes_in_flight_stay_within_the_budget_and_an_oversized_chunk_goes_alon
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.tuples(*[st.integers(0, 2**62)] * 3), max_size=40),
        st.data())
 def test_packed_file_stats_answer_as_the_dict_of_the_same_listing(stats: dict[str, tuple[int, int, int]], data: st.DataObject) -> None:
-    from dandi_icechunk.upload.file_stats import FileStats
-
     packed = FileStats(stats.items())
     assert list(packed) == sorted(stats) and dict(packed.items()) == stats and len(packed) == len(stats)
     assert all(packed[k] == v and packed.size_of(k) == v[0] for k, v in stats.items())

@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from .packed import PackedMapping
+
 if TYPE_CHECKING:
     from .index import FileDigest
 
@@ -23,12 +25,13 @@ _Entry = tuple[str, str, int, int]  # name, digest, size, file count
 def dandi_zarr_checksum(files: Mapping[str, FileDigest]) -> str:
     """The checksum of ``files`` (key -> MD5 and size), keys ``/``-separated from the Zarr root.
 
-    The keys are walked in sorted order, in which every directory's keys are one run: a directory
+    The keys are walked in sorted order (a :class:`~.packed.PackedMapping`'s own), in which every directory's keys are one run: a directory
     is summed up as soon as the walk leaves it, so only the directories on the current path are
     held, not an entry per file."""
     # the open directories, root first: (path, subdirectory entries, file entries)
     open_dirs: list[tuple[str, list[_Entry], list[_Entry]]] = [("", [], [])]
-    for key in sorted(files):
+    in_order = files.items() if isinstance(files, PackedMapping) else ((k, files[k]) for k in sorted(files))
+    for key, digest in in_order:
         directory, _, name = key.rpartition("/")
         while (top := open_dirs[-1][0]) and directory != top and not directory.startswith(top + "/"):
             _close(open_dirs)
@@ -37,7 +40,6 @@ def dandi_zarr_checksum(files: Mapping[str, FileDigest]) -> str:
             for part in directory[start:].split("/"):
                 open_dirs.append((f"{top}/{part}" if top else part, [], []))
                 top = open_dirs[-1][0]
-        digest = files[key]
         open_dirs[-1][2].append((name, digest.md5, digest.size, 1))
     while len(open_dirs) > 1:
         _close(open_dirs)

@@ -23,9 +23,8 @@ import gzip
 import hashlib
 import json
 import threading
-from array import array
 from collections import OrderedDict
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,6 +34,7 @@ from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
 from .hierarchy import is_document
 from .objects import RepositoryObjects
+from .packed import PackedMapping
 
 INDEX_PREFIX = "dandi/index/"
 SHARD_PREFIX = f"{INDEX_PREFIX}shards/"
@@ -45,6 +45,7 @@ SHARD_TARGET = 1024
 _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
 _ID, _CONTENT = 2, 5  # columns of a shard's row in the root's table
+_LOW_64 = (1 << 64) - 1
 _CACHED_SHARDS = 16  # a reader's memory: ~16 k files' digests, whatever the Zarr's size
 
 
@@ -56,12 +57,13 @@ class FileDigest:
     size: int
 
 
-class FileDigests(Mapping[str, FileDigest]):
+class FileDigests(PackedMapping[FileDigest]):
     """Key -> :class:`FileDigest`, added in any order, each key once; read in sorted key order.
 
-    Packed: the MD5s as 16 bytes each in one buffer, the sizes in a machine-integer array,
-    about 40 bytes a file beside its key, where a dict of :class:`FileDigest` costs about 220
-    (290 MB at DANDI's 1.3 M-file Zarr). An upload holds one from the hashing to the commit.
+    Packed (:class:`~dandi_icechunk.packed.PackedMapping`): the MD5 in two 64-bit integers and
+    the size in a third, 24 bytes a file beside its key, where a dict of :class:`FileDigest`
+    costs about 220 (290 MB at DANDI's 1.3 M-file Zarr). An upload holds one from the hashing
+    to the commit.
 
     >>> digests = FileDigests()
     >>> digests["0/1"] = FileDigest("9e107d9d372bb6826bd81d3542a419d6", 1024)
@@ -70,90 +72,31 @@ class FileDigests(Mapping[str, FileDigest]):
     (['0/0', '0/1'], 1024)
     """
 
-    __slots__ = ("_keys", "_lock", "_md5s", "_sizes", "_sorted")
+    __slots__ = ()
+    _typecodes = "QQq"
 
-    def __init__(self, entries: Iterable[tuple[str, FileDigest]] = ()) -> None:
-        self._keys: list[str] = []
-        self._md5s = bytearray()
-        self._sizes = array("q")
-        self._sorted = True
-        self._lock = threading.Lock()  # the checksum is computed in a thread while the index is stored
-        self.update(entries)
+    @staticmethod
+    def _pack(value: FileDigest) -> tuple[int, int, int]:
+        if len(value.md5) != 32:
+            raise ValueError(f"not an MD5: {value.md5!r}")
+        md5 = int(value.md5, 16)
+        return md5 >> 64, md5 & _LOW_64, value.size
+
+    @staticmethod
+    def _unpack(row: tuple[int, ...]) -> FileDigest:
+        high, low, size = row
+        return FileDigest(((high << 64) | low).to_bytes(16).hex(), size)
 
     def __setitem__(self, key: str, digest: FileDigest) -> None:
-        with self._lock:
-            if self._keys and self._sorted and key <= self._keys[-1]:
-                self._sorted = False
-            self._keys.append(key)
-            self._md5s += bytes.fromhex(digest.md5)
-            self._sizes.append(digest.size)
+        self._add(((key, digest),))
 
     def update(self, entries: Mapping[str, FileDigest] | Iterable[tuple[str, FileDigest]]) -> None:
         """Add every (key, digest) of ``entries``."""
-        for key, digest in entries.items() if isinstance(entries, Mapping) else entries:
-            self[key] = digest
+        self._add(entries)
 
-    def _in_order(self) -> list[str]:
-        with self._lock:
-            if not self._sorted:
-                self._sort()
-            return self._keys
-
-    def _sort(self) -> None:
-        order = sorted(range(len(self._keys)), key=self._keys.__getitem__)
-        self._keys = [self._keys[i] for i in order]
-        md5s, self._md5s = memoryview(self._md5s), bytearray(len(self._md5s))
-        for j, i in enumerate(order):
-            self._md5s[16 * j : 16 * j + 16] = md5s[16 * i : 16 * i + 16]
-        self._sizes = array("q", (self._sizes[i] for i in order))
-        self._sorted = True
-        if any(a == b for a, b in zip(self._keys, self._keys[1:])):
-            raise ValueError("a key was added twice")
-
-    def _position(self, key: object) -> int:
-        keys = self._in_order()
-        i = bisect.bisect_left(keys, key)  # type: ignore[call-overload]
-        return i if i < len(keys) and keys[i] == key else -1
-
-    def __getitem__(self, key: str) -> FileDigest:
-        if (i := self._position(key)) < 0:
-            raise KeyError(key)
-        return self._digest(i)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._position(key) >= 0
-
-    def _digest(self, i: int) -> FileDigest:
-        return FileDigest(self._md5s[16 * i : 16 * i + 16].hex(), self._sizes[i])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._in_order())
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def items(self) -> ItemsView[str, FileDigest]:
-        return _Items(self)
-
-    def values(self) -> ValuesView[FileDigest]:
-        return _Values(self)
-
-
-class _Items(ItemsView[str, FileDigest]):
-    """Items in key order, without a key lookup each."""
-
-    _mapping: FileDigests
-
-    def __iter__(self) -> Iterator[tuple[str, FileDigest]]:
-        digests = self._mapping
-        return ((key, digests._digest(i)) for i, key in enumerate(digests._in_order()))
-
-
-class _Values(ValuesView[FileDigest]):
-    _mapping: FileDigests
-
-    def __iter__(self) -> Iterator[FileDigest]:
-        return (value for _, value in _Items(self._mapping))
+    def total_size(self) -> int:
+        """The sum of the sizes."""
+        return sum(self._columns[2])
 
 
 @dataclass(frozen=True)
@@ -193,6 +136,8 @@ class DigestIndex:
     @property
     def size(self) -> int:
         """Total bytes of all files."""
+        if isinstance(self.files, FileDigests):
+            return self.files.total_size()
         return sum(d.size for d in self.files.values())
 
     def zarr_checksum(self) -> str:

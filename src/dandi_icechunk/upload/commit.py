@@ -147,7 +147,7 @@ def upload_zarr(
         caching=icechunk.CachingConfig(num_chunk_refs=STAGE_CHUNKS),
     )
 
-    def hashed() -> DigestIndex:
+    def hashed(local: LocalZarr) -> DigestIndex:
         progress.start("hashing", local.file_count, local.size)
         index = local.digest_index(workers=os.cpu_count() or 1, progress=progress.advance, cache=digest_cache,
                                    map_batches=hash_on(dask) if dask is not None else None)
@@ -157,7 +157,7 @@ def upload_zarr(
     writer: ZarrRepository | None = None
     looked_up: str | None = None  # the checksum, when the lookup needed it before anything was sent
     if dedup:
-        new_index = hashed()
+        new_index = hashed(local)
         try:
             writer = ZarrRepository.open(location, zarr_id, config=config)
         except RepositoryNotFoundError:  # a Zarr new to the archive: is its content there?
@@ -189,7 +189,7 @@ def upload_zarr(
             delta = base_index.delta_to(new_index)
         else:
             if not dedup:
-                new_index = hashed()
+                new_index = hashed(local)
             if not delete_missing:
                 whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
                 new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)

@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,8 +29,9 @@ from typing import IO
 import platformdirs
 
 from ..index import FileDigest, FileDigests
+from ..packed import left_join
 from ..records import JsonRecord
-from .file_stats import FileStat
+from .file_stats import FileStat, FileStats
 
 _READ_BLOCK = 1 << 20
 
@@ -59,17 +60,17 @@ class DigestCache:
         name = hashlib.sha256(str(root.resolve()).encode()).hexdigest()
         return self.directory / f"{name}{suffix}"
 
-    def unchanged(self, root: Path, stats: Mapping[str, FileStat]) -> FileDigests:
+    def unchanged(self, root: Path, stats: FileStats) -> FileDigests:
         """The digest of each file of ``stats`` (key -> stat as listed) whose stat is the one it had
         when it was hashed; none when the cache of the Zarr at ``root`` is missing or unreadable."""
         found = FileDigests()
         try:
-            for lines in _lines(self._file(root)):
-                for line in lines:
-                    key, size, mtime, inode, md5 = line.split("\t")
-                    if (seen := stats.get(key)) is not None and len(md5) == 32 \
-                            and seen == (int(size), int(mtime), int(inode)):
-                        found[key] = FileDigest(md5, seen[0])
+            found.update(
+                (key, FileDigest(md5, seen[0]))
+                for key, seen, entry in left_join(stats.items(), _entries(self._file(root))) if entry is not None
+                for size, mtime, inode, md5 in (entry,)
+                if len(md5) == 32 and seen == (int(size), int(mtime), int(inode))
+            )
         except (OSError, ValueError, zlib.error):  # ValueError: no gzip, cut short, or a line that is no entry
             return FileDigests()
         return found
@@ -117,6 +118,19 @@ class DigestCache:
         except BaseException:
             os.unlink(tmp)
             raise
+
+
+def _entries(file: Path) -> Iterator[tuple[str, list[str]]]:
+    """(key, [size, mtime, inode, md5]) of each line of the cache ``file``, in the sorted order
+    it was saved in (one walk beside the listing); :class:`ValueError` for anything else."""
+    last = ""
+    for lines in _lines(file):
+        for line in lines:
+            key, *entry = line.split("\t")
+            if len(entry) != 4 or key <= last:
+                raise ValueError(f"{file}: {line!r} is no entry in order")
+            last = key
+            yield key, entry
 
 
 def _lines(file: Path) -> Iterator[list[str]]:

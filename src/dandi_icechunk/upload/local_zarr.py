@@ -23,6 +23,7 @@ from typing import NamedTuple
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_key, is_document
 from ..index import DigestIndex, FileDigest, FileDigests
+from ..packed import left_join
 from .digest_cache import DigestCache
 from .file_stats import FileStat, FileStats
 
@@ -80,9 +81,8 @@ class LocalZarr:
         """
         files = cache.unchanged(self.root, self.stats) if cache else FileDigests()
         if progress:
-            progress(len(files) + len(self.documents),
-                     sum(d.size for d in files.values()) + sum(map(len, self.documents.values())))
-        to_hash = [k for k in self.stats if k not in files]
+            progress(len(files) + len(self.documents), files.total_size() + sum(map(len, self.documents.values())))
+        to_hash = [k for k, _, known in left_join(self.stats.items(), files.items()) if known is None]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(to_hash), 1)
         batches = _batches((k, self.path(k)) for k in to_hash)
         with contextlib.ExitStack() as stack:
@@ -99,7 +99,8 @@ class LocalZarr:
         here); the chunks' digests are saved in ``cache`` for the next upload. ``chunk_digests``
         is taken over, not copied: the documents' digests are added to it."""
         if cache:
-            cache.save(self.root, ((k, st, chunk_digests[k].md5) for k, st in self.stats.items()))
+            cache.save(self.root, ((k, st, d.md5) for k, st, d in left_join(self.stats.items(), chunk_digests.items())
+                                   if d is not None))
         chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
         return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
 
