@@ -18,6 +18,7 @@ import functools
 import getpass
 import math
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -53,6 +54,23 @@ SCRATCH_BRANCH_PREFIX = "upload-staging/"
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _EMBARGO_MARK = "embargoed/"
+
+
+@contextlib.contextmanager
+def scratch_branch(repository: icechunk.Repository, snapshot_id: str) -> Iterator[str]:
+    """A new branch (:data:`SCRATCH_BRANCH_PREFIX`) at ``snapshot_id`` for work in progress,
+    deleted on the way out whatever happened; one a killed process leaves is removed by ``gc``.
+
+    >>> with scratch_branch(repo.icechunk, base) as scratch:
+    ...     session = repo.icechunk.writable_session(scratch)
+    """
+    name = f"{SCRATCH_BRANCH_PREFIX}{uuid.uuid4().hex}"
+    repository.create_branch(name, snapshot_id)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(icechunk.IcechunkError):
+            repository.delete_branch(name)
 
 
 def dandiset_branch(dandiset_id: str, *, embargoed: bool = False) -> str:

@@ -50,6 +50,7 @@ from ..session import (
     current_user,
     is_embargoed_branch,
     manifest_splitting,
+    scratch_branch,
 )
 from .chunks import write_chunks
 from .digest_cache import DigestCache, UploadRecord
@@ -182,7 +183,7 @@ def upload_zarr(
             chunk_digests = FileDigests()
             with _storage_errors(writer.zarr_id):
                 staged = _write_changes(writer, session, branch, cleanup, local, _NodeChanges.of(hierarchy, None, []),
-                                        sorted(local.stats), jobs, progress, hashed=chunk_digests, dask=dask)
+                                        list(local.stats), jobs, progress, hashed=chunk_digests, dask=dask)
             new_index = local.index_of(chunk_digests, digest_cache)
             checksum_job = _in_background(new_index.zarr_checksum)
             base_index = DigestIndex(base.zarr_format, {}, {})
@@ -201,7 +202,7 @@ def upload_zarr(
             recorded = None if delta or looked_up else writer.commit_info(base_sid)
             known = looked_up or (recorded.zarr_checksum if recorded else None)
             checksum_job = _done(known) if known else _in_background(new_index.zarr_checksum)
-            written_chunks = sorted(k for k in delta.written if k not in new_index.documents)
+            written_chunks = [k for k in delta.written if k not in new_index.documents]
             # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
             dropped_chunks = sorted(
                 (delta.removed | (delta.written & new_index.documents.keys())) - base_index.documents.keys()
@@ -479,7 +480,8 @@ def _write_changes(
     hashed: FileDigests | None = None,
     dask: Client | None = None,
 ) -> StagedUpload | None:
-    """Write the changes into ``session``: nodes first, then chunks, here or on ``dask``.
+    """Write the changes into ``session``: nodes first, then chunks (``written_chunks``, in any
+    order: sent in key order, or in grid order when staged), here or on ``dask``.
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
     ``hashed``. More than :data:`STAGE_CHUNKS` chunks written here go in batches to a scratch
     branch (:mod:`.staged`), deleted when ``cleanup`` closes: the staged upload is returned, and
@@ -488,14 +490,14 @@ def _write_changes(
     progress.start("uploading", len(written_chunks), sum(map(local.stats.size_of, written_chunks)))
     try:
         if dask is not None:
-            write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in written_chunks],
+            write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in sorted(written_chunks)],
                           jobs, progress.advance, expected=known, hashed=hashed)
             return None
         staged = None
-        batches = [written_chunks]
+        batches = [sorted(written_chunks)]
         if len(written_chunks) > STAGE_CHUNKS:
-            staged = StagedUpload(writer, branch, session.snapshot_id)
-            cleanup.callback(staged.close)
+            scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
+            staged = StagedUpload(writer, branch, session.snapshot_id, scratch)
             ordered = local.hierarchy.in_grid_order(written_chunks)
             batches = [ordered[i : i + STAGE_CHUNKS] for i in range(0, len(ordered), STAGE_CHUNKS)]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +26,7 @@ import icechunk
 
 from ..errors import InvalidArgumentError, first_line
 from ..index import FileDigest, FileDigests
-from ..session import SCRATCH_BRANCH_PREFIX
+from ..session import scratch_branch
 from .chunks import write_chunks
 from .local_zarr import BatchMapper, ChunkFile
 
@@ -167,15 +166,11 @@ def _fork_source(
     if node_fork is None:
         yield session
         return
-    scratch = f"{SCRATCH_BRANCH_PREFIX}{uuid.uuid4().hex}"
-    repository.create_branch(scratch, session.snapshot_id)
-    try:
+    with scratch_branch(repository, session.snapshot_id) as scratch:
         staging = repository.writable_session(scratch)
         staging.merge(node_fork)
         staging.commit("nodes of an upload in progress, for its workers (never on a branch of record)")
         yield repository.writable_session(scratch)
-    finally:
-        repository.delete_branch(scratch)
 
 
 def _completed(client: Client, futures: list[Any]) -> Iterator[Any]:

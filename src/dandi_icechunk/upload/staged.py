@@ -17,35 +17,33 @@ killed process left behind is removed by ``gc``.
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from typing import Any
 
 import icechunk
 
 from ..errors import ConflictError
-from ..session import SCRATCH_BRANCH_PREFIX, ZarrRepository
+from ..session import ZarrRepository
 
 STAGE_CHUNKS = 200_000
 """Most chunks written into one Icechunk session (about 85 MB of Icechunk's memory at its commit)."""
 
 
 class StagedUpload:
-    """The scratch branch of one upload, and the session its next batch is written into.
+    """One upload staged on the scratch branch ``scratch`` (:func:`~dandi_icechunk.session.scratch_branch`),
+    and the session its next batch is written into.
 
-    >>> staged = StagedUpload(repository, "main", base_snapshot_id)
-    >>> write(staged.session, first_batch); staged.stage()
-    >>> write(staged.session, last_batch); staged.publish("Upload x", metadata)
+    >>> with scratch_branch(repository.icechunk, base_snapshot_id) as scratch:
+    ...     staged = StagedUpload(repository, "main", base_snapshot_id, scratch)
+    ...     write(staged.session, first_batch); staged.stage()
+    ...     write(staged.session, last_batch); staged.publish("Upload x", metadata)
     'JG1QH...'
-    >>> staged.close()  # always: deletes the scratch branch
     """
 
-    def __init__(self, repository: ZarrRepository, branch: str, base: str) -> None:
+    def __init__(self, repository: ZarrRepository, branch: str, base: str, scratch: str) -> None:
         self._repository = repository
         self.branch = branch
         self.base = base
-        self.scratch = f"{SCRATCH_BRANCH_PREFIX}{uuid.uuid4().hex}"
-        repository.icechunk.create_branch(self.scratch, base)
+        self.scratch = scratch
         self._staged = False
         self.session = repository.writable_session(self.scratch)
 
@@ -67,11 +65,6 @@ class StagedUpload:
                 "`dandi-icechunk log`, then run the upload again"
             ) from None
         return snapshot_id
-
-    def close(self) -> None:
-        """Delete the scratch branch (its snapshots go with the next ``gc``)."""
-        with contextlib.suppress(icechunk.IcechunkError):
-            self._repository.icechunk.delete_branch(self.scratch)
 
     def _commit(self, message: str, metadata: dict[str, Any] | None) -> str:
         if self._staged:
