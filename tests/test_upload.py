@@ -320,46 +320,46 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert result.zarr_checksum == reference_checksum(src)
 
 
-def test_the_digest_cache_reads_back_every_entry_whatever_its_blocks_cut_through(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Read back in blocks: keys whose UTF-8 bytes straddle two blocks are still found."""
-    from dandi_icechunk.upload import digest_cache
+@pytest.mark.parametrize("listing", ["the same files", "files added and removed"])
+def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchanged(tmp_path: Path, listing: str) -> None:
+    from dandi_icechunk.index import FileDigest, FileDigests
+    from dandi_icechunk.upload.digest_cache import DigestCache
 
-    monkeypatch.setattr(digest_cache, "_READ_BLOCK", 97)  # many block ends, inside characters too
-    cache, root = digest_cache.DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
     rng = np.random.default_rng(3)
-    # random CJK names: literals in the compressed stream, so block ends fall inside characters
-    names = ["".join(map(chr, rng.integers(0x4E00, 0x9FFF, 6))) for _ in range(3000)]
-    entries = sorted((f"données/{name}/ß", (i + 1, 10**18 + i, 7 * i), rng.bytes(16).hex()) for i, name in enumerate(names))
-    cache.save(root, iter(entries))  # in the listing's order, as uploads save it
-    stats = {key: st for key, st, _ in entries}
-    stats[entries[5][0]] = (6, 0, 35)  # changed since it was hashed
-    found = cache.unchanged(root, FileStats(stats.items()))
-    assert len(found) == len(entries) - 1 and entries[5][0] not in found
-    assert all(found[key].md5 == md5 and found[key].size == st[0] for key, st, md5 in entries if key in found)
+    names = ["".join(map(chr, rng.integers(0x4E00, 0x9FFF, 6))) for _ in range(3000)]  # keys beyond ASCII
+    stats = {f"données/{name}/ß": (i + 1, 10**18 + i, 2**63 + 7 * i) for i, name in enumerate(names)}
+    md5s = {key: rng.bytes(16).hex() for key in stats}
+    cache.save(root, FileStats(stats.items()), FileDigests((k, FileDigest(md5s[k], st[0])) for k, st in stats.items()))
+    keys = sorted(stats)
+    changed = {keys[5]: (6, 0, 35), keys[-1]: (stats[keys[-1]][0], 0, stats[keys[-1]][2])}  # size; mtime
+    now = {**stats, **changed}
+    if listing == "files added and removed":
+        del now[keys[0]], now[keys[100]]
+        now |= {"données/new": (1, 1, 1), "a-first": (2, 2, 2), keys[200] + "0": (3, 3, 3)}
+    found = cache.unchanged(root, FileStats(now.items()))
+    expected = {k: FileDigest(md5s[k], st[0]) for k, st in now.items() if k in stats and k not in changed}
+    assert dict(found.items()) == expected and len(expected) >= len(stats) - 4
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not gzip", "a line that is no entry"])
+@pytest.mark.parametrize("damage", ["truncated", "not a cache", "a byte changed"])
 def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
-    import gzip
-
     from dandi_icechunk.upload import local_zarr
     from dandi_icechunk.upload.digest_cache import DigestCache
 
     cache = DigestCache(tmp_path / "cache")
     src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
     upload_zarr(src, location, zarr_id, digest_cache=cache)
-    (saved,) = (tmp_path / "cache").glob("*.tsv.gz")
+    (saved,) = (tmp_path / "cache").glob("*.digests")
     data = saved.read_bytes()
-    lines = gzip.decompress(data).decode().splitlines(keepends=True)
-    assert len(lines) == sum(1 for p in src.rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert "\0".join(chunks).encode() in data
     saved.write_bytes({
         "truncated": data[: len(data) // 2],
-        "not gzip": b"{not a cache",
-        "a line that is no entry": gzip.compress("".join([*lines[:-1], "data/c/0/0/0\t12\n"]).encode()),
+        "not a cache": b"{not a cache",
+        "a byte changed": data[:-40] + bytes([data[-40] ^ 1]) + data[-39:],  # in the MD5 column
     }[damage])
     hashed: list[str] = []
     real_hash = local_zarr.hash_file
@@ -367,7 +367,7 @@ def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
     zarr.open_group(str(src), mode="r+")["data"][0:4, 0:16, 0:16] = 7
 
     result = upload_zarr(src, location, zarr_id, digest_cache=cache)
-    assert sorted(hashed) == sorted(line.split("\t")[0] for line in lines)
+    assert sorted(hashed) == chunks
     assert result.files_written == 1
     assert result.zarr_checksum == reference_checksum(src)
 

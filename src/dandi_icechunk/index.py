@@ -88,7 +88,7 @@ class FileDigests(PackedMapping[FileDigest]):
         return FileDigest(((high << 64) | low).to_bytes(16).hex(), size)
 
     def __setitem__(self, key: str, digest: FileDigest) -> None:
-        self._add(((key, digest),))
+        self._append(key, digest)
 
     def update(self, entries: Mapping[str, FileDigest] | Iterable[tuple[str, FileDigest]]) -> None:
         """Add every (key, digest) of ``entries``."""

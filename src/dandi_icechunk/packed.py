@@ -9,11 +9,16 @@ the sort is done once, lazily, under a lock (a checksum thread may read while ha
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import threading
 from abc import abstractmethod
 from array import array
 from collections.abc import Collection, ItemsView, Iterable, Iterator, Mapping, ValuesView
-from typing import ClassVar
+from typing import ClassVar, Self
+
+_BATCH = 4096
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 class PackedMapping[V](Mapping[str, V]):
@@ -30,6 +35,24 @@ class PackedMapping[V](Mapping[str, V]):
         self._lock = threading.Lock()
         self._add(entries)
 
+    @classmethod
+    def from_columns(cls, keys: list[str], columns: Iterable[bytes]) -> Self:
+        """The mapping whose sorted ``keys`` (each once) have the native-order integers of
+        ``columns`` (one buffer a column, as :meth:`columns` gives them): a bulk load."""
+        packed = cls()
+        if not all(map(operator.lt, keys, keys[1:])):
+            raise ValueError("keys are not sorted, or one is there twice")
+        packed._keys = keys
+        packed._columns = tuple(array(code, column) for code, column in zip(cls._typecodes, columns, strict=True))
+        if any(len(column) != len(keys) for column in packed._columns):
+            raise ValueError(f"{len(keys)} keys, columns of {[len(c) for c in packed._columns]}")
+        return packed
+
+    def columns(self) -> tuple[array, ...]:
+        """The values' integers, one array a column, in key order: a bulk read (do not change them)."""
+        self._in_order()
+        return self._columns
+
     @staticmethod
     @abstractmethod
     def _pack(value: V) -> tuple[int, ...]: ...
@@ -39,18 +62,28 @@ class PackedMapping[V](Mapping[str, V]):
     def _unpack(row: tuple[int, ...]) -> V: ...
 
     def _add(self, entries: Mapping[str, V] | Iterable[tuple[str, V]]) -> None:
-        pack = self._pack
+        items = iter(entries.items() if isinstance(entries, Mapping) else entries)
+        while batch := list(itertools.islice(items, _BATCH)):  # each column extended in C
+            keys = list(map(_first, batch))
+            rows = list(map(self._pack, map(_second, batch)))
+            with self._lock:
+                if self._sorted and not (
+                    (not self._keys or self._keys[-1] < keys[0]) and all(map(operator.lt, keys, keys[1:]))
+                ):
+                    self._sorted = False
+                self._keys += keys
+                for i, column in enumerate(self._columns):
+                    column.extend(map(operator.itemgetter(i), rows))
+
+    def _append(self, key: str, value: V) -> None:
+        row = self._pack(value)
         with self._lock:
-            keys, in_order = self._keys, self._sorted
-            appends = [column.append for column in self._columns]
-            last = keys[-1] if keys else None
-            for key, value in entries.items() if isinstance(entries, Mapping) else entries:
-                if in_order and last is not None and key <= last:
-                    in_order = False
-                keys.append(last := key)
-                for append, number in zip(appends, pack(value)):
-                    append(number)
-            self._sorted = in_order
+            keys = self._keys
+            if self._sorted and keys and key <= keys[-1]:
+                self._sorted = False
+            keys.append(key)
+            for column, number in zip(self._columns, row, strict=True):
+                column.append(number)
 
     def _in_order(self) -> list[str]:
         with self._lock:
@@ -64,8 +97,8 @@ class PackedMapping[V](Mapping[str, V]):
 
     def _take(self, rows: list[int]) -> None:
         """Keep ``rows`` (positions), in that order."""
-        self._keys = [self._keys[i] for i in rows]
-        self._columns = tuple(array(column.typecode, (column[i] for i in rows)) for column in self._columns)
+        self._keys = list(map(self._keys.__getitem__, rows))
+        self._columns = tuple(array(column.typecode, map(column.__getitem__, rows)) for column in self._columns)
 
     def _position(self, key: object) -> int:
         keys = self._in_order()

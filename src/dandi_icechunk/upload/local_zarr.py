@@ -82,7 +82,7 @@ class LocalZarr:
         files = cache.unchanged(self.root, self.stats) if cache else FileDigests()
         if progress:
             progress(len(files) + len(self.documents), files.total_size() + sum(map(len, self.documents.values())))
-        to_hash = [k for k, _, known in left_join(self.stats.items(), files.items()) if known is None]
+        to_hash = [k for k, _, known in left_join(zip(self.stats, self.stats), zip(files, files)) if known is None]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(to_hash), 1)
         batches = _batches((k, self.path(k)) for k in to_hash)
         with contextlib.ExitStack() as stack:
@@ -99,8 +99,7 @@ class LocalZarr:
         here); the chunks' digests are saved in ``cache`` for the next upload. ``chunk_digests``
         is taken over, not copied: the documents' digests are added to it."""
         if cache:
-            cache.save(self.root, ((k, st, d.md5) for k, st, d in left_join(self.stats.items(), chunk_digests.items())
-                                   if d is not None))
+            cache.save(self.root, self.stats, chunk_digests)
         chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
         return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
 
