@@ -32,7 +32,6 @@ V2_DOCUMENTS = frozenset({".zarray", ".zgroup", ".zattrs", ".zmetadata"})
 V3_DOCUMENTS = frozenset({"zarr.json"})
 DOCUMENT_NAMES = V2_DOCUMENTS | V3_DOCUMENTS
 _GROUP_V3 = {"zarr_format": 3, "node_type": "group"}
-_INTEGER = re.compile(r"0|[1-9][0-9]*")
 _BAD_CHARACTER = re.compile(r'[\x00-\x1f\\:*?"<>|]')
 
 
@@ -97,7 +96,8 @@ class ArrayGrid:
         if len(coords) != len(self.grid):
             return None
         for c, n in zip(coords, self.grid):
-            if not _INTEGER.fullmatch(c) or int(c) >= n:
+            # 0|[1-9][0-9]*, spelled out: a regex per coordinate was a third of a 1 % update's scan
+            if not (c.isdigit() and c.isascii() and (c[0] != "0" or c == "0")) or int(c) >= n:
                 return None
         return coords
 
