@@ -11,27 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-from .packed import PackedMapping
-
-if TYPE_CHECKING:
-    from .index import FileDigest
+from collections.abc import Iterable
 
 _Entry = tuple[str, str, int, int]  # name, digest, size, file count
 
 
-def dandi_zarr_checksum(files: Mapping[str, FileDigest]) -> str:
-    """The checksum of ``files`` (key -> MD5 and size), keys ``/``-separated from the Zarr root.
+def dandi_zarr_checksum(files: Iterable[tuple[str, str, int]]) -> str:
+    """The checksum of ``files``: (key, MD5, size) of each, in sorted key order, keys
+    ``/``-separated from the Zarr root (``DigestIndex.zarr_checksum`` gives them so).
 
-    The keys are walked in sorted order (a :class:`~.packed.PackedMapping`'s own), in which every directory's keys are one run: a directory
-    is summed up as soon as the walk leaves it, so only the directories on the current path are
-    held, not an entry per file."""
+    In sorted order every directory's keys are one run: a directory is summed up as soon as the
+    walk leaves it, so only the directories on the current path are held, not an entry per file."""
     # the open directories, root first: (path, subdirectory entries, file entries)
     open_dirs: list[tuple[str, list[_Entry], list[_Entry]]] = [("", [], [])]
-    in_order = files.items() if isinstance(files, PackedMapping) else ((k, files[k]) for k in sorted(files))
-    for key, digest in in_order:
+    for key, md5, size in files:
         directory, _, name = key.rpartition("/")
         while (top := open_dirs[-1][0]) and directory != top and not directory.startswith(top + "/"):
             _close(open_dirs)
@@ -40,7 +33,7 @@ def dandi_zarr_checksum(files: Mapping[str, FileDigest]) -> str:
             for part in directory[start:].split("/"):
                 open_dirs.append((f"{top}/{part}" if top else part, [], []))
                 top = open_dirs[-1][0]
-        open_dirs[-1][2].append((name, digest.md5, digest.size, 1))
+        open_dirs[-1][2].append((name, md5, size, 1))
     while len(open_dirs) > 1:
         _close(open_dirs)
     return _directory_digest(*open_dirs[0][1:])[0]

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
+
 from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
 from .hierarchy import is_document
@@ -46,6 +48,7 @@ _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
 _ID, _CONTENT = 2, 5  # columns of a shard's row in the root's table
 _LOW_64 = (1 << 64) - 1
+_HEX_BLOCK = 4096  # MD5s turned to hex at once
 _CACHED_SHARDS = 16  # a reader's memory: ~16 k files' digests, whatever the Zarr's size
 
 
@@ -93,6 +96,17 @@ class FileDigests(PackedMapping[FileDigest]):
     def update(self, entries: Mapping[str, FileDigest] | Iterable[tuple[str, FileDigest]]) -> None:
         """Add every (key, digest) of ``entries``."""
         self._add(entries)
+
+    def rows(self) -> Iterator[tuple[str, str, int]]:
+        """(key, MD5, size) of each file in key order, without a :class:`FileDigest` each."""
+        keys = self._in_order()
+        high, low, sizes = self._columns
+        for start in range(0, len(keys), _HEX_BLOCK):
+            end = min(start + _HEX_BLOCK, len(keys))
+            md5s = np.empty((end - start, 2), ">u8")  # big-endian: the MD5's bytes in order
+            md5s[:, 0], md5s[:, 1] = high[start:end], low[start:end]
+            text = md5s.tobytes().hex()
+            yield from zip(keys[start:end], (text[i : i + 32] for i in range(0, len(text), 32)), sizes[start:end])
 
     def total_size(self) -> int:
         """The sum of the sizes."""
@@ -142,7 +156,7 @@ class DigestIndex:
 
     def zarr_checksum(self) -> str:
         """The ``dandi-zarr-checksum`` of these files."""
-        return dandi_zarr_checksum(self.files)
+        return dandi_zarr_checksum(_sorted_rows(self.files))
 
     def delta_to(self, newer: DigestIndex) -> IndexDelta:
         """The keys to write and remove to turn this index's files into ``newer``'s."""
@@ -182,9 +196,9 @@ class DigestIndex:
         runs: dict[str, list[str]] = {}
         run: list[str] = []
         content = hashlib.sha256()
-        for key, digest in _sorted_items(self.files):
+        for key, md5, size in _sorted_rows(self.files):
             run.append(key)
-            content.update(_content_line(key, digest))
+            content.update(f"{len(key)}:{key}{md5}{size}\n".encode())
             if _is_boundary(key) or len(run) >= _SHARD_MAX:
                 runs[content.hexdigest()], run, content = run, [], hashlib.sha256()
         if run:
@@ -207,14 +221,11 @@ def _is_boundary(key: str) -> bool:
     return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % SHARD_TARGET == 0
 
 
-def _content_line(key: str, digest: FileDigest) -> bytes:
-    return f"{len(key)}:{key}{digest.md5}{digest.size}\n".encode()
-
-
-def _sorted_items(files: Mapping[str, FileDigest]) -> Iterator[tuple[str, FileDigest]]:
+def _sorted_rows(files: Mapping[str, FileDigest]) -> Iterator[tuple[str, str, int]]:
+    """(key, MD5, size) of each file, in sorted key order."""
     if isinstance(files, FileDigests):
-        return iter(files.items())
-    return ((key, files[key]) for key in sorted(files))
+        return files.rows()
+    return ((key, digest.md5, digest.size) for key in sorted(files) for digest in (files[key],))
 
 
 def _gzip_json(body: Any) -> bytes:

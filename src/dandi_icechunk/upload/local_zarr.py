@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -21,11 +22,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import InvalidZarrError
-from ..hierarchy import Hierarchy, check_key, is_document
+from ..hierarchy import DOCUMENT_NAMES, Hierarchy, check_key
 from ..index import DigestIndex, FileDigest, FileDigests
 from ..packed import left_join
 from .digest_cache import DigestCache
-from .file_stats import FileStat, FileStats
+from .file_stats import FileStats
 
 EXCLUDED_NAMES = frozenset({".dandi", ".datalad", ".git", ".gitattributes", ".gitmodules"})
 """Files and directories dandi-cli leaves out of a Zarr asset, at any depth."""
@@ -197,15 +198,13 @@ class LocalListing:
         if not root.is_dir():
             raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
         excluded: list[str] = []
-        fingerprint = hashlib.blake2b(digest_size=20)
-
-        def listed() -> Iterator[tuple[str, FileStat]]:
-            for directory in _walk(root, excluded):
-                files = [(key, (st.st_size, st.st_mtime_ns, st.st_ino)) for key, st in directory]
-                fingerprint.update(f"{'\0'.join(k for k, _ in files)}\n{[s for _, s in files]!r}\n".encode())
-                yield from files
-
-        stats = FileStats(listed())
+        stats = FileStats(
+            (key, (st.st_size, st.st_mtime_ns, st.st_ino)) for run in _walk(root, excluded) for key, st in run
+        )
+        fingerprint = hashlib.blake2b(f"{len(stats)}\n".encode(), digest_size=20)  # the count fixes where keys end
+        fingerprint.update("\0".join(stats).encode())
+        for column in stats.columns():
+            fingerprint.update(column)
         if excluded:
             _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
         return cls(root, stats, fingerprint.hexdigest())
@@ -222,23 +221,25 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
     listing = path if isinstance(path, LocalListing) else LocalListing.of(path)
     root, stats = listing.root, listing.stats
     documents: dict[str, bytes] = {}
-    size = 0
+    sizes = stats.columns()[0]
     checked: set[str] = set()  # directories whose keys are valid
-    for key, (file_size, _, _) in stats.items():
+    for key in stats:
         directory, _, name = key.rpartition("/")
         if directory and directory not in checked:
             check_key(directory)
             checked.add(directory)
         check_key(name)
-        size += file_size
-        if is_document(key) or file_size == 0:  # Icechunk refuses empty chunks
+        if name in DOCUMENT_NAMES:
             documents[key] = read_file(root / key, key)
+    for key in itertools.compress(stats, map(operator.not_, sizes)):  # Icechunk refuses empty chunks
+        documents[key] = read_file(root / key, key)
+    size = sum(sizes)
     stats.remove(documents.keys())
     try:
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
-    stray = sorted(k for k in stats if hierarchy.icechunk_key(k) is None)
+    stray = [k for k in stats if hierarchy.icechunk_key(k) is None]
     if stray:
         extra_bytes = sum(stats[k][0] for k in stray)
         if extra_bytes > EXTRAS_MAX_BYTES:
@@ -262,47 +263,66 @@ def _shown(keys: list[str]) -> str:
 
 
 def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, os.stat_result]]]:
-    """Yield, a directory at a time, (key, stat) of every file under ``root``, following
-    symlinks, refusing loops; append to ``excluded`` the keys of what dandi-cli leaves out.
+    """Yield, a run at a time, (key, stat) of every file under ``root`` in sorted key order
+    (so the listing needs no sort), following symlinks, refusing loops; append to ``excluded``
+    the keys of what dandi-cli leaves out.
 
-    Only files and symlinks are stat'ed: a real directory cannot lead back above itself, so the
-    identities of the directories above are looked up only when a symlink to a directory is met.
+    Each directory's entries are sorted by key, a directory's as ``key/``: the order in which
+    every key under it sorts among its siblings. Only files and symlinks are stat'ed: a real
+    directory cannot lead back above itself, so the identities of the directories above are
+    looked up only when a symlink to a directory is met.
     """
-    stack: list[tuple[str, str, tuple[str, ...]]] = [(str(root), "", ())]
+    stack = [iter(_entries(str(root), "", (), excluded))]
+    found: list[tuple[str, os.stat_result]] = []
     while stack:
-        directory, prefix, above = stack.pop()
-        try:
-            with os.scandir(directory) as listing:
-                entries = list(listing)
-        except OSError as exc:
-            raise InvalidZarrError(
-                f"cannot list {directory} ({exc.strerror or exc}); fix its permissions"
-            ) from None
-        found = []
-        for entry in entries:
-            key = f"{prefix}{entry.name}"
-            if entry.name in EXCLUDED_NAMES:
-                excluded.append(key)
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, key + "/", (*above, directory)))
-                continue
-            try:
-                st = entry.stat(follow_symlinks=True)
-            except OSError as exc:
-                raise InvalidZarrError(
-                    f"cannot read {key} ({exc.strerror or exc}); a broken symlink? "
-                    "fix or remove it"
-                ) from None
-            if stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, (*above, directory))}:
-                    raise InvalidZarrError(
-                        f"symlink loop at {key} (it leads back to a directory above it); "
-                        "remove the link"
-                    )
-                stack.append((entry.path, key + "/", (*above, directory)))
-            elif stat.S_ISREG(st.st_mode):
-                found.append((key, st))
-            else:
-                raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")
+        for key, path, st, above in stack[-1]:
+            if st is None:  # a directory: its files come before the rest of this one's
+                if found:
+                    yield found
+                    found = []
+                stack.append(iter(_entries(path, key + "/", above, excluded)))
+                break
+            found.append((key, st))
+        else:
+            stack.pop()
+    if found:
         yield found
+
+
+_first = operator.itemgetter(0)
+_Entry = tuple[str, str, os.stat_result | None, tuple[str, ...]]  # key, path, stat (None: a directory), above
+
+
+def _entries(directory: str, prefix: str, above: tuple[str, ...], excluded: list[str]) -> list[_Entry]:
+    """The entries of ``directory`` (keys under ``prefix``) in sorted key order."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        raise InvalidZarrError(f"cannot list {directory} ({exc.strerror or exc}); fix its permissions") from None
+    below = (*above, directory)
+    kept: list[tuple[str, _Entry]] = []
+    for entry in entries:
+        key = f"{prefix}{entry.name}"
+        if entry.name in EXCLUDED_NAMES:
+            excluded.append(key)
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            kept.append((key + "/", (key, entry.path, None, below)))
+            continue
+        try:
+            st = entry.stat(follow_symlinks=True)
+        except OSError as exc:
+            raise InvalidZarrError(f"cannot read {key} ({exc.strerror or exc}); a broken symlink? fix or remove it") from None
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, below)}:
+                raise InvalidZarrError(
+                    f"symlink loop at {key} (it leads back to a directory above it); remove the link"
+                )
+            kept.append((key + "/", (key, entry.path, None, below)))
+        elif stat.S_ISREG(st.st_mode):
+            kept.append((key, (key, entry.path, st, below)))
+        else:
+            raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")
+    kept.sort(key=_first)
+    return [e for _, e in kept]
