@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
+import operator
 import os
 import struct
 import sys
 import tempfile
-from collections.abc import Buffer, Iterator
+from collections.abc import Buffer, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -37,6 +39,7 @@ from .file_stats import FileStats
 # the integers are the machine's: a cache is read by the machine that wrote it, or dropped
 _MAGIC = f"dandi-icechunk digest cache 2 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
+_KEY_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class DigestCache:
         except (OSError, ValueError, struct.error):
             return FileDigests()
         keys = list(stats)
-        if cached_keys == "\0".join(keys).encode():  # the same files, in the same rows
+        if _same_keys(cached_keys, stats):  # the same files, in the same rows
             positions = np.arange(len(keys))
         else:  # each listed file's row in the cache, or -1: one walk of both sorted key lists
             rows = cached_keys.decode().split("\0") if cached_keys else []
@@ -92,14 +95,14 @@ class DigestCache:
     def save(self, root: Path, stats: FileStats, digests: FileDigests) -> None:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
         listing it was hashed from): ``digests`` has the same keys."""
-        keys = list(stats)
-        if list(digests) != keys:
+        if len(digests) != len(stats) or not all(map(operator.eq, stats, digests)):
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
-        blob = "\0".join(keys).encode()
+        key_bytes = sum(map(len, _key_blocks(stats)))
         check = hashlib.blake2b(digest_size=16)
         with self._replacing(self._file(root)) as f:
-            parts: list[Buffer] = [_MAGIC, struct.pack("<QQ", len(keys), len(blob)), blob, *stats.columns(), high, low]
+            header = [_MAGIC, struct.pack("<QQ", len(stats), key_bytes)]
+            parts: Iterable[Buffer] = itertools.chain(header, _key_blocks(stats), stats.columns(), (high, low))
             for part in parts:
                 check.update(part)
                 f.write(part)
@@ -138,6 +141,21 @@ class DigestCache:
         except BaseException:
             os.unlink(tmp)
             raise
+
+
+def _key_blocks(keys: Iterable[str]) -> Iterator[bytes]:
+    """The keys ``\\0``-separated and UTF-8 encoded, a block at a time: never all in one string."""
+    for i, block in enumerate(itertools.batched(keys, _KEY_BLOCK)):
+        yield (b"\0" if i else b"") + "\0".join(block).encode()
+
+
+def _same_keys(cached: bytes, keys: Iterable[str]) -> bool:
+    view, at = memoryview(cached), 0
+    for block in _key_blocks(keys):
+        if view[at : at + len(block)] != block:
+            return False
+        at += len(block)
+    return at == len(cached)
 
 
 def _read(file: Path) -> tuple[bytes, list[np.ndarray]]:
