@@ -21,6 +21,7 @@ from dandi_icechunk.index import (
     FileDigest,
     FileDigests,
     IndexReader,
+    Shard,
     index_shard_ids,
     load_index,
     store_index,
@@ -138,7 +139,7 @@ def _without_content_hashes(objects, index_id: str) -> str:  # type: ignore[no-u
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("table", ["with content hashes", "stored before content hashes"])
 def test_the_shards_an_update_compares_find_every_change_and_store_the_same_index_as_from_scratch(
-    tmp_path: Path, seed: int, table: str
+    tmp_path: Path, seed: int, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Edits that keep the size, added keys and removed ones (boundary keys among them): the
     parts compared give the whole delta, only the shards that differ are read, and the index
@@ -169,7 +170,12 @@ def test_the_shards_an_update_compares_find_every_change_and_store_the_same_inde
     assert old_part.delta_to(new_part) == base.delta_to(new)
     assert 0 < len(read) <= 6 + 1 < len(reader.table)  # each change's shard, and the next where a boundary went
 
+    built: list[str] = []
+    shard_of = Shard.of
+    monkeypatch.setattr(Shard, "of", lambda keys, files, content: built.append(content) or shard_of(keys, files, content))
     updated_id = store_index(objects, new, stored=reader.table)
+    assert 0 < len(built) <= 6 + 1 < len(new.runs)  # only the runs that changed are serialised again
+    monkeypatch.undo()
     assert updated_id == store_index(_objects(tmp_path / "scratch"), new)
     assert load_index(objects, updated_id) == new
 

@@ -273,7 +273,9 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
     """The parts of a stored index ``base`` and of ``new`` that can differ, whose delta is the
     whole delta: when both are sharded, the files of the runs whose content the other side
     lacks, so only those shards of ``base`` are read; otherwise both whole. Runs are told by
-    their content hash, or, for a table stored before rows carried it, by the stored shard's ID."""
+    their content hash, or, for a table stored before rows carried it, by the stored shard's ID
+    (then ``base`` learns the content hash of each shard ``new`` has too, so that
+    :func:`store_index` against its table makes only the shards that changed)."""
     if base.inline is not None or new.file_count <= SHARD_TARGET:
         whole = base.inline if base.inline is not None else load_index_files(base)
         return DigestIndex(base.zarr_format, whole, base.documents), new
@@ -281,6 +283,8 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
     column = _CONTENT if by_content else _ID
     # each new run by the name the table would give it
     ours = {content: content if by_content else new.shard(content).shard_id for content in new.runs}
+    if not by_content:
+        base.learn_contents({name: content for content, name in ours.items()})
     theirs, named = {row[column] for row in base.table}, set(ours.values())
     reading = [n for n, row in enumerate(base.table) if row[column] not in named]
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
@@ -379,6 +383,14 @@ class IndexReader:
     def of(cls, index: DigestIndex) -> IndexReader:
         """A reader of an index already in memory."""
         return cls(None, index.zarr_format, dict(index.documents), inline=dict(index.files))
+
+    def learn_contents(self, contents: Mapping[str, str]) -> None:
+        """Give the rows of a table stored before rows carried content hashes the hash
+        ``contents`` maps their shard ID to (found by building the same shard)."""
+        self.table = [
+            [*row, contents[row[_ID]]] if len(row) == _CONTENT and row[_ID] in contents else row
+            for row in self.table
+        ]
 
     @property
     def shard_ids(self) -> list[str]:

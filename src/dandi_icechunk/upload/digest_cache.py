@@ -32,14 +32,13 @@ import numpy as np
 import platformdirs
 
 from ..index import FileDigests
-from ..packed import left_join
+from ..packed import key_blocks, left_join
 from ..records import JsonRecord
 from .file_stats import FileStats
 
 # the integers are the machine's: a cache is read by the machine that wrote it, or dropped
 _MAGIC = f"dandi-icechunk digest cache 2 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
-_KEY_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -98,11 +97,11 @@ class DigestCache:
         if len(digests) != len(stats) or not all(map(operator.eq, stats, digests)):
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
-        key_bytes = sum(map(len, _key_blocks(stats)))
+        key_bytes = sum(map(len, key_blocks(stats)))
         check = hashlib.blake2b(digest_size=16)
         with self._replacing(self._file(root)) as f:
             header = [_MAGIC, struct.pack("<QQ", len(stats), key_bytes)]
-            parts: Iterable[Buffer] = itertools.chain(header, _key_blocks(stats), stats.columns(), (high, low))
+            parts: Iterable[Buffer] = itertools.chain(header, key_blocks(stats), stats.columns(), (high, low))
             for part in parts:
                 check.update(part)
                 f.write(part)
@@ -143,15 +142,9 @@ class DigestCache:
             raise
 
 
-def _key_blocks(keys: Iterable[str]) -> Iterator[bytes]:
-    """The keys ``\\0``-separated and UTF-8 encoded, a block at a time: never all in one string."""
-    for i, block in enumerate(itertools.batched(keys, _KEY_BLOCK)):
-        yield (b"\0" if i else b"") + "\0".join(block).encode()
-
-
 def _same_keys(cached: bytes, keys: Iterable[str]) -> bool:
     view, at = memoryview(cached), 0
-    for block in _key_blocks(keys):
+    for block in key_blocks(keys):
         if view[at : at + len(block)] != block:
             return False
         at += len(block)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from ..errors import InvalidZarrError
 from ..hierarchy import DOCUMENT_NAMES, Hierarchy, check_key
 from ..index import DigestIndex, FileDigest, FileDigests
-from ..packed import left_join
+from ..packed import key_blocks, left_join
 from .digest_cache import DigestCache
 from .file_stats import FileStats
 
@@ -202,7 +202,8 @@ class LocalListing:
             (key, (st.st_size, st.st_mtime_ns, st.st_ino)) for run in _walk(root, excluded) for key, st in run
         )
         fingerprint = hashlib.blake2b(f"{len(stats)}\n".encode(), digest_size=20)  # the count fixes where keys end
-        fingerprint.update("\0".join(stats).encode())
+        for block in key_blocks(stats):
+            fingerprint.update(block)
         for column in stats.columns():
             fingerprint.update(column)
         if excluded:
