@@ -41,6 +41,7 @@ from common import (  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results"
 ROUTES = {
     "s3-signed": "Icechunk, S3 client, signed",
+    "object-store-signed": "Icechunk, object_store S3 client, signed",
     "s3-unsigned": "Icechunk, S3 client, unsigned",
     "http": "Icechunk, HTTP storage (anonymous)",
     "aiohttp-plain": "aiohttp GET, plain prefix",
@@ -87,6 +88,12 @@ def child(route: str, cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         storage = {
             "s3-signed": lambda: admin.icechunk_storage(cfg["zarr_id"]),
+            "object-store-signed": lambda: icechunk.Storage.new_s3_object_store(
+                icechunk.S3Options(region="us-east-1", endpoint_url=cfg["endpoint_url"], allow_http=True,
+                                   force_path_style=True),
+                cfg["bucket"], admin.repository_prefix(cfg["zarr_id"]),
+                icechunk.s3_static_credentials(access_key_id=cfg["access_key_id"],
+                                               secret_access_key=cfg["secret_access_key"])),
             "s3-unsigned": lambda: icechunk.s3_storage(
                 bucket=cfg["bucket"], prefix=admin.repository_prefix(cfg["zarr_id"]), region="us-east-1",
                 endpoint_url=cfg["endpoint_url"], allow_http=True, force_path_style=True, anonymous=True),

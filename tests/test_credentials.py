@@ -120,6 +120,8 @@ def test_the_owners_vended_credentials_read_their_embargoed_zarr(iam_s3_server: 
     stranger = vend_upload_credentials(str(uuid.uuid4()), location=admin).credentials
     ds = open_dataset(zid, location=_static(iam_s3_server, owner))
     assert ds["data"].shape == (16, 64, 64)
+    refreshed = CredentialVendor(admin).upload_location(zid, embargoed=True)  # a reader's refreshable credentials
+    assert (open_dataset(zid, location=refreshed)["data"].values == ds["data"].values).all()
     with pytest.raises(AccessDeniedError):
         open_dataset(zid, location=_static(iam_s3_server, stranger))
 

@@ -254,11 +254,13 @@ class ZarrRepository:
         create: bool = False,
         embargoed: bool = False,
         config: icechunk.RepositoryConfig | None = None,
+        reading: bool = False,
     ) -> ZarrRepository:
         """Open the repository of ``zarr_id``; with ``create``, make it if it does not exist.
 
         An existing repository is found under the public or the embargoed prefix; a new one is
-        made under the prefix ``embargoed`` selects.
+        made under the prefix ``embargoed`` selects. ``reading``: it is only read (a reader's
+        cheaper S3 client, :meth:`StorageLocation.icechunk_storage`).
         """
         zarr_id = validate_zarr_id(zarr_id)
         location.check_reachable()
@@ -267,7 +269,7 @@ class ZarrRepository:
                 return cls._open_arraylake(location, zarr_id, create=create, embargoed=embargoed, config=config)
             refused: icechunk.IcechunkError | None = None
             for area in (embargoed, not embargoed):
-                storage = location.icechunk_storage(zarr_id, embargoed=area)
+                storage = location.icechunk_storage(zarr_id, embargoed=area, reading=reading and not create)
                 try:
                     found = icechunk.Repository.exists(storage)
                 except icechunk.IcechunkError:
@@ -309,10 +311,10 @@ class ZarrRepository:
         if location.kind == "s3" and location.arraylake is None and not location.anonymous:
             anyone = dataclasses.replace(location, credentials=None, credentials_provider=None, anonymous=True)
             try:
-                return cls.open(anyone, zarr_id, embargoed=embargoed)
+                return cls.open(anyone, zarr_id, embargoed=embargoed, reading=True)
             except DandiIcechunkError:
                 pass
-        return cls.open(location, zarr_id, embargoed=embargoed)
+        return cls.open(location, zarr_id, embargoed=embargoed, reading=True)
 
     @classmethod
     def _open_arraylake(

@@ -282,7 +282,7 @@ def _open_repository(
         return ZarrRepository.open_for_reading(location.for_reading(), zarr_id, embargoed=embargoed)
     if anonymous is not None and location.kind == "s3" and location.credentials is None:
         location = dataclasses.replace(location, anonymous=anonymous)
-    return ZarrRepository.open(location, zarr_id, embargoed=embargoed)
+    return ZarrRepository.open(location, zarr_id, embargoed=embargoed, reading=True)
 
 
 def _open_http(url: str, snapshot_id: str | None, tag: str | None, branch: str | None) -> icechunk.Session:
