@@ -52,6 +52,7 @@ from ..session import (
     manifest_splitting,
     scratch_branch,
 )
+from .allocator import limit_malloc_arenas
 from .chunks import write_chunks
 from .digest_cache import DigestCache, UploadRecord
 from .distributed import hash_on, write_on_dask
@@ -134,6 +135,7 @@ def upload_zarr(
             "new Zarr of the embargoed Dandiset instead, or lift the embargo first"
         )
     progress = progress or NoProgress()
+    limit_malloc_arenas()
     listing = LocalListing.of(path)
     if digest_cache is not None and (unchanged := _unchanged_since_last_upload(
         listing, location, zarr_id, branch, digest_cache, delete_missing=delete_missing, dedup=dedup,
@@ -143,9 +145,10 @@ def upload_zarr(
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy)),
         storage=icechunk.StorageSettings(minimum_size_for_multipart_upload=_MULTIPART_MIN),
-        # Icechunk's default keeps up to 15 M chunk refs of the manifests it reads and writes:
-        # every batch of a staged upload (~80 bytes a chunk at 300 k chunks).
-        caching=icechunk.CachingConfig(num_chunk_refs=STAGE_CHUNKS),
+        # Icechunk's defaults keep up to 15 M chunk refs of the manifests it reads and writes
+        # (every batch of a staged upload, ~80 bytes a chunk at 300 k chunks), and the
+        # transaction logs it writes: each amended batch's holds every batch before it.
+        caching=icechunk.CachingConfig(num_chunk_refs=STAGE_CHUNKS, num_transaction_changes=1),
     )
 
     def hashed(local: LocalZarr) -> DigestIndex:
