@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+import pytest
+
+_ARENAS_BEFORE_AND_AFTER_THREADS = """
+import ctypes, os, sys, tempfile, threading, uuid, zlib
+from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.testing import make_zarr_v3
+from dandi_icechunk.upload import upload_zarr
+
+def arenas():
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    with tempfile.NamedTemporaryFile() as out:
+        stream = libc.fopen(out.name.encode(), b"w")
+        libc.malloc_info(0, ctypes.c_void_p(stream))
+        libc.fclose(ctypes.c_void_p(stream))
+        return open(out.name).read().count("<heap nr=")
+
+before = arenas()  # importing numpy, zarr and icechunk starts threads of their own
+if sys.argv[1] == "after an upload":
+    tmp = tempfile.mkdtemp()
+    zarr = make_zarr_v3(os.path.join(tmp, "a.zarr"), shape=(4, 8, 8), chunks=(1, 8, 8))
+    upload_zarr(zarr, StorageLocation(kind="file", bucket=tmp + "/bucket"), str(uuid.uuid4()), dedup=False)
+    before = arenas()
+
+def work():  # zlib allocates its state with malloc, outside the GIL
+    data = os.urandom(1 << 18)
+    for _ in range(20):
+        zlib.compress(data, 1)
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(before, arenas())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_an_upload_process_allocates_from_two_malloc_arenas_however_many_threads_allocate() -> None:
+    env = {"PATH": "", "PYTHONPATH": ":".join(sys.path)}  # no MALLOC_ARENA_MAX
+
+    def arenas(mode: str) -> tuple[int, int]:
+        run = subprocess.run([sys.executable, "-c", _ARENAS_BEFORE_AND_AFTER_THREADS, mode], env=env,
+                             capture_output=True, text=True, check=True)
+        before, after = map(int, run.stdout.split())
+        return before, after
+
+    before, after = arenas("alone")
+    assert after > max(before, 2)  # the threads make glibc add arenas
+    before, after = arenas("after an upload")
+    assert after <= max(before, 2)  # and none once an upload has limited them
