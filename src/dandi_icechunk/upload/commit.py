@@ -497,12 +497,13 @@ def _write_changes(
                           jobs, progress.advance, expected=known, hashed=hashed)
             return None
         staged = None
-        batches = [sorted(written_chunks)]
         if len(written_chunks) > STAGE_CHUNKS:
             scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
             staged = StagedUpload(writer, branch, session.snapshot_id, scratch)
             ordered = local.hierarchy.in_grid_order(written_chunks)
-            batches = [ordered[i : i + STAGE_CHUNKS] for i in range(0, len(ordered), STAGE_CHUNKS)]
+        else:
+            ordered = sorted(written_chunks)
+        starts = range(0, max(len(ordered), 1), STAGE_CHUNKS)  # one batch at least: it makes the nodes
 
         async def run(store: Any, batch: list[str], first: bool) -> None:
             if first:
@@ -511,9 +512,10 @@ def _write_changes(
                                expected=known, hashed=hashed)
             await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
 
-        for i, batch in enumerate(batches):
-            asyncio.run(run((staged.session if staged else session).store, batch, i == 0))
-            if staged and i < len(batches) - 1:
+        for n, start in enumerate(starts):
+            batch = ordered[start : start + STAGE_CHUNKS]  # a slice at a time: not a second list of every key
+            asyncio.run(run((staged.session if staged else session).store, batch, n == 0))
+            if staged and n < len(starts) - 1:
                 staged.stage()
         return staged
     finally:
