@@ -53,3 +53,26 @@ def test_an_upload_process_allocates_from_two_malloc_arenas_however_many_threads
     assert after > max(before, 2)  # the threads make glibc add arenas
     before, after = arenas("after an upload")
     assert after <= max(before, 2)  # and none once an upload has limited them
+
+
+_RSS_BEFORE_AND_AFTER_RELEASE = """
+from dandi_icechunk.upload.allocator import release_free_memory
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+blocks = [bytes(2000) for _ in range(100_000)]  # 200 MB from malloc, not Python's small-object pools
+kept = blocks[::50]  # what stays pins the heap: the rest is freed in the middle of it
+del blocks
+before = rss_mb()
+release_free_memory()
+print(before, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_memory_freed_in_the_middle_of_the_heap_goes_back_to_the_system_when_released() -> None:
+    run = subprocess.run([sys.executable, "-c", _RSS_BEFORE_AND_AFTER_RELEASE],
+                         env={"PATH": "", "PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True, check=True)
+    before, after = map(float, run.stdout.split())
+    assert after < before - 100  # MB of the 196 freed

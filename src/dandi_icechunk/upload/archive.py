@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..errors import ArchiveRequestError, PlainUploadOnlyError, CredentialError
+from ..errors import ArchiveRequestError, CredentialError, PlainUploadOnlyError
 from ..location import S3Credentials, StorageLocation, validate_zarr_id
 
 

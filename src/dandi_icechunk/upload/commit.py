@@ -52,7 +52,7 @@ from ..session import (
     manifest_splitting,
     scratch_branch,
 )
-from .allocator import limit_malloc_arenas
+from .allocator import limit_malloc_arenas, release_free_memory
 from .chunks import write_chunks
 from .digest_cache import DigestCache, UploadRecord
 from .distributed import hash_on, write_on_dask
@@ -222,6 +222,7 @@ def upload_zarr(
         # Past the writes no file's stat is needed: not held through the commit (~100 MB at 1.3 M files).
         root, fingerprint = listing.root, listing.fingerprint
         del listing, local
+        release_free_memory()
         checksum = checksum_job.result()
         result = UploadResult(
             zarr_id=zarr_id,

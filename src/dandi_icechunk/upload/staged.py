@@ -23,6 +23,7 @@ import icechunk
 
 from ..errors import ConflictError
 from ..session import ZarrRepository
+from .allocator import release_free_memory
 
 STAGE_CHUNKS = 200_000
 """Most chunks written into one Icechunk session (about 85 MB of Icechunk's memory at its commit)."""
@@ -50,6 +51,7 @@ class StagedUpload:
     def stage(self) -> None:
         """Commit the batch written into :attr:`session`; the next batch gets a new session."""
         self._commit("a batch of an upload in progress (never on a branch of record)", None)
+        release_free_memory()  # what the commit built, before the next batch's writes
         self.session = self._repository.writable_session(self.scratch)
 
     def publish(self, message: str, metadata: dict[str, Any]) -> str:
