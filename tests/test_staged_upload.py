@@ -16,7 +16,8 @@ from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import make_ome_zarr_v2, make_zarr_v3
-from dandi_icechunk.upload import commit, upload_zarr
+from dandi_icechunk.upload import staged as staging
+from dandi_icechunk.upload import upload_zarr
 from dandi_icechunk.upload.staged import StagedUpload
 
 from .conftest import InterruptAfter, reference_checksum, tree_bytes
@@ -38,7 +39,7 @@ def staged_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         staged.append(1)
         stage(self)
 
-    monkeypatch.setattr(commit, "STAGE_CHUNKS", BATCH)
+    monkeypatch.setattr(staging, "STAGE_CHUNKS", BATCH)
     monkeypatch.setattr(StagedUpload, "stage", counted)
     return staged
 
@@ -79,9 +80,9 @@ def test_a_staged_upload_whose_branch_moved_commits_nothing_and_the_rerun_carrie
     def racing(self: StagedUpload) -> None:
         if not other:  # another (small) upload lands while this one stages its first batch
             other["result"] = None
-            monkeypatch.setattr(commit, "STAGE_CHUNKS", 10**6)
+            monkeypatch.setattr(staging, "STAGE_CHUNKS", 10**6)
             other["result"] = upload_zarr(theirs, location, zarr_id, digest_cache=None)
-            monkeypatch.setattr(commit, "STAGE_CHUNKS", BATCH)
+            monkeypatch.setattr(staging, "STAGE_CHUNKS", BATCH)
         stage(self)
 
     monkeypatch.setattr(StagedUpload, "stage", racing)

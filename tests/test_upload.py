@@ -15,17 +15,13 @@ import zarr
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dandi_icechunk.chunk_layout import MANIFEST_MIN_REFS, MANIFEST_TARGET_REFS, manifest_refs
 from dandi_icechunk.errors import ConflictError, InvalidZarrError
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.progress import NoProgress
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.read.history import diff_snapshots
-from dandi_icechunk.session import (
-    MANIFEST_MIN_REFS,
-    MANIFEST_TARGET_REFS,
-    ZarrRepository,
-    manifest_refs,
-)
+from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr

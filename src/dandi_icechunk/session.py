@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import functools
 import getpass
-import math
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -35,18 +34,12 @@ from .errors import (
     StorageLocationError,
     first_line,
 )
-from .hierarchy import Hierarchy
 from .index import DigestIndex, IndexReader, load_index
 from .location import StorageLocation, validate_zarr_id
 from .objects import REPO_OBJECT, RepositoryObjects, repository_objects
 
 DEFAULT_BRANCH = "main"
 CLIENT = f"dandi-icechunk/{__version__}"
-MANIFEST_TARGET_REFS = 10_000
-"""Most chunk references per manifest: a 1-chunk change rewrites at most ~0.2 MB of manifest."""
-MANIFEST_MIN_REFS = 1_000
-"""Fewest per manifest split, for arrays of tiny chunks (a snapshot lists every split)."""
-_MANIFEST_FULL_SPLIT_CHUNK_BYTES = 64 * 1024
 
 SCRATCH_BRANCH_PREFIX = "upload-staging/"
 """Branches an upload makes for itself and deletes: the batches of a large upload
@@ -143,38 +136,6 @@ class SnapshotRecord:
             "tags": list(self.tags),
             "metadata": self.info.to_metadata() if self.info else {},
         }
-
-
-def manifest_refs(chunk_bytes: int) -> int:
-    """Chunk references per manifest split for chunks of ``chunk_bytes`` (before compression):
-    ``MANIFEST_TARGET_REFS`` from 64 KiB up, fewer for smaller chunks (down to
-    ``MANIFEST_MIN_REFS``), so that the split a small change rewrites stays small next to the
-    chunk bytes it changes."""
-    if chunk_bytes <= 0 or chunk_bytes >= _MANIFEST_FULL_SPLIT_CHUNK_BYTES:
-        return MANIFEST_TARGET_REFS
-    return max(MANIFEST_MIN_REFS, MANIFEST_TARGET_REFS * chunk_bytes // _MANIFEST_FULL_SPLIT_CHUNK_BYTES)
-
-
-def manifest_splitting(hierarchy: Hierarchy) -> icechunk.ManifestSplittingConfig:
-    """Split the manifests of large arrays so each holds at most :func:`manifest_refs` refs.
-
-    Splits fall on the leading (slowest-varying) axes, so a manifest covers a contiguous slab.
-    """
-    rules: dict[Any, Any] = {}
-    for node in hierarchy.nodes.values():
-        if node.grid is None:
-            continue
-        target = manifest_refs(node.grid.chunk_bytes)
-        if math.prod(node.grid.grid) <= target:
-            continue
-        sizes, covered = {}, 1
-        for axis in reversed(range(len(node.grid.grid))):
-            take = min(node.grid.grid[axis], max(1, target // covered))
-            covered *= take
-            if take < node.grid.grid[axis]:
-                sizes[icechunk.ManifestSplitDimCondition.Axis(axis)] = take
-        rules[icechunk.ManifestSplitCondition.path_matches(f"^/{re.escape(node.path)}$")] = sizes
-    return icechunk.ManifestSplittingConfig.from_dict(rules)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 import icechunk
 from zarr.buffer import cpu
 
+from ..chunk_layout import manifest_splitting
 from ..errors import DandiIcechunkError, InvalidArgumentError, RepositoryNotFoundError, first_line
 from ..hierarchy import Hierarchy, is_document, node_key
 from ..index import DigestIndex, FileDigest, store_index
@@ -36,7 +37,7 @@ from ..objects import prefix_objects
 from ..progress import NoProgress, Progress
 from ..records import JsonRecord
 from ..reuse import register_checksum
-from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, current_user, manifest_splitting
+from ..session import DEFAULT_BRANCH, CommitInfo, ZarrRepository, current_user
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
 LegacyListing = dict[str, tuple[str, int]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import icechunk
+import numpy as np
 from zarr.buffer import cpu
 
+from ..chunk_layout import ICECHUNK_INLINE_MAX, inline_chunk_max, manifest_splitting
 from ..errors import (
     ConflictError,
     InvalidArgumentError,
@@ -49,7 +52,6 @@ from ..session import (
     ZarrRepository,
     current_user,
     is_embargoed_branch,
-    manifest_splitting,
     scratch_branch,
 )
 from .allocator import limit_malloc_arenas, release_free_memory
@@ -57,7 +59,7 @@ from .chunks import write_chunks
 from .digest_cache import DigestCache, UploadRecord
 from .distributed import hash_on, write_on_dask
 from .local_zarr import LocalListing, LocalZarr, scan_local_zarr
-from .staged import STAGE_CHUNKS, StagedUpload
+from .staged import StagedUpload, batch_ends, cached_chunk_refs
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -142,13 +144,17 @@ def upload_zarr(
     )) is not None:
         return unchanged
     local = scan_local_zarr(listing)
+    # On Dask, the workers' sessions come back to this process whole: inline chunks would too.
+    inline_max = inline_chunk_max(local.hierarchy) if dask is None else ICECHUNK_INLINE_MAX
     config = icechunk.RepositoryConfig(
         manifest=icechunk.ManifestConfig(splitting=manifest_splitting(local.hierarchy)),
+        inline_chunk_threshold_bytes=inline_max,
         storage=icechunk.StorageSettings(minimum_size_for_multipart_upload=_MULTIPART_MIN),
         # Icechunk's defaults keep up to 15 M chunk refs of the manifests it reads and writes
-        # (every batch of a staged upload, ~80 bytes a chunk at 300 k chunks), and the
-        # transaction logs it writes: each amended batch's holds every batch before it.
-        caching=icechunk.CachingConfig(num_chunk_refs=STAGE_CHUNKS, num_transaction_changes=1),
+        # (every batch of a staged upload, ~80 bytes a chunk at 300 k chunks, and more with
+        # inline chunks), and the transaction logs it writes: each amended batch's holds every
+        # batch before it.
+        caching=icechunk.CachingConfig(num_chunk_refs=cached_chunk_refs(inline_max), num_transaction_changes=1),
     )
 
     def hashed(local: LocalZarr) -> DigestIndex:
@@ -487,24 +493,27 @@ def _write_changes(
     """Write the changes into ``session``: nodes first, then chunks (``written_chunks``, in any
     order: sent in key order, or in grid order when staged), here or on ``dask``.
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
-    ``hashed``. More than :data:`STAGE_CHUNKS` chunks written here go in batches to a scratch
+    ``hashed``. More chunks than one batch (:func:`~.staged.batch_ends`) go in batches to a scratch
     branch (:mod:`.staged`), deleted when ``cleanup`` closes: the staged upload is returned, and
     its last batch is what to commit instead of ``session``."""
     known = expected.files if expected is not None else None
-    progress.start("uploading", len(written_chunks), sum(map(local.stats.size_of, written_chunks)))
+    sizes = np.fromiter(map(local.stats.size_of, written_chunks), dtype=np.int64, count=len(written_chunks))
+    progress.start("uploading", len(written_chunks), int(sizes.sum()))
     try:
         if dask is not None:
             write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in sorted(written_chunks)],
                           jobs, progress.advance, expected=known, hashed=hashed)
             return None
         staged = None
-        if len(written_chunks) > STAGE_CHUNKS:
+        inline_max = writer.icechunk.config.inline_chunk_threshold_bytes or ICECHUNK_INLINE_MAX
+        if len(batch_ends(sizes, inline_max)) > 1:  # the count does not depend on the order
             scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
             staged = StagedUpload(writer, branch, session.snapshot_id, scratch)
             ordered = local.hierarchy.in_grid_order(written_chunks)
+            ends = batch_ends(np.fromiter(map(local.stats.size_of, ordered), dtype=np.int64, count=len(ordered)),
+                              inline_max)
         else:
-            ordered = sorted(written_chunks)
-        starts = range(0, max(len(ordered), 1), STAGE_CHUNKS)  # one batch at least: it makes the nodes
+            ordered, ends = sorted(written_chunks), [len(written_chunks)]
 
         async def run(store: Any, batch: list[str], first: bool) -> None:
             if first:
@@ -513,10 +522,10 @@ def _write_changes(
                                expected=known, hashed=hashed)
             await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
 
-        for n, start in enumerate(starts):
-            batch = ordered[start : start + STAGE_CHUNKS]  # a slice at a time: not a second list of every key
+        for n, (start, end) in enumerate(itertools.pairwise([0, *ends])):
+            batch = ordered[start:end]  # a slice at a time: not a second list of every key
             asyncio.run(run((staged.session if staged else session).store, batch, n == 0))
-            if staged and n < len(starts) - 1:
+            if staged and n < len(ends) - 1:
                 staged.stage()
         return staged
     finally:

@@ -17,9 +17,11 @@ killed process left behind is removed by ``gc``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import icechunk
+import numpy as np
 
 from ..errors import ConflictError
 from ..session import ZarrRepository
@@ -27,6 +29,34 @@ from .allocator import release_free_memory
 
 STAGE_CHUNKS = 200_000
 """Most chunks written into one Icechunk session (about 85 MB of Icechunk's memory at its commit)."""
+STAGE_INLINE_BYTES = 64 * 1024 * 1024
+"""Most bytes of chunks stored inline (in the manifests) written into one session: Icechunk holds
+them until the commit, and about as much again while it writes the manifests."""
+
+
+def cached_chunk_refs(inline_max: int) -> int:
+    """Chunk refs of the manifests it writes and reads an upload's Icechunk keeps in memory: a
+    batch's, or as many as :data:`STAGE_INLINE_BYTES` of chunks of up to ``inline_max`` bytes."""
+    return min(STAGE_CHUNKS, STAGE_INLINE_BYTES // inline_max)
+
+
+def batch_ends(sizes: Sequence[int] | np.ndarray, inline_max: int) -> list[int]:
+    """Where each batch of chunks of ``sizes`` (in the order they are written) ends: at most
+    :data:`STAGE_CHUNKS` chunks and :data:`STAGE_INLINE_BYTES` of chunks of at most ``inline_max``
+    bytes a batch (a lone chunk is a batch). One batch, however empty: it makes the nodes.
+
+    >>> batch_ends([100] * 5, inline_max=512)
+    [5]
+    """
+    inline = np.cumsum(np.where(np.asarray(sizes, dtype=np.int64) <= inline_max, sizes, 0))
+    ends: list[int] = []
+    start = 0
+    while start < len(inline):
+        before = int(inline[start - 1]) if start else 0
+        fits = int(np.searchsorted(inline, before + STAGE_INLINE_BYTES, side="right"))
+        start = min(start + STAGE_CHUNKS, max(fits, start + 1), len(inline))
+        ends.append(start)
+    return ends or [0]
 
 
 class StagedUpload:
