@@ -75,7 +75,7 @@ def test_upload_log_diff_info_export_verify(run, tmp_path: Path) -> None:  # typ
 
 def test_verify_fails_with_exit_1_when_stored_bytes_are_corrupted(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     zid = str(uuid.uuid4())
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(8, 32, 32))
     run("upload", str(src), "--zarr-id", zid)
     chunks = Path(StorageLocation.parse((tmp_path / "bucket").as_uri()).bucket) / "zarr-icechunk" / zid / "chunks"
     victim = sorted(chunks.iterdir())[0]

@@ -204,3 +204,17 @@ def test_a_dask_upload_with_credentials_vended_for_its_repository_only_lands(
     result = upload_zarr(src, uploader, zarr_id, dedup=False, digest_cache=None, dask=client)
     assert finalize_upload(zarr_id, location=admin).zarr_checksum == result.zarr_checksum == reference_checksum(src)
     assert ZarrRepository.open(admin, zarr_id).icechunk.list_branches() == {"main"}
+
+
+def test_tiny_chunks_sent_by_workers_get_objects_of_their_own(
+    s3_location: StorageLocation, zarr_id: str, client: distributed_.Client, tmp_path: Path
+) -> None:
+    """Workers' sessions travel back to the uploader whole: chunks kept in manifests would too,
+    so an upload on Dask keeps Icechunk's own inline limit (512 bytes)."""
+    src = tmp_path / "tiny.zarr"
+    array = zarr.create_array(str(src), shape=(24 * 1024,), chunks=(1024,), dtype="u1", compressors=None, zarr_format=2)
+    array[:] = np.random.default_rng(0).integers(0, 256, size=array.shape, dtype="u1")
+    result = upload_zarr(src, s3_location, zarr_id, dedup=False, dask=client)
+    repo = ZarrRepository.open(s3_location, zarr_id)
+    assert len(list(repo.objects.list_with_times("chunks/"))) == 24
+    assert result.zarr_checksum == reference_checksum(src) and verify_snapshot(repo).ok
