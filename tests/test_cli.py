@@ -171,7 +171,7 @@ def test_audit_exits_1_and_names_the_problem_when_a_published_chunk_is_corrupted
     from dandi_icechunk.testing import draft_zarr_asset
 
     zid = str(uuid.uuid4())
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(16, 128, 128), chunks=(4, 32, 32))
     up = json.loads(run("upload", str(src), "--zarr-id", zid, "--json"))
     assets = tmp_path / "draft.json"
     assets.write_text(json.dumps([draft_zarr_asset(zid, "a.zarr", up["zarr_checksum"], up["size"])]))

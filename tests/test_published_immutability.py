@@ -134,7 +134,7 @@ def test_uploader_attack_is_found_by_audit_and_repaired_to_what_was_published(
 ) -> None:
     admin = locked_s3_server.location()
     zid = str(uuid.uuid4())
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(16, 128, 128), chunks=(4, 32, 32))
     published_files = tree_bytes(src)
     pub = _publish(admin, zid, src)
     # the draft goes on after publishing
@@ -208,13 +208,13 @@ def test_uploader_credentials_reach_no_other_prefix(locked_s3_server: S3Server) 
 def test_gc_reclaims_drafts_and_abandoned_uploads_and_keeps_published(
     location: StorageLocation, zarr_id: str, tmp_path: Path
 ) -> None:
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(16, 128, 128), chunks=(4, 32, 32))
     pub = _publish(location, zarr_id, src)
     for seed in (1, 2):  # two draft snapshots, the first soon unreachable
-        make_zarr_v3(src, chunks=(4, 16, 16), seed=seed)
+        make_zarr_v3(src, shape=(16, 128, 128), chunks=(4, 32, 32), seed=seed)
         upload_zarr(src, location, zarr_id)
     tip_files = tree_bytes(src)
-    make_zarr_v3(src, chunks=(4, 16, 16), seed=3)
+    make_zarr_v3(src, shape=(16, 128, 128), chunks=(4, 32, 32), seed=3)
     with pytest.raises(KeyboardInterrupt):  # an abandoned upload: its chunks are written, never committed
         upload_zarr(src, location, zarr_id, progress=InterruptAfter(10))
 

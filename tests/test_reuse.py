@@ -47,7 +47,7 @@ def _publish(location: StorageLocation, dandiset: str, version: str, zarr_id: st
 def test_zarr_reused_in_a_second_dandiset_without_upload_and_edited_copy_on_write(
     location: StorageLocation, zarr_id: str, tmp_path: Path
 ) -> None:
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(16, 128, 128), chunks=(4, 32, 32))
     upload_zarr(src, location, zarr_id, dandiset="000001")
     a_v1 = _publish(location, "000001", "0.260101.1200", zarr_id)
     a_files = tree_bytes(src)

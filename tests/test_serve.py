@@ -228,3 +228,18 @@ def test_a_snapshot_with_a_sharded_index_is_served_from_its_shards(server: str, 
     assert _get(f"{base}/0/c/20/0", method="HEAD")[0] == 404
     status, _, body = _get(f"{base}/0/c/19/")
     assert status == 200 and body.count(b"<a href=") == 1000
+
+
+def test_chunks_kept_inside_manifests_are_served_byte_for_byte(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, server: str
+) -> None:
+    src = tmp_path / "tiny.zarr"
+    array = zarr.create_array(str(src), shape=(64 * 1024,), chunks=(1024,), dtype="u1", compressors=None, zarr_format=2)
+    array[:] = np.random.default_rng(3).integers(0, 256, size=array.shape, dtype="u1")
+    sid = upload_zarr(src, location, zarr_id).snapshot_id
+    assert not list(ZarrRepository.open(location, zarr_id).objects.list_with_times("chunks/"))  # all inline
+    for key, data in tree_bytes(src).items():
+        assert _get(f"{server}/{zarr_id}/{sid}/{key}")[2] == data
+    status, _, body = _get(f"{server}/{zarr_id}/{sid}/5", headers={"Range": "bytes=100-199"})
+    assert (status, body) == (206, (src / "5").read_bytes()[100:200])
+    np.testing.assert_array_equal(zarr.open_array(f"{server}/{zarr_id}/{sid}/", mode="r", zarr_format=2)[:], array[:])

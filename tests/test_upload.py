@@ -161,7 +161,7 @@ def test_deciding_what_changed_reads_no_chunk_back(zarr_id: str, tmp_path: Path)
     """Delete every chunk object after the first upload: a re-upload must still work, so it
     cannot have read unchanged chunks. (verify then reports the missing chunks.)"""
     location = StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(16, 128, 128), chunks=(4, 32, 32))
     upload_zarr(src, location, zarr_id)
     chunk_dir = Path(location.bucket) / location.repository_prefix(zarr_id) / "chunks"
     assert any(chunk_dir.iterdir())

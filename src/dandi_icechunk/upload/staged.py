@@ -29,7 +29,7 @@ from .allocator import release_free_memory
 
 STAGE_CHUNKS = 200_000
 """Most chunks written into one Icechunk session (about 85 MB of Icechunk's memory at its commit)."""
-STAGE_INLINE_BYTES = 64 * 1024 * 1024
+STAGE_INLINE_BYTES = 32 * 1024 * 1024
 """Most bytes of chunks stored inline (in the manifests) written into one session: Icechunk holds
 them until the commit, and about as much again while it writes the manifests."""
 
@@ -81,7 +81,7 @@ class StagedUpload:
     def stage(self) -> None:
         """Commit the batch written into :attr:`session`; the next batch gets a new session."""
         self._commit("a batch of an upload in progress (never on a branch of record)", None)
-        release_free_memory()  # what the commit built, before the next batch's writes
+        release_free_memory()  # and what the commit built, before the next batch's writes
         self.session = self._repository.writable_session(self.scratch)
 
     def publish(self, message: str, metadata: dict[str, Any]) -> str:
@@ -99,6 +99,7 @@ class StagedUpload:
         return snapshot_id
 
     def _commit(self, message: str, metadata: dict[str, Any] | None) -> str:
+        release_free_memory()  # what the batch's reads and writes left, before Icechunk's commit
         if self._staged:
             return self.session.amend(message, metadata=metadata, allow_empty=True)
         self._staged = True
