@@ -243,3 +243,24 @@ def test_chunks_kept_inside_manifests_are_served_byte_for_byte(
     status, _, body = _get(f"{server}/{zarr_id}/{sid}/5", headers={"Range": "bytes=100-199"})
     assert (status, body) == (206, (src / "5").read_bytes()[100:200])
     np.testing.assert_array_equal(zarr.open_array(f"{server}/{zarr_id}/{sid}/", mode="r", zarr_format=2)[:], array[:])
+
+
+def test_each_open_snapshot_keeps_a_bounded_number_of_chunk_refs(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Icechunk keeps up to 15 M chunk refs of the manifests it reads, with the bytes of chunks
+    kept inside them: the view, open on up to 8 snapshots for anyone, keeps 20,000 each."""
+    from dandi_icechunk.read import serve
+
+    sid = upload_zarr(make_ome_zarr_v2(tmp_path / "s.ome.zarr"), location, zarr_id).snapshot_id
+    opened: list[int | None] = []
+    open_for_reading = ZarrRepository.open_for_reading
+
+    def recorded(*args, config=None, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(config.caching.num_chunk_refs if config and config.caching else None)
+        return open_for_reading(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(ZarrRepository, "open_for_reading", recorded)
+    with serving(location) as url:
+        assert _get(f"{url}/{zarr_id}/{sid}/0/.zarray")[0] == 200
+    assert opened == [serve.VIEW_CHUNK_REFS] and serve.VIEW_CHUNK_REFS <= 20_000

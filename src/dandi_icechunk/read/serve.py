@@ -23,6 +23,7 @@ import re
 import threading
 from collections import OrderedDict
 
+import icechunk
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -39,6 +40,9 @@ from ..snapshot_files import SnapshotFiles, byte_range
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 16 shards
+VIEW_CHUNK_REFS = 20_000
+"""Chunk refs of the manifests each open snapshot keeps (Icechunk's default is 15 M): a few
+splits, and at most ~80 MB of chunks kept inside them (:mod:`~dandi_icechunk.chunk_layout`)."""
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
 
@@ -61,7 +65,8 @@ class _Snapshots:
     def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
         if (found := self.cached(zarr_id, ref)) is not None:
             return found
-        repo = ZarrRepository.open_for_reading(self.location, zarr_id)
+        caching = icechunk.CachingConfig(num_chunk_refs=VIEW_CHUNK_REFS)
+        repo = ZarrRepository.open_for_reading(self.location, zarr_id, config=icechunk.RepositoryConfig(caching=caching))
         if repo.embargoed:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
