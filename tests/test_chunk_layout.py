@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dandi_icechunk.chunk_layout import ICECHUNK_INLINE_MAX, INLINE_MAX, inline_chunk_max
+from dandi_icechunk.chunk_layout import ICECHUNK_INLINE_MAX, INLINE_MAX, inline_chunk_max, split_rewrites
 from dandi_icechunk.hierarchy import Hierarchy
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
@@ -94,16 +94,45 @@ def test_chunks_over_the_inline_limit_still_get_objects_of_their_own(
     assert _chunk_objects(location, zarr_id) == 40
 
 
-def test_batches_end_at_the_chunk_count_or_the_inline_bytes_whichever_comes_first(
+def test_batches_end_at_the_chunk_count_or_the_bytes_held_whichever_comes_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(staging, "STAGE_CHUNKS", 4)
     monkeypatch.setattr(staging, "STAGE_INLINE_BYTES", 3000)
-    assert batch_ends([1000] * 7, inline_max=1024) == [3, 6, 7]  # inline bytes bound the batch
-    assert batch_ends([5000] * 7, inline_max=1024) == [4, 7]  # objects count against STAGE_CHUNKS only
-    assert batch_ends([1000, 1000, 5000, 1000, 5000, 1000], inline_max=1024) == [4, 6]
-    assert batch_ends([1000] * 3, inline_max=512) == [3]  # not inline here: no byte bound
-    assert batch_ends([], inline_max=1024) == [0]  # one batch: it writes the nodes
+    assert batch_ends(np.array([1000] * 7)) == [3, 6, 7]  # bytes held bound the batch
+    assert batch_ends(np.array([0] * 7)) == [4, 7]  # chunk objects count against STAGE_CHUNKS only
+    assert batch_ends(np.array([1000, 1000, 0, 1000, 0, 1000])) == [4, 6]
+    assert batch_ends(np.array([5000, 10])) == [1, 2]  # more than a batch holds: a batch alone
+    assert batch_ends(np.array([], dtype=np.int64)) == [0]  # one batch: it writes the nodes
+
+
+def test_an_update_counts_each_split_it_writes_again_once_at_its_first_chunk() -> None:
+    tiny = _hierarchy(tiny=(1_500, 1024))  # splits of 1,000 chunks
+    keys = ["tiny/0", "tiny/1", "tiny/999", "tiny/1000", "tiny/1499"]
+    split = 1_000 * 1024
+    assert split_rewrites(tiny, keys, inline_max=INLINE_MAX).tolist() == [split, 0, 0, split, 0]
+    big = _hierarchy(big=(20_000, 64 * 1024))  # chunks of 64 KiB are not kept inline
+    assert split_rewrites(big, ["big/0", "big/15000"], inline_max=ICECHUNK_INLINE_MAX).tolist() == [0, 0]
+
+
+def test_a_scattered_update_of_inline_chunks_is_staged_by_the_splits_it_rewrites(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _tiny_chunks(tmp_path / "tiny.zarr", 3_000)  # three splits of 1,000 chunks
+    first = upload_zarr(src, location, zarr_id, dedup=False)
+    stages: list[int] = []
+    stage = staging.StagedUpload.stage
+    monkeypatch.setattr(staging, "STAGE_INLINE_BYTES", 1_500 * 1024)  # one split's rewrite a batch
+    monkeypatch.setattr(staging.StagedUpload, "stage", lambda self: (stages.append(1), stage(self)))
+    array = zarr.open_array(str(src), mode="r+")
+    for chunk in (10, 1_010, 2_010):  # one chunk in each split
+        array[chunk * 1024 : (chunk + 1) * 1024] = 1
+    second = upload_zarr(src, location, zarr_id, dedup=False)
+    assert second.files_written == 3 and len(stages) == 2  # three batches, one snapshot
+    repo = ZarrRepository.open(location, zarr_id)
+    assert [s.snapshot_id for s in repo.history()][:2] == [second.snapshot_id, first.snapshot_id]
+    assert second.zarr_checksum == reference_checksum(src) and verify_snapshot(repo).ok
+    assert tree_bytes(Path(export_snapshot(repo, tmp_path / "out.zarr").destination)) == tree_bytes(src)
 
 
 def test_an_upload_of_more_inline_bytes_than_a_batch_holds_is_staged_into_one_snapshot(

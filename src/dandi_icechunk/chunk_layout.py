@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import icechunk
+import numpy as np
 
-from .hierarchy import Hierarchy
+from .hierarchy import ArrayGrid, Hierarchy
 
 MANIFEST_TARGET_REFS = 10_000
 """Most chunk references per manifest: a 1-chunk change rewrites at most ~0.2 MB of manifest."""
@@ -42,26 +44,54 @@ def manifest_refs(chunk_bytes: int) -> int:
     return max(MANIFEST_MIN_REFS, MANIFEST_TARGET_REFS * chunk_bytes // _MANIFEST_FULL_SPLIT_CHUNK_BYTES)
 
 
-def manifest_splitting(hierarchy: Hierarchy) -> icechunk.ManifestSplittingConfig:
-    """Split the manifests of large arrays so each holds at most :func:`manifest_refs` refs.
+def split_shape(grid: ArrayGrid) -> tuple[int, ...]:
+    """Chunks per axis of each manifest split of ``grid``'s array (its whole grid when one
+    manifest holds it): at most :func:`manifest_refs` refs, split on the leading
+    (slowest-varying) axes, so a split covers a contiguous slab."""
+    target = manifest_refs(grid.chunk_bytes)
+    if math.prod(grid.grid) <= target:
+        return grid.grid
+    shape, covered = [], 1
+    for n in reversed(grid.grid):
+        take = min(n, max(1, target // covered))
+        covered *= take
+        shape.append(take)
+    return tuple(reversed(shape))
 
-    Splits fall on the leading (slowest-varying) axes, so a manifest covers a contiguous slab.
-    """
+
+def manifest_splitting(hierarchy: Hierarchy) -> icechunk.ManifestSplittingConfig:
+    """Split the manifests of large arrays as :func:`split_shape` says."""
     rules: dict[Any, Any] = {}
     for node in hierarchy.nodes.values():
-        if node.grid is None:
+        if node.grid is None or (shape := split_shape(node.grid)) == node.grid.grid:
             continue
-        target = manifest_refs(node.grid.chunk_bytes)
-        if math.prod(node.grid.grid) <= target:
-            continue
-        sizes, covered = {}, 1
-        for axis in reversed(range(len(node.grid.grid))):
-            take = min(node.grid.grid[axis], max(1, target // covered))
-            covered *= take
-            if take < node.grid.grid[axis]:
-                sizes[icechunk.ManifestSplitDimCondition.Axis(axis)] = take
+        sizes = {icechunk.ManifestSplitDimCondition.Axis(axis): take
+                 for axis, (take, n) in enumerate(zip(shape, node.grid.grid, strict=True)) if take < n}
         rules[icechunk.ManifestSplitCondition.path_matches(f"^/{re.escape(node.path)}$")] = sizes
     return icechunk.ManifestSplittingConfig.from_dict(rules)
+
+
+def split_rewrites(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> np.ndarray:
+    """For chunk ``keys`` in grid order (:meth:`Hierarchy.in_grid_order`) that an update writes:
+    at the first key of each manifest split, how many bytes of inline chunks that split may hold
+    (the update reads it and writes it again whole); 0 elsewhere. An upper bound: every chunk of
+    the split inline, at its size before compression (``inline_max`` when unknown)."""
+    out = np.zeros(len(keys), dtype=np.int64)
+    previous: tuple[str, tuple[int, ...]] | None = None
+    for i, key in enumerate(keys):
+        grid = hierarchy.array_of(key)
+        assert grid is not None, f"{key} is no chunk"
+        shape = split_shape(grid)
+        position, coords = grid.position(key[len(grid.path) + 1 :] if grid.path else key), []
+        for n, take in zip(reversed(grid.grid), reversed(shape), strict=True):
+            position, c = divmod(position, n)
+            coords.append(c // take)
+        split = (grid.path, tuple(coords))
+        if split != previous:
+            chunk = grid.chunk_bytes or inline_max
+            out[i] = math.prod(shape) * chunk if chunk <= inline_max else 0
+            previous = split
+    return out
 
 
 def inline_chunk_max(hierarchy: Hierarchy) -> int:
@@ -73,9 +103,6 @@ def inline_chunk_max(hierarchy: Hierarchy) -> int:
     arrays of tiny chunks (1,000 refs a split) take chunks of up to 4 KiB; a Zarr with an array
     of 10,000 refs a split keeps Icechunk's default, :data:`ICECHUNK_INLINE_MAX`.
     """
-    refs = max(
-        (min(math.prod(node.grid.grid), manifest_refs(node.grid.chunk_bytes))
-         for node in hierarchy.nodes.values() if node.grid is not None),
-        default=1,
-    )
+    refs = max((math.prod(split_shape(node.grid)) for node in hierarchy.nodes.values() if node.grid is not None),
+               default=1)
     return max(ICECHUNK_INLINE_MAX, min(INLINE_MAX, INLINE_SPLIT_BYTES // max(refs, 1)))

@@ -22,7 +22,7 @@ import icechunk
 import numpy as np
 from zarr.buffer import cpu
 
-from ..chunk_layout import ICECHUNK_INLINE_MAX, inline_chunk_max, manifest_splitting
+from ..chunk_layout import ICECHUNK_INLINE_MAX, inline_chunk_max, manifest_splitting, split_rewrites
 from ..errors import (
     ConflictError,
     InvalidArgumentError,
@@ -224,7 +224,7 @@ def upload_zarr(
                 removed_nodes = len(nodes.removed)
                 with _storage_errors(writer.zarr_id):
                     staged = _write_changes(writer, session, branch, cleanup, local, nodes, written_chunks, jobs,
-                                            progress, expected=new_index, dask=dask)
+                                            progress, expected=new_index, dask=dask, updating=base.file_count > 0)
         # Past the writes no file's stat is needed: not held through the commit (~100 MB at 1.3 M files).
         root, fingerprint = listing.root, listing.fingerprint
         del listing, local
@@ -489,16 +489,18 @@ def _write_changes(
     expected: DigestIndex | None = None,
     hashed: FileDigests | None = None,
     dask: Client | None = None,
+    updating: bool = False,
 ) -> StagedUpload | None:
     """Write the changes into ``session``: nodes first, then chunks (``written_chunks``, in any
-    order: sent in key order, or in grid order when staged), here or on ``dask``.
+    order: sent in grid order), here or on ``dask``; ``updating``: the session's base has files.
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
     ``hashed``. More chunks than one batch (:func:`~.staged.batch_ends`) go in batches to a scratch
     branch (:mod:`.staged`), deleted when ``cleanup`` closes: the staged upload is returned, and
     its last batch is what to commit instead of ``session``."""
     known = expected.files if expected is not None else None
-    sizes = np.fromiter(map(local.stats.size_of, written_chunks), dtype=np.int64, count=len(written_chunks))
-    progress.start("uploading", len(written_chunks), int(sizes.sum()))
+    ordered = local.hierarchy.in_grid_order(written_chunks)  # each batch fills its own manifest splits
+    sizes = np.fromiter(map(local.stats.size_of, ordered), dtype=np.int64, count=len(ordered))
+    progress.start("uploading", len(ordered), int(sizes.sum()))
     try:
         if dask is not None:
             write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in sorted(written_chunks)],
@@ -506,14 +508,14 @@ def _write_changes(
             return None
         staged = None
         inline_max = writer.icechunk.config.inline_chunk_threshold_bytes or ICECHUNK_INLINE_MAX
-        if len(batch_ends(sizes, inline_max)) > 1:  # the count does not depend on the order
+        held = np.where(sizes <= inline_max, sizes, 0)
+        if updating:
+            held += split_rewrites(local.hierarchy, ordered, inline_max)
+        del sizes
+        ends = batch_ends(held)
+        if len(ends) > 1:
             scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
             staged = StagedUpload(writer, branch, session.snapshot_id, scratch)
-            ordered = local.hierarchy.in_grid_order(written_chunks)
-            ends = batch_ends(np.fromiter(map(local.stats.size_of, ordered), dtype=np.int64, count=len(ordered)),
-                              inline_max)
-        else:
-            ordered, ends = sorted(written_chunks), [len(written_chunks)]
 
         async def run(store: Any, batch: list[str], first: bool) -> None:
             if first:

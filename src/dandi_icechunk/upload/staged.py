@@ -17,7 +17,6 @@ killed process left behind is removed by ``gc``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import icechunk
@@ -40,21 +39,23 @@ def cached_chunk_refs(inline_max: int) -> int:
     return min(STAGE_CHUNKS, STAGE_INLINE_BYTES // inline_max)
 
 
-def batch_ends(sizes: Sequence[int] | np.ndarray, inline_max: int) -> list[int]:
-    """Where each batch of chunks of ``sizes`` (in the order they are written) ends: at most
-    :data:`STAGE_CHUNKS` chunks and :data:`STAGE_INLINE_BYTES` of chunks of at most ``inline_max``
-    bytes a batch (a lone chunk is a batch). One batch, however empty: it makes the nodes.
+def batch_ends(held: np.ndarray) -> list[int]:
+    """Where each batch of the chunks written ends, given the bytes Icechunk holds for each until
+    the commit (``held``, in the order they are written: chunks kept inline, and the splits an
+    update writes again, :func:`~dandi_icechunk.chunk_layout.split_rewrites`): at most
+    :data:`STAGE_CHUNKS` chunks and :data:`STAGE_INLINE_BYTES` held a batch (a lone chunk is a
+    batch). One batch, however empty: it makes the nodes.
 
-    >>> batch_ends([100] * 5, inline_max=512)
+    >>> batch_ends(np.array([100] * 5))
     [5]
     """
-    inline = np.cumsum(np.where(np.asarray(sizes, dtype=np.int64) <= inline_max, sizes, 0))
+    total = np.cumsum(held)
     ends: list[int] = []
     start = 0
-    while start < len(inline):
-        before = int(inline[start - 1]) if start else 0
-        fits = int(np.searchsorted(inline, before + STAGE_INLINE_BYTES, side="right"))
-        start = min(start + STAGE_CHUNKS, max(fits, start + 1), len(inline))
+    while start < len(total):
+        before = int(total[start - 1]) if start else 0
+        fits = int(np.searchsorted(total, before + STAGE_INLINE_BYTES, side="right"))
+        start = min(start + STAGE_CHUNKS, max(fits, start + 1), len(total))
         ends.append(start)
     return ends or [0]
 
