@@ -16,7 +16,7 @@ from dandi_icechunk.hierarchy import Hierarchy
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.snapshot_files import SnapshotFiles, verify_snapshot
+from dandi_icechunk.snapshot_files import READ_CHUNK_REFS, SnapshotFiles, verify_snapshot
 from dandi_icechunk.upload import staged as staging
 from dandi_icechunk.upload import upload_zarr
 from dandi_icechunk.upload.staged import batch_ends
@@ -149,3 +149,19 @@ def test_an_upload_of_more_inline_bytes_than_a_batch_holds_is_staged_into_one_sn
     assert len(repo.history()) == 2 and repo.icechunk.list_branches() == {"main"}
     assert result.zarr_checksum == reference_checksum(src) and _chunk_objects(location, zarr_id) == 0
     assert tree_bytes(Path(export_snapshot(repo, tmp_path / "out.zarr").destination)) == tree_bytes(src)
+
+
+def test_every_file_is_read_split_by_split_in_grid_order_with_a_bounded_cache(
+    location: StorageLocation, zarr_id: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "rows.zarr"
+    array = zarr.create_array(str(src), shape=(12, 1024), chunks=(1, 512), dtype="u1", compressors=None, zarr_format=2)
+    array[:] = np.random.default_rng(4).integers(0, 256, size=array.shape, dtype="u1")
+    sid = upload_zarr(src, location, zarr_id).snapshot_id
+    repo = ZarrRepository.open(location, zarr_id)
+    files = SnapshotFiles.open(repo, sid, chunk_refs=READ_CHUNK_REFS)
+    order = files.in_reading_order(tree_bytes(src))
+    chunks = [k for k in order if not k.startswith(".")]
+    assert order == sorted(k for k in order if k.startswith(".")) + chunks  # the other files first
+    assert chunks == [f"{r}.{c}" for r in range(12) for c in range(2)]  # "2.0" before "10.0"
+    assert all(asyncio.run(files.read(k)) == (src / k).read_bytes() for k in chunks)

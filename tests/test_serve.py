@@ -27,6 +27,7 @@ from dandi_icechunk.read.manifest import snapshot_manifest
 from dandi_icechunk.read.serve import create_app
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
+from dandi_icechunk.snapshot_files import SnapshotFiles
 from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2
 from dandi_icechunk.upload import upload_zarr
 
@@ -254,13 +255,13 @@ def test_each_open_snapshot_keeps_a_bounded_number_of_chunk_refs(
 
     sid = upload_zarr(make_ome_zarr_v2(tmp_path / "s.ome.zarr"), location, zarr_id).snapshot_id
     opened: list[int | None] = []
-    open_for_reading = ZarrRepository.open_for_reading
+    open_snapshot = SnapshotFiles.open
 
-    def recorded(*args, config=None, **kwargs):  # type: ignore[no-untyped-def]
-        opened.append(config.caching.num_chunk_refs if config and config.caching else None)
-        return open_for_reading(*args, config=config, **kwargs)
+    def recorded(*args, chunk_refs=None, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(chunk_refs)
+        return open_snapshot(*args, chunk_refs=chunk_refs, **kwargs)
 
-    monkeypatch.setattr(ZarrRepository, "open_for_reading", recorded)
+    monkeypatch.setattr(SnapshotFiles, "open", recorded)
     with serving(location) as url:
         assert _get(f"{url}/{zarr_id}/{sid}/0/.zarray")[0] == 200
     assert opened == [serve.VIEW_CHUNK_REFS] and serve.VIEW_CHUNK_REFS <= 20_000

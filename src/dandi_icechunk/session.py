@@ -262,10 +262,7 @@ class ZarrRepository:
             ) from None
 
     @classmethod
-    def open_for_reading(
-        cls, location: StorageLocation, zarr_id: str, *, embargoed: bool = False,
-        config: icechunk.RepositoryConfig | None = None,
-    ) -> ZarrRepository:
+    def open_for_reading(cls, location: StorageLocation, zarr_id: str, *, embargoed: bool = False) -> ZarrRepository:
         """Open the repository of ``zarr_id`` to read it: on S3, as anyone reads the bucket when
         the bucket lets them (unsigned, through Icechunk's cheaper HTTP storage, and never more
         than the bucket policy shows anyone), else with ``location``'s own credentials.
@@ -275,10 +272,10 @@ class ZarrRepository:
         if location.kind == "s3" and location.arraylake is None and not location.anonymous:
             anyone = dataclasses.replace(location, credentials=None, credentials_provider=None, anonymous=True)
             try:
-                return cls.open(anyone, zarr_id, embargoed=embargoed, config=config, reading=True)
+                return cls.open(anyone, zarr_id, embargoed=embargoed, reading=True)
             except DandiIcechunkError:
                 pass
-        return cls.open(location, zarr_id, embargoed=embargoed, config=config, reading=True)
+        return cls.open(location, zarr_id, embargoed=embargoed, reading=True)
 
     @classmethod
     def _open_arraylake(

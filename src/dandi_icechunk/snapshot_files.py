@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,9 @@ from .session import ZarrRepository
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _INLINE_HANDLE_MAX = 256 * 1024
+READ_CHUNK_REFS = 50_000
+"""Chunk refs of the manifests a read of every file keeps: it reads them split by split, in
+grid order, so a few splits are enough; and splits of chunks kept inline hold their bytes."""
 
 
 @dataclass(frozen=True)
@@ -52,17 +55,33 @@ class SnapshotFiles:
     store: Any
 
     @classmethod
-    def open(cls, repository: ZarrRepository, snapshot_id: str, *, index: DigestIndex | None = None) -> SnapshotFiles:
-        """Open ``snapshot_id`` (its digest index is read as needed, unless given whole)."""
+    def open(
+        cls, repository: ZarrRepository, snapshot_id: str, *, index: DigestIndex | None = None,
+        chunk_refs: int | None = None,
+    ) -> SnapshotFiles:
+        """Open ``snapshot_id`` (its digest index is read as needed, unless given whole), keeping
+        at most ``chunk_refs`` chunk refs of the manifests read (Icechunk's default: 15 M)."""
         reader = repository.index_reader(snapshot_id) if index is None else IndexReader.of(index)
+        icechunk_repo = repository.icechunk
+        if chunk_refs is not None:
+            caching = icechunk.CachingConfig(num_chunk_refs=chunk_refs)
+            icechunk_repo = icechunk_repo.reopen(config=icechunk.RepositoryConfig(caching=caching))
         return cls(
             zarr_id=repository.zarr_id,
             snapshot_id=snapshot_id,
             written_at=repository.icechunk.lookup_snapshot(snapshot_id).written_at,
             index=reader,
             hierarchy=Hierarchy.from_documents(reader.documents) if reader.documents else None,
-            store=repository.icechunk.readonly_session(snapshot_id=snapshot_id).store,
+            store=icechunk_repo.readonly_session(snapshot_id=snapshot_id).store,
         )
+
+    def in_reading_order(self, keys: Iterable[str]) -> list[str]:
+        """``keys``: files that are no chunk first, then chunks array by array in grid order, so
+        that each manifest split is read once (and chunks kept inside it come from memory)."""
+        if self.hierarchy is None:
+            return sorted(keys)
+        chunks, others = self.hierarchy.chunk_keys(keys)
+        return others + self.hierarchy.in_grid_order(chunks)
 
     def digest(self, key: str) -> FileDigest | None:
         """MD5 and size of file ``key``, or None when the snapshot has no such file."""
@@ -133,7 +152,7 @@ def read_snapshot_files(
     ``data`` is ``None`` for a chunk missing from the repository.
     """
     try:
-        files = SnapshotFiles.open(repository, snapshot_id, index=index)
+        files = SnapshotFiles.open(repository, snapshot_id, index=index, chunk_refs=READ_CHUNK_REFS)
     except icechunk.IcechunkError as exc:
         raise IntegrityError(
             f"snapshot {snapshot_id} of {repository.zarr_id} cannot be read: {first_line(exc)}; "
@@ -150,7 +169,7 @@ def read_snapshot_files(
         progress.advance(1, len(data or b""))
 
     try:
-        asyncio.run(run_bounded(one, sorted(index.files), jobs))
+        asyncio.run(run_bounded(one, files.in_reading_order(index.files), jobs))
     finally:
         progress.finish()
 

@@ -23,7 +23,6 @@ import re
 import threading
 from collections import OrderedDict
 
-import icechunk
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -65,13 +64,12 @@ class _Snapshots:
     def get(self, zarr_id: str, ref: str) -> SnapshotFiles:
         if (found := self.cached(zarr_id, ref)) is not None:
             return found
-        caching = icechunk.CachingConfig(num_chunk_refs=VIEW_CHUNK_REFS)
-        repo = ZarrRepository.open_for_reading(self.location, zarr_id, config=icechunk.RepositoryConfig(caching=caching))
+        repo = ZarrRepository.open_for_reading(self.location, zarr_id)
         if repo.embargoed:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
         sid = repo.resolve(snapshot_id=ref) if _SNAPSHOT_ID.fullmatch(ref) else repo.resolve(tag=ref)
-        snapshot = SnapshotFiles.open(repo, sid)
+        snapshot = SnapshotFiles.open(repo, sid, chunk_refs=VIEW_CHUNK_REFS)
         with self._lock:  # loading above is not serialised; only the LRU's bookkeeping is
             self._cache[(zarr_id, ref)] = snapshot
             if len(self._cache) > _CACHE_SIZE:
