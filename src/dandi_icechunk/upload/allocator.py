@@ -15,6 +15,7 @@ commit's own peak.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from typing import Any
@@ -23,6 +24,7 @@ _M_ARENA_MAX = -8  # glibc's malloc.h
 ARENAS = 2
 
 
+@functools.cache
 def _libc_function(name: str) -> Any | None:
     if not sys.platform.startswith("linux"):
         return None
