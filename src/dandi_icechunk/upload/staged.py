@@ -3,8 +3,10 @@ scratch branch, then put on the upload's branch at once.
 
 Icechunk keeps every chunk reference written in a session until the commit, and builds the
 manifests at the commit: about 420 bytes a chunk at the commit's peak, 584 MB for DANDI's
-1.3 M-file Zarr (`docs/upload-memory.md`). An upload that writes more than
-:data:`STAGE_CHUNKS` chunks writes them, in grid order (so each batch fills its own manifest
+1.3 M-file Zarr (`docs/upload-memory.md`); and the bytes of chunks kept inside the manifests
+(`docs/tiny-chunks.md`). An upload that writes more than :data:`STAGE_CHUNKS` chunks, or more
+than :data:`STAGE_INLINE_BYTES` of inline chunks and of the splits holding them that an update
+writes again, writes them in batches, in grid order (so each batch fills its own manifest
 splits), into a scratch branch made at the upload's base (:data:`SCRATCH_BRANCH_PREFIX`). Each
 batch is committed there by amending the one before, so the scratch branch holds one snapshot
 over the base whatever the number of batches; the last is amended with the upload's message and
