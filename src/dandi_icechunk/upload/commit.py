@@ -499,11 +499,12 @@ def _write_changes(
     its last batch is what to commit instead of ``session``."""
     known = expected.files if expected is not None else None
     ordered = local.hierarchy.in_grid_order(written_chunks)  # each batch fills its own manifest splits
+    del written_chunks  # a first upload's list of every key: ordered holds them
     sizes = np.fromiter(map(local.stats.size_of, ordered), dtype=np.int64, count=len(ordered))
     progress.start("uploading", len(ordered), int(sizes.sum()))
     try:
         if dask is not None:
-            write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in sorted(written_chunks)],
+            write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in ordered],
                           jobs, progress.advance, expected=known, hashed=hashed)
             return None
         staged = None
@@ -511,8 +512,8 @@ def _write_changes(
         held = np.where(sizes <= inline_max, sizes, 0)
         if updating:
             held += split_rewrites(local.hierarchy, ordered, inline_max)
-        del sizes
         ends = batch_ends(held)
+        del sizes, held
         if len(ends) > 1:
             scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
             staged = StagedUpload(writer, branch, session.snapshot_id, scratch)

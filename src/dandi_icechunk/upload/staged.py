@@ -30,7 +30,7 @@ from .allocator import release_free_memory
 
 STAGE_CHUNKS = 200_000
 """Most chunks written into one Icechunk session (about 85 MB of Icechunk's memory at its commit)."""
-STAGE_INLINE_BYTES = 32 * 1024 * 1024
+STAGE_INLINE_BYTES = 16 * 1024 * 1024
 """Most bytes of chunks stored inline (in the manifests) written into one session: Icechunk holds
 them until the commit, and about as much again while it writes the manifests."""
 
