@@ -287,10 +287,14 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
         base.learn_contents({name: content for content, name in ours.items()})
     theirs, named = {row[column] for row in base.table}, set(ours.values())
     reading = [n for n, row in enumerate(base.table) if row[column] not in named]
+    old_files = FileDigests()  # packed: a scattered change reads every shard
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
-        parts = list(pool.map(base.read_shard, reading))
-    old_files = {k: d for part in parts for k, d in part.items()}
-    new_files = {k: new.files[k] for content, name in ours.items() if name not in theirs for k in new.runs[content]}
+        for part in pool.map(base.read_shard, reading):
+            old_files.update(part.items())
+    differing = [content for content, name in ours.items() if name not in theirs]
+    new_files = new.files if len(differing) == len(ours) else FileDigests(
+        (k, new.files[k]) for content in differing for k in new.runs[content]
+    )
     return (DigestIndex(base.zarr_format, old_files, base.documents),
             DigestIndex(new.zarr_format, new_files, new.documents))
 
