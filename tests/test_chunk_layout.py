@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dandi_icechunk.chunk_layout import ICECHUNK_INLINE_MAX, INLINE_MAX, inline_chunk_max, split_rewrites
+from dandi_icechunk.chunk_layout import ICECHUNK_INLINE_MAX, INLINE_MAX, inline_chunk_max, split_bytes
 from dandi_icechunk.hierarchy import Hierarchy
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
@@ -106,13 +106,13 @@ def test_batches_end_at_the_chunk_count_or_the_bytes_held_whichever_comes_first(
     assert batch_ends(np.array([], dtype=np.int64)) == [0]  # one batch: it writes the nodes
 
 
-def test_an_update_counts_each_split_it_writes_again_once_at_its_first_chunk() -> None:
+def test_each_split_written_counts_once_at_its_first_chunk() -> None:
     tiny = _hierarchy(tiny=(1_500, 1024))  # splits of 1,000 chunks
     keys = ["tiny/0", "tiny/1", "tiny/999", "tiny/1000", "tiny/1499"]
     split = 1_000 * 1024
-    assert split_rewrites(tiny, keys, inline_max=INLINE_MAX).tolist() == [split, 0, 0, split, 0]
+    assert split_bytes(tiny, keys, inline_max=INLINE_MAX).tolist() == [split, 0, 0, split, 0]
     big = _hierarchy(big=(20_000, 64 * 1024))  # chunks of 64 KiB are not kept inline
-    assert split_rewrites(big, ["big/0", "big/15000"], inline_max=ICECHUNK_INLINE_MAX).tolist() == [0, 0]
+    assert split_bytes(big, ["big/0", "big/15000"], inline_max=ICECHUNK_INLINE_MAX).tolist() == [0, 0]
 
 
 def test_a_scattered_update_of_inline_chunks_is_staged_by_the_splits_it_rewrites(
@@ -140,11 +140,11 @@ def test_an_upload_of_more_inline_bytes_than_a_batch_holds_is_staged_into_one_sn
 ) -> None:
     stages: list[int] = []
     stage = staging.StagedUpload.stage
-    monkeypatch.setattr(staging, "STAGE_INLINE_BYTES", 300 * 1024)
+    monkeypatch.setattr(staging, "STAGE_INLINE_BYTES", 1_500 * 1024)  # one split a batch
     monkeypatch.setattr(staging.StagedUpload, "stage", lambda self: (stages.append(1), stage(self)))
-    src = _tiny_chunks(tmp_path / "tiny.zarr", 1_500)
+    src = _tiny_chunks(tmp_path / "tiny.zarr", 3_000)  # three splits of 1,000 chunks
     result = upload_zarr(src, location, zarr_id, dedup=False)
-    assert len(stages) == 4  # five batches of 300 chunks: four staged, the last published
+    assert len(stages) == 2  # three batches: two staged, the last published
     repo = ZarrRepository.open(location, zarr_id)
     assert len(repo.history()) == 2 and repo.icechunk.list_branches() == {"main"}
     assert result.zarr_checksum == reference_checksum(src) and _chunk_objects(location, zarr_id) == 0

@@ -27,7 +27,7 @@ from dandi_icechunk.read.manifest import snapshot_manifest
 from dandi_icechunk.read.serve import create_app
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.snapshot_files import SnapshotFiles
+from dandi_icechunk.snapshot_files import READ_CHUNK_REFS, SnapshotFiles
 from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2
 from dandi_icechunk.upload import upload_zarr
 
@@ -251,8 +251,6 @@ def test_each_open_snapshot_keeps_a_bounded_number_of_chunk_refs(
 ) -> None:
     """Icechunk keeps up to 15 M chunk refs of the manifests it reads, with the bytes of chunks
     kept inside them: the view, open on up to 8 snapshots for anyone, keeps 20,000 each."""
-    from dandi_icechunk.read import serve
-
     sid = upload_zarr(make_ome_zarr_v2(tmp_path / "s.ome.zarr"), location, zarr_id).snapshot_id
     opened: list[int | None] = []
     open_snapshot = SnapshotFiles.open
@@ -264,4 +262,4 @@ def test_each_open_snapshot_keeps_a_bounded_number_of_chunk_refs(
     monkeypatch.setattr(SnapshotFiles, "open", recorded)
     with serving(location) as url:
         assert _get(f"{url}/{zarr_id}/{sid}/0/.zarray")[0] == 200
-    assert opened == [serve.VIEW_CHUNK_REFS] and serve.VIEW_CHUNK_REFS <= 20_000
+    assert opened == [READ_CHUNK_REFS] and READ_CHUNK_REFS <= 20_000

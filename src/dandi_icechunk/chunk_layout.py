@@ -71,11 +71,11 @@ def manifest_splitting(hierarchy: Hierarchy) -> icechunk.ManifestSplittingConfig
     return icechunk.ManifestSplittingConfig.from_dict(rules)
 
 
-def split_rewrites(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> np.ndarray:
-    """For chunk ``keys`` in grid order (:meth:`Hierarchy.in_grid_order`) that an update writes:
+def split_bytes(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> np.ndarray:
+    """For chunk ``keys`` in grid order (:meth:`Hierarchy.in_grid_order`) that an upload writes:
     at the first key of each manifest split, how many bytes of inline chunks that split may hold
-    (the update reads it and writes it again whole); 0 elsewhere. An upper bound: every chunk of
-    the split inline, at its size before compression (``inline_max`` when unknown)."""
+    (the commit writes it whole; an update reads it first); 0 elsewhere. An upper bound: every
+    chunk of the split inline, at its size before compression (``inline_max`` when unknown)."""
     out = np.zeros(len(keys), dtype=np.int64)
     previous: tuple[str, tuple[int, ...]] | None = None
     for i, key in enumerate(keys):

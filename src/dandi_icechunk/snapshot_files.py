@@ -32,9 +32,11 @@ from .session import ZarrRepository
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _INLINE_HANDLE_MAX = 256 * 1024
-READ_CHUNK_REFS = 50_000
-"""Chunk refs of the manifests a read of every file keeps: it reads them split by split, in
-grid order, so a few splits are enough; and splits of chunks kept inline hold their bytes."""
+READ_CHUNK_REFS = 20_000
+"""Chunk refs of the manifests kept by a read of every file (split by split, in grid order: a
+few splits are enough) and by each snapshot the HTTP view has open (Icechunk's default is
+15 M): splits of chunks kept inline hold their bytes, up to ~80 MB in 20,000 refs
+(:mod:`~dandi_icechunk.chunk_layout`)."""
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,10 @@ from ..errors import DandiIcechunkError, RepositoryNotFoundError
 from ..hierarchy import is_document
 from ..location import StorageLocation
 from ..session import ZarrRepository
-from ..snapshot_files import SnapshotFiles, byte_range
+from ..snapshot_files import READ_CHUNK_REFS, SnapshotFiles, byte_range
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 16 shards
-VIEW_CHUNK_REFS = 20_000
-"""Chunk refs of the manifests each open snapshot keeps (Icechunk's default is 15 M): a few
-splits, and at most ~80 MB of chunks kept inside them (:mod:`~dandi_icechunk.chunk_layout`)."""
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
 
@@ -69,7 +66,7 @@ class _Snapshots:
             # The view is anonymous: an embargoed Zarr is answered exactly as a missing one.
             raise RepositoryNotFoundError(f"no public Zarr {zarr_id} here")
         sid = repo.resolve(snapshot_id=ref) if _SNAPSHOT_ID.fullmatch(ref) else repo.resolve(tag=ref)
-        snapshot = SnapshotFiles.open(repo, sid, chunk_refs=VIEW_CHUNK_REFS)
+        snapshot = SnapshotFiles.open(repo, sid, chunk_refs=READ_CHUNK_REFS)
         with self._lock:  # loading above is not serialised; only the LRU's bookkeeping is
             self._cache[(zarr_id, ref)] = snapshot
             if len(self._cache) > _CACHE_SIZE:

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import icechunk
-import numpy as np
 from zarr.buffer import cpu
 
-from ..chunk_layout import ICECHUNK_INLINE_MAX, inline_chunk_max, manifest_splitting, split_rewrites
+from ..chunk_layout import ICECHUNK_INLINE_MAX, inline_chunk_max, manifest_splitting, split_bytes
 from ..errors import (
     ConflictError,
     InvalidArgumentError,
@@ -224,7 +223,7 @@ def upload_zarr(
                 removed_nodes = len(nodes.removed)
                 with _storage_errors(writer.zarr_id):
                     staged = _write_changes(writer, session, branch, cleanup, local, nodes, written_chunks, jobs,
-                                            progress, expected=new_index, dask=dask, updating=base.file_count > 0)
+                                            progress, expected=new_index, dask=dask)
         # Past the writes no file's stat is needed: not held through the commit (~100 MB at 1.3 M files).
         root, fingerprint = listing.root, listing.fingerprint
         del listing, local
@@ -489,10 +488,9 @@ def _write_changes(
     expected: DigestIndex | None = None,
     hashed: FileDigests | None = None,
     dask: Client | None = None,
-    updating: bool = False,
 ) -> StagedUpload | None:
     """Write the changes into ``session``: nodes first, then chunks (``written_chunks``, in any
-    order: sent in grid order), here or on ``dask``; ``updating``: the session's base has files.
+    order: sent in grid order), here or on ``dask``.
     Each chunk sent either has the digest ``expected`` holds for it, or has its digest put in
     ``hashed``. More chunks than one batch (:func:`~.staged.batch_ends`) go in batches to a scratch
     branch (:mod:`.staged`), deleted when ``cleanup`` closes: the staged upload is returned, and
@@ -500,8 +498,7 @@ def _write_changes(
     known = expected.files if expected is not None else None
     ordered = local.hierarchy.in_grid_order(written_chunks)  # each batch fills its own manifest splits
     del written_chunks  # a first upload's list of every key: ordered holds them
-    sizes = np.fromiter(map(local.stats.size_of, ordered), dtype=np.int64, count=len(ordered))
-    progress.start("uploading", len(ordered), int(sizes.sum()))
+    progress.start("uploading", len(ordered), sum(map(local.stats.size_of, ordered)))
     try:
         if dask is not None:
             write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in ordered],
@@ -509,11 +506,7 @@ def _write_changes(
             return None
         staged = None
         inline_max = writer.icechunk.config.inline_chunk_threshold_bytes or ICECHUNK_INLINE_MAX
-        held = np.where(sizes <= inline_max, sizes, 0)
-        if updating:
-            held += split_rewrites(local.hierarchy, ordered, inline_max)
-        ends = batch_ends(held)
-        del sizes, held
+        ends = batch_ends(split_bytes(local.hierarchy, ordered, inline_max))
         if len(ends) > 1:
             scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
             staged = StagedUpload(writer, branch, session.snapshot_id, scratch)

@@ -5,8 +5,8 @@ Icechunk keeps every chunk reference written in a session until the commit, and 
 manifests at the commit: about 420 bytes a chunk at the commit's peak, 584 MB for DANDI's
 1.3 M-file Zarr (`docs/upload-memory.md`); and the bytes of chunks kept inside the manifests
 (`docs/tiny-chunks.md`). An upload that writes more than :data:`STAGE_CHUNKS` chunks, or more
-than :data:`STAGE_INLINE_BYTES` of inline chunks and of the splits holding them that an update
-writes again, writes them in batches, in grid order (so each batch fills its own manifest
+than :data:`STAGE_INLINE_BYTES` of inline chunks in the splits it writes (an update reads
+them too), writes them in batches, in grid order (so each batch fills its own manifest
 splits), into a scratch branch made at the upload's base (:data:`SCRATCH_BRANCH_PREFIX`). Each
 batch is committed there by amending the one before, so the scratch branch holds one snapshot
 over the base whatever the number of batches; the last is amended with the upload's message and
@@ -43,8 +43,8 @@ def cached_chunk_refs(inline_max: int) -> int:
 
 def batch_ends(held: np.ndarray) -> list[int]:
     """Where each batch of the chunks written ends, given the bytes Icechunk holds for each until
-    the commit (``held``, in the order they are written: chunks kept inline, and the splits an
-    update writes again, :func:`~dandi_icechunk.chunk_layout.split_rewrites`): at most
+    the commit (``held``, in the order they are written: the inline chunks of each split it
+    writes, :func:`~dandi_icechunk.chunk_layout.split_bytes`, so batches end between splits): at most
     :data:`STAGE_CHUNKS` chunks and :data:`STAGE_INLINE_BYTES` held a batch (a lone chunk is a
     batch). One batch, however empty: it makes the nodes.
 
