@@ -77,19 +77,22 @@ def split_bytes(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> n
     (the commit writes it whole; an update reads it first); 0 elsewhere. An upper bound: every
     chunk of the split inline, at its size before compression (``inline_max`` when unknown)."""
     out = np.zeros(len(keys), dtype=np.int64)
+    shapes: dict[str, tuple[int, ...]] = {}
     previous: tuple[str, tuple[int, ...]] | None = None
     for i, key in enumerate(keys):
         grid = hierarchy.array_of(key)
         assert grid is not None, f"{key} is no chunk"
-        shape = split_shape(grid)
+        chunk = grid.chunk_bytes or inline_max
+        if chunk > inline_max:  # chunks this large before compression are seldom inline: not counted
+            continue
+        shape = shapes.get(grid.path) or shapes.setdefault(grid.path, split_shape(grid))
         position, coords = grid.position(key[len(grid.path) + 1 :] if grid.path else key), []
         for n, take in zip(reversed(grid.grid), reversed(shape), strict=True):
             position, c = divmod(position, n)
             coords.append(c // take)
         split = (grid.path, tuple(coords))
         if split != previous:
-            chunk = grid.chunk_bytes or inline_max
-            out[i] = math.prod(shape) * chunk if chunk <= inline_max else 0
+            out[i] = math.prod(shape) * chunk
             previous = split
     return out
 
