@@ -581,3 +581,19 @@ def test_the_walk_lists_keys_in_sorted_order_so_the_listing_needs_no_sort(paths:
             files.add(key)
         walked = [key for run in _walk(root, []) for key, _ in run]
     assert walked == sorted(files)
+
+
+def test_verify_gives_the_checksum_of_the_bytes_stored_when_they_differ(zarr_id: str, tmp_path: Path) -> None:
+    """The stored bytes of every chunk overwritten (same length): verify names each file, and
+    its checksum is the one of a Zarr holding the overwritten bytes, not the recorded one."""
+    location = StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
+    src = make_zarr_v3(tmp_path / "a.zarr", shape=(16, 128, 128), chunks=(4, 32, 32))
+    upload_zarr(src, location, zarr_id)
+    files = {path.read_bytes(): path for path in src.rglob("c/*/*/*")}
+    for stored in (Path(location.bucket) / location.repository_prefix(zarr_id) / "chunks").iterdir():
+        original = files[stored.read_bytes()]  # each chunk object holds one file's bytes
+        stored.write_bytes(b"x" * stored.stat().st_size)
+        original.write_bytes(b"x" * original.stat().st_size)
+    report = verify_snapshot(ZarrRepository.open(location, zarr_id))
+    assert len(report.problems) == len(files) and not report.ok
+    assert report.actual_checksum == reference_checksum(src) != report.expected_checksum
