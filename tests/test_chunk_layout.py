@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import zarr
 
-from dandi_icechunk.chunk_layout import ICECHUNK_INLINE_MAX, INLINE_MAX, inline_chunk_max, split_bytes
+from dandi_icechunk.chunk_layout import (
+    ICECHUNK_INLINE_MAX,
+    INLINE_MAX,
+    inline_chunk_max,
+    split_bytes,
+)
 from dandi_icechunk.hierarchy import Hierarchy
 from dandi_icechunk.location import StorageLocation
 from dandi_icechunk.read.export import export_snapshot
