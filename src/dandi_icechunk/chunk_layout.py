@@ -85,14 +85,12 @@ def split_bytes(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> n
         chunk = grid.chunk_bytes or inline_max
         if chunk > inline_max:  # chunks this large before compression are seldom inline: not counted
             continue
-        shape = shapes.get(grid.path) or shapes.setdefault(grid.path, split_shape(grid))
-        position, coords = grid.position(key[len(grid.path) + 1 :] if grid.path else key), []
-        for n, take in zip(reversed(grid.grid), reversed(shape), strict=True):
-            position, c = divmod(position, n)
-            coords.append(c // take)
-        split = (grid.path, tuple(coords))
+        if grid.path not in shapes:
+            shapes[grid.path] = split_shape(grid)
+        coords = grid.coordinates(key[len(grid.path) + 1 :] if grid.path else key)
+        split = (grid.path, tuple(c // take for c, take in zip(coords, shapes[grid.path], strict=True)))
         if split != previous:
-            out[i] = math.prod(shape) * chunk
+            out[i] = math.prod(shapes[grid.path]) * chunk
             previous = split
     return out
 

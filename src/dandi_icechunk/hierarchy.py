@@ -74,13 +74,17 @@ class ArrayGrid:
         prefix = f"{self.path}/c" if self.path else "c"
         return f"{prefix}/{'/'.join(coords)}" if coords else prefix
 
-    def position(self, relative: str) -> int:
-        """Where chunk ``relative`` comes in the grid, in C order (the order of manifest splits)."""
+    def coordinates(self, relative: str) -> tuple[int, ...]:
+        """The grid coordinates of chunk ``relative``."""
         coords = self._coordinates(relative)
         assert coords is not None, f"{relative} is no chunk of {self.path!r}"
+        return tuple(map(int, coords))
+
+    def position(self, relative: str) -> int:
+        """Where chunk ``relative`` comes in the grid, in C order (the order of manifest splits)."""
         position = 0
-        for c, n in zip(coords, self.grid, strict=True):
-            position = position * n + int(c)
+        for c, n in zip(self.coordinates(relative), self.grid, strict=True):
+            position = position * n + c
         return position
 
     def _coordinates(self, relative: str) -> list[str] | None:

@@ -238,7 +238,7 @@ def _checksum_of_stored(index: DigestIndex, differing: dict[str, FileDigest | No
     """The checksum of the stored files: the index's, with the files that differ from it as
     stored (``None``: missing)."""
     if not differing:
-        return DigestIndex(index.zarr_format, index.files).zarr_checksum()
+        return index.zarr_checksum()
     stored = FileDigests(
         (key, digest) for key, recorded in index.files.items()
         if (digest := differing.get(key, recorded)) is not None
