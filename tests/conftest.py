@@ -12,12 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import icechunk
+import numpy as np
 import pytest
+import zarr
 from zarr_checksum import compute_zarr_checksum
 from zarr_checksum.generators import yield_files_local
 
 from dandi_icechunk.archive.policy import dandi_bucket_policy
 from dandi_icechunk.location import StorageLocation
+from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import S3Server, run_seaweedfs
 from dandi_icechunk.upload import local_zarr
 
@@ -58,6 +61,21 @@ def zarr_id() -> str:
 def reference_checksum(path: Path) -> str:
     """The dandi-zarr-checksum as the zarr_checksum package computes it on a directory."""
     return str(compute_zarr_checksum(yield_files_local(path)))
+
+
+def tiny_chunk_zarr(path: Path, n_chunks: int, *, chunk: int = 1024, zarr_format: int = 2, seed: int = 0) -> Path:
+    """A Zarr of one uint8 array of ``n_chunks`` uncompressed random chunks of ``chunk`` bytes
+    (kept inside the manifests up to 4 KiB, ``docs/tiny-chunks.md``)."""
+    array = zarr.create_array(str(path), shape=(n_chunks * chunk,), chunks=(chunk,), dtype="u1",
+                              compressors=None, zarr_format=zarr_format)
+    array[:] = np.random.default_rng(seed).integers(0, 256, size=array.shape, dtype="u1")
+    return path
+
+
+def chunk_objects(location: StorageLocation, zarr_id: str) -> set[str]:
+    """The keys of the repository's chunk objects (``chunks/...``)."""
+    repo = ZarrRepository.open(location, zarr_id)
+    return {key for key, *_ in repo.objects.list_with_times("chunks/")}
 
 
 def tree_bytes(path: Path) -> dict[str, bytes]:

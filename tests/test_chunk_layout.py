@@ -26,18 +26,7 @@ from dandi_icechunk.upload import staged as staging
 from dandi_icechunk.upload import upload_zarr
 from dandi_icechunk.upload.staged import batch_ends
 
-from .conftest import reference_checksum, tree_bytes
-
-
-def _tiny_chunks(path: Path, n_chunks: int, chunk: int = 1024, zarr_format: int = 2, seed: int = 0) -> Path:
-    array = zarr.create_array(str(path), shape=(n_chunks * chunk,), chunks=(chunk,), dtype="u1",
-                              compressors=None, zarr_format=zarr_format)
-    array[:] = np.random.default_rng(seed).integers(0, 256, size=array.shape, dtype="u1")
-    return path
-
-
-def _chunk_objects(location: StorageLocation, zarr_id: str) -> int:
-    return len(list(ZarrRepository.open(location, zarr_id).objects.list_with_times("chunks/")))
+from .conftest import chunk_objects, reference_checksum, tiny_chunk_zarr, tree_bytes
 
 
 def _array_document(shape: int, chunk: int) -> bytes:
@@ -67,10 +56,10 @@ def test_tiny_chunk_arrays_inline_up_to_4_kib_and_a_big_grid_keeps_icechunks_def
 def test_tiny_chunks_are_stored_in_their_manifests_and_read_back_exactly_by_every_route(
     location: StorageLocation, zarr_id: str, tmp_path: Path, zarr_format: int
 ) -> None:
-    src = _tiny_chunks(tmp_path / "tiny.zarr", 1_500, zarr_format=zarr_format)
+    src = tiny_chunk_zarr(tmp_path / "tiny.zarr", 1_500, zarr_format=zarr_format)
     first = upload_zarr(src, location, zarr_id, dedup=False)
     assert first.files_written == 1_500 + (1 if zarr_format == 3 else 2)
-    assert _chunk_objects(location, zarr_id) == 0  # no object per chunk
+    assert len(chunk_objects(location, zarr_id)) == 0  # no object per chunk
     repo = ZarrRepository.open(location, zarr_id)
     assert first.zarr_checksum == reference_checksum(src)
     assert verify_snapshot(repo).ok
@@ -84,7 +73,7 @@ def test_tiny_chunks_are_stored_in_their_manifests_and_read_back_exactly_by_ever
     before = zarr.open_array(str(src), mode="r")[:]
     zarr.open_array(str(src), mode="r+")[:1024] = 7  # one chunk changes
     second = upload_zarr(src, location, zarr_id, dedup=False)
-    assert second.files_written == 1 and _chunk_objects(location, zarr_id) == 0
+    assert second.files_written == 1 and len(chunk_objects(location, zarr_id)) == 0
     repo = ZarrRepository.open(location, zarr_id)
     old = zarr.open_array(repo.readonly_session(snapshot_id=first.snapshot_id).store, mode="r")
     np.testing.assert_array_equal(old[:], before)  # the earlier snapshot keeps its bytes
@@ -94,9 +83,9 @@ def test_tiny_chunks_are_stored_in_their_manifests_and_read_back_exactly_by_ever
 def test_chunks_over_the_inline_limit_still_get_objects_of_their_own(
     location: StorageLocation, zarr_id: str, tmp_path: Path
 ) -> None:
-    src = _tiny_chunks(tmp_path / "small.zarr", 40, chunk=INLINE_MAX + 1)
+    src = tiny_chunk_zarr(tmp_path / "small.zarr", 40, chunk=INLINE_MAX + 1)
     upload_zarr(src, location, zarr_id, dedup=False)
-    assert _chunk_objects(location, zarr_id) == 40
+    assert len(chunk_objects(location, zarr_id)) == 40
 
 
 def test_batches_end_at_the_chunk_count_or_the_bytes_held_whichever_comes_first(
@@ -123,7 +112,7 @@ def test_each_split_written_counts_once_at_its_first_chunk() -> None:
 def test_a_scattered_update_of_inline_chunks_is_staged_by_the_splits_it_rewrites(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = _tiny_chunks(tmp_path / "tiny.zarr", 3_000)  # three splits of 1,000 chunks
+    src = tiny_chunk_zarr(tmp_path / "tiny.zarr", 3_000)  # three splits of 1,000 chunks
     first = upload_zarr(src, location, zarr_id, dedup=False)
     stages: list[int] = []
     stage = staging.StagedUpload.stage
@@ -147,12 +136,12 @@ def test_an_upload_of_more_inline_bytes_than_a_batch_holds_is_staged_into_one_sn
     stage = staging.StagedUpload.stage
     monkeypatch.setattr(staging, "STAGE_INLINE_BYTES", 1_500 * 1024)  # one split a batch
     monkeypatch.setattr(staging.StagedUpload, "stage", lambda self: (stages.append(1), stage(self)))
-    src = _tiny_chunks(tmp_path / "tiny.zarr", 3_000)  # three splits of 1,000 chunks
+    src = tiny_chunk_zarr(tmp_path / "tiny.zarr", 3_000)  # three splits of 1,000 chunks
     result = upload_zarr(src, location, zarr_id, dedup=False)
     assert len(stages) == 2  # three batches: two staged, the last published
     repo = ZarrRepository.open(location, zarr_id)
     assert len(repo.history()) == 2 and repo.icechunk.list_branches() == {"main"}
-    assert result.zarr_checksum == reference_checksum(src) and _chunk_objects(location, zarr_id) == 0
+    assert result.zarr_checksum == reference_checksum(src) and len(chunk_objects(location, zarr_id)) == 0
     assert tree_bytes(Path(export_snapshot(repo, tmp_path / "out.zarr").destination)) == tree_bytes(src)
 
 

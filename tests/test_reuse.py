@@ -28,12 +28,7 @@ from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
-from .conftest import tree_bytes
-
-
-def _chunk_objects(location: StorageLocation, zarr_id: str) -> set[str]:
-    repo = ZarrRepository.open(location, zarr_id)
-    return {key for key, *_ in repo.objects.list_with_times("chunks/")}
+from .conftest import chunk_objects, tree_bytes
 
 
 def _publish(location: StorageLocation, dandiset: str, version: str, zarr_id: str, branch: str = "main") -> SnapshotReference:
@@ -51,12 +46,12 @@ def test_zarr_reused_in_a_second_dandiset_without_upload_and_edited_copy_on_writ
     upload_zarr(src, location, zarr_id, dandiset="000001")
     a_v1 = _publish(location, "000001", "0.260101.1200", zarr_id)
     a_files = tree_bytes(src)
-    chunks_before = _chunk_objects(location, zarr_id)
+    chunks_before = chunk_objects(location, zarr_id)
 
     attached = attach_zarr_to_dandiset(zarr_id, "000002", location=location, tag=a_v1.tag)
     assert (attached.snapshot_id, attached.branch) == (a_v1.snapshot_id, "dandiset/000002")
     assert attach_zarr_to_dandiset(zarr_id, "000002", location=location) == attached  # idempotent
-    assert _chunk_objects(location, zarr_id) == chunks_before  # nothing uploaded
+    assert chunk_objects(location, zarr_id) == chunks_before  # nothing uploaded
     b_v1 = _publish(location, "000002", "0.260102.1200", zarr_id)
     assert b_v1.snapshot_id == a_v1.snapshot_id
 
@@ -67,7 +62,7 @@ def test_zarr_reused_in_a_second_dandiset_without_upload_and_edited_copy_on_writ
     edit = upload_zarr(b_src, location, zarr_id, branch=attached.branch, dandiset="000002")
     assert edit.files_written == 1
     finalize_upload(zarr_id, location=location, dandiset_id="000002")  # B's draft now names it
-    assert len(_chunk_objects(location, zarr_id) - chunks_before) == 1  # copy-on-write: one new chunk
+    assert len(chunk_objects(location, zarr_id) - chunks_before) == 1  # copy-on-write: one new chunk
 
     repo = ZarrRepository.open(location, zarr_id)
     assert repo.resolve() == a_v1.snapshot_id  # A's draft did not move
@@ -87,13 +82,13 @@ def test_uploading_content_the_archive_already_holds_uploads_nothing(
     first = upload_zarr(src, location, zarr_id, dandiset="000001")
     copy = tmp_path / "copy.zarr"
     shutil.copytree(src, copy)
-    chunks_before = _chunk_objects(location, zarr_id)
+    chunks_before = chunk_objects(location, zarr_id)
 
     new_id = str(uuid.uuid4())
     again = upload_zarr(copy, location, new_id, dandiset="000002")
     assert again.reused and again.zarr_id == zarr_id and again.snapshot_id == first.snapshot_id
     assert (again.files_written, again.bytes_written) == (0, 0)
-    assert _chunk_objects(location, zarr_id) == chunks_before
+    assert chunk_objects(location, zarr_id) == chunks_before
     assert "dandiset/000002" in ZarrRepository.open(location, zarr_id).icechunk.list_branches()
     with pytest.raises(Exception, match="no repository"):
         ZarrRepository.open(location, new_id)
@@ -129,10 +124,10 @@ def test_public_zarr_in_an_embargoed_dandiset_never_gets_its_new_chunks(
     attached = attach_zarr_to_dandiset(zarr_id, "000004", location=location, dandiset_embargoed=True)
     assert attached.branch == "embargoed/dandiset/000004"
     zarr.open_group(str(src), mode="r+")["data"][:] = 1
-    before = _chunk_objects(location, zarr_id)
+    before = chunk_objects(location, zarr_id)
     with pytest.raises(ReuseError, match="public prefix"):
         upload_zarr(src, location, zarr_id, branch=attached.branch)
-    assert _chunk_objects(location, zarr_id) == before
+    assert chunk_objects(location, zarr_id) == before
     assert ZarrRepository.open(location, zarr_id).resolve(branch=attached.branch) == attached.snapshot_id
 
 

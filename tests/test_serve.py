@@ -31,7 +31,7 @@ from dandi_icechunk.snapshot_files import READ_CHUNK_REFS, SnapshotFiles
 from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2
 from dandi_icechunk.upload import upload_zarr
 
-from .conftest import reference_checksum, tree_bytes
+from .conftest import chunk_objects, reference_checksum, tiny_chunk_zarr, tree_bytes
 
 
 @pytest.fixture
@@ -234,16 +234,15 @@ def test_a_snapshot_with_a_sharded_index_is_served_from_its_shards(server: str, 
 def test_chunks_kept_inside_manifests_are_served_byte_for_byte(
     location: StorageLocation, zarr_id: str, tmp_path: Path, server: str
 ) -> None:
-    src = tmp_path / "tiny.zarr"
-    array = zarr.create_array(str(src), shape=(64 * 1024,), chunks=(1024,), dtype="u1", compressors=None, zarr_format=2)
-    array[:] = np.random.default_rng(3).integers(0, 256, size=array.shape, dtype="u1")
+    src = tiny_chunk_zarr(tmp_path / "tiny.zarr", 64, seed=3)
     sid = upload_zarr(src, location, zarr_id).snapshot_id
-    assert not list(ZarrRepository.open(location, zarr_id).objects.list_with_times("chunks/"))  # all inline
+    assert not chunk_objects(location, zarr_id)  # all inline
     for key, data in tree_bytes(src).items():
         assert _get(f"{server}/{zarr_id}/{sid}/{key}")[2] == data
     status, _, body = _get(f"{server}/{zarr_id}/{sid}/5", headers={"Range": "bytes=100-199"})
     assert (status, body) == (206, (src / "5").read_bytes()[100:200])
-    np.testing.assert_array_equal(zarr.open_array(f"{server}/{zarr_id}/{sid}/", mode="r", zarr_format=2)[:], array[:])
+    over_http = zarr.open_array(f"{server}/{zarr_id}/{sid}/", mode="r", zarr_format=2)
+    np.testing.assert_array_equal(over_http[:], zarr.open_array(str(src), mode="r")[:])
 
 
 def test_each_open_snapshot_keeps_a_bounded_number_of_chunk_refs(

@@ -28,7 +28,13 @@ from dandi_icechunk.snapshot_files import verify_snapshot
 from dandi_icechunk.testing import S3Server, make_ome_zarr_v2
 from dandi_icechunk.upload import commit, distributed, upload_zarr
 
-from .conftest import edit_after_hashing, reference_checksum, tree_bytes
+from .conftest import (
+    chunk_objects,
+    edit_after_hashing,
+    reference_checksum,
+    tiny_chunk_zarr,
+    tree_bytes,
+)
 
 distributed_ = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -211,10 +217,7 @@ def test_tiny_chunks_sent_by_workers_get_objects_of_their_own(
 ) -> None:
     """Workers' sessions travel back to the uploader whole: chunks kept in manifests would too,
     so an upload on Dask keeps Icechunk's own inline limit (512 bytes)."""
-    src = tmp_path / "tiny.zarr"
-    array = zarr.create_array(str(src), shape=(24 * 1024,), chunks=(1024,), dtype="u1", compressors=None, zarr_format=2)
-    array[:] = np.random.default_rng(0).integers(0, 256, size=array.shape, dtype="u1")
+    src = tiny_chunk_zarr(tmp_path / "tiny.zarr", 24)
     result = upload_zarr(src, s3_location, zarr_id, dedup=False, dask=client)
-    repo = ZarrRepository.open(s3_location, zarr_id)
-    assert len(list(repo.objects.list_with_times("chunks/"))) == 24
-    assert result.zarr_checksum == reference_checksum(src) and verify_snapshot(repo).ok
+    assert len(chunk_objects(s3_location, zarr_id)) == 24
+    assert result.zarr_checksum == reference_checksum(src) and verify_snapshot(ZarrRepository.open(s3_location, zarr_id)).ok
