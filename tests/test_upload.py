@@ -579,7 +579,7 @@ def test_the_walk_lists_keys_in_sorted_order_so_the_listing_needs_no_sort(paths:
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             (root / key).write_bytes(b"x")
             files.add(key)
-        walked = [key for run in _walk(root, []) for key, _ in run]
+        walked = [key for keys, _ in _walk(root, []) for key in keys]
     assert walked == sorted(files)
 
 

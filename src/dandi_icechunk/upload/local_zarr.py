@@ -198,9 +198,7 @@ class LocalListing:
         if not root.is_dir():
             raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
         excluded: list[str] = []
-        stats = FileStats(
-            (key, (st.st_size, st.st_mtime_ns, st.st_ino)) for run in _walk(root, excluded) for key, st in run
-        )
+        stats = FileStats.from_stat_results(_walk(root, excluded))
         fingerprint = hashlib.blake2b(f"{len(stats)}\n".encode(), digest_size=20)  # the count fixes where keys end
         for block in key_blocks(stats):
             fingerprint.update(block)
@@ -263,10 +261,10 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, os.stat_result]]]:
-    """Yield, a run at a time, (key, stat) of every file under ``root`` in sorted key order
-    (so the listing needs no sort), following symlinks, refusing loops; append to ``excluded``
-    the keys of what dandi-cli leaves out.
+def _walk(root: Path, excluded: list[str]) -> Iterator[tuple[list[str], list[os.stat_result]]]:
+    """Yield, a run at a time, the keys and stats of every file under ``root`` in sorted key
+    order (so the listing needs no sort), following symlinks, refusing loops; append to
+    ``excluded`` the keys of what dandi-cli leaves out.
 
     Each directory's entries are sorted by key, a directory's as ``key/``: the order in which
     every key under it sorts among its siblings. Only files and symlinks are stat'ed: a real
@@ -274,23 +272,25 @@ def _walk(root: Path, excluded: list[str]) -> Iterator[list[tuple[str, os.stat_r
     looked up only when a symlink to a directory is met.
     """
     stack = [iter(_entries(str(root), "", (), excluded))]
-    found: list[tuple[str, os.stat_result]] = []
+    keys: list[str] = []
+    stats: list[os.stat_result] = []
     while stack:
         for key, path, st, above in stack[-1]:
             if st is None:  # a directory: its files come before the rest of this one's
-                if found:
-                    yield found
-                    found = []
+                if keys:
+                    yield keys, stats
+                    keys, stats = [], []
                 stack.append(iter(_entries(path, key + "/", above, excluded)))
                 break
-            found.append((key, st))
+            keys.append(key)
+            stats.append(st)
         else:
             stack.pop()
-    if found:
-        yield found
+    if keys:
+        yield keys, stats
 
 
-_first = operator.itemgetter(0)
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 _Entry = tuple[str, str, os.stat_result | None, tuple[str, ...]]  # key, path, stat (None: a directory), above
 
 
@@ -304,7 +304,7 @@ def _entries(directory: str, prefix: str, above: tuple[str, ...], excluded: list
     below = (*above, directory)
     kept: list[tuple[str, _Entry]] = []
     for entry in entries:
-        key = f"{prefix}{entry.name}"
+        key = prefix + entry.name
         if entry.name in EXCLUDED_NAMES:
             excluded.append(key)
             continue
@@ -312,18 +312,18 @@ def _entries(directory: str, prefix: str, above: tuple[str, ...], excluded: list
             kept.append((key + "/", (key, entry.path, None, below)))
             continue
         try:
-            st = entry.stat(follow_symlinks=True)
+            st = entry.stat()
         except OSError as exc:
             raise InvalidZarrError(f"cannot read {key} ({exc.strerror or exc}); a broken symlink? fix or remove it") from None
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
+            kept.append((key, (key, entry.path, st, below)))
+        elif stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, below)}:
                 raise InvalidZarrError(
                     f"symlink loop at {key} (it leads back to a directory above it); remove the link"
                 )
             kept.append((key + "/", (key, entry.path, None, below)))
-        elif stat.S_ISREG(st.st_mode):
-            kept.append((key, (key, entry.path, st, below)))
         else:
             raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")
     kept.sort(key=_first)
-    return [e for _, e in kept]
+    return list(map(_second, kept))
