@@ -17,6 +17,8 @@ from array import array
 from collections.abc import Collection, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from typing import ClassVar, Self
 
+import numpy as np
+
 _BATCH = 4096
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
@@ -100,7 +102,10 @@ class PackedMapping[V](Mapping[str, V]):
     def _take(self, rows: list[int]) -> None:
         """Keep ``rows`` (positions), in that order."""
         self._keys = list(map(self._keys.__getitem__, rows))
-        self._columns = tuple(array(column.typecode, map(column.__getitem__, rows)) for column in self._columns)
+        at = np.array(rows, dtype=np.intp)
+        self._columns = tuple(
+            array(column.typecode, np.frombuffer(column, column.typecode)[at].tobytes()) for column in self._columns
+        )
 
     def _position(self, key: object) -> int:
         keys = self._in_order()
