@@ -14,12 +14,14 @@ be given back. See ``docs/zarr-v2-in-icechunk.md``.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import posixpath
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +58,26 @@ def check_key(key: str) -> None:
             )
 
 
+_DOCUMENT = re.compile(r"^(?:.*/)?(?:\.zarray|\.zgroup|\.zattrs|\.zmetadata|zarr\.json)$", re.MULTILINE)
+_REFUSED_PARTS = ("\n\n", "\n.\n", "\n..\n", "\n__")
+_BLOCK = 4096
+
+
+def check_keys(keys: Iterable[str]) -> None:
+    """:func:`check_key` of every key of ``keys``, a block of keys matched at once."""
+    for block in itertools.batched(keys, _BLOCK):
+        parts = "\n" + "\n".join(block).replace("/", "\n") + "\n"  # each key's parts between newlines
+        if _BAD_CHARACTER.search("".join(block)) or any(p in parts for p in _REFUSED_PARTS):
+            for key in block:
+                check_key(key)
+
+
+def documents_among(keys: Iterable[str]) -> list[str]:
+    """The keys among ``keys`` (each checked by :func:`check_keys`: no newline in them) that
+    :func:`is_document` accepts, in order: a block of keys matched at once."""
+    return [key for block in itertools.batched(keys, _BLOCK) for key in _DOCUMENT.findall("\n".join(block))]
+
+
 @dataclass(frozen=True)
 class ArrayGrid:
     """How the chunk keys of one array are spelled, and how many chunks it has per dimension."""
@@ -73,6 +95,18 @@ class ArrayGrid:
             return None
         prefix = f"{self.path}/c" if self.path else "c"
         return f"{prefix}/{'/'.join(coords)}" if coords else prefix
+
+    def key_pattern(self) -> re.Pattern[str]:
+        """The keys of this array's chunks (path included), spelled out with their bounds, one
+        key a line."""
+        sep = re.escape(self.separator)
+        coords = sep.join(f"(?:{_below(n)})" for n in self.grid)
+        if self.v3_prefix:
+            relative = f"c{sep}{coords}" if self.grid else "c"
+        else:
+            relative = coords if self.grid else "0"
+        prefix = re.escape(self.path + "/") if self.path else ""
+        return re.compile(f"^{prefix}{relative}$", re.MULTILINE)
 
     def coordinates(self, relative: str) -> tuple[int, ...]:
         """The grid coordinates of chunk ``relative``."""
@@ -195,18 +229,74 @@ class Hierarchy:
             ordered.extend(sorted(by_array.pop(path), key=lambda k, g=grid, s=skip: g.position(k[s:])))
         return ordered
 
+    def strays(self, keys: Sequence[str]) -> list[str]:
+        """The keys among ``keys`` (sorted, each once) that are no chunk of any array, in order:
+        what :meth:`icechunk_key` gives ``None`` for, matched an array's keys at a time."""
+        # no array holds another node (from_documents refuses it): their keys' ranges are apart
+        grids = sorted((node.grid for node in self.nodes.values() if node.grid is not None), key=_key_range)
+        stray: list[str] = []
+        done = 0
+        for grid in grids:
+            if grid.path:
+                start = bisect.bisect_left(keys, grid.path + "/", done)
+                end = bisect.bisect_left(keys, grid.path + "0", start)  # "0" follows "/"
+            else:
+                start, end = done, len(keys)
+            stray += keys[done:start]
+            stray += _strays_of(grid, keys[start:end])
+            done = end
+        stray += keys[done:]
+        return stray
+
+    def partition(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
+        """``keys``, sorted, parted into the chunks of arrays and the keys that are no chunk of
+        any array (files such as ``OME/METADATA.ome.xml``)."""
+        ordered = sorted(keys)
+        stray = self.strays(ordered)
+        if stray:
+            excluded = set(stray)
+            ordered = [k for k in ordered if k not in excluded]
+        return ordered, stray
+
     def chunk_keys(self, keys: Iterable[str]) -> tuple[dict[str, str], list[str]]:
         """Map every chunk key among ``keys`` to its Icechunk key; also return, sorted, the keys
-        that are no chunk of any array (files such as ``OME/METADATA.ome.xml``)."""
-        mapping: dict[str, str] = {}
-        stray: list[str] = []
-        for key in keys:
-            target = self.icechunk_key(key)
-            if target is None:
-                stray.append(key)
-            else:
-                mapping[key] = target
-        return mapping, sorted(stray)
+        that are no chunk of any array."""
+        chunks, stray = self.partition(keys)
+        return {key: self.icechunk_key(key) for key in chunks}, stray  # type: ignore[misc]
+
+
+def _key_range(grid: ArrayGrid) -> str:
+    """What the keys under ``grid``'s array start with; in this order, so are their ranges."""
+    return grid.path + "/" if grid.path else ""
+
+
+def _strays_of(grid: ArrayGrid, keys: Sequence[str]) -> list[str]:
+    """The keys among ``keys`` (all under ``grid``'s array) that are no chunk of it."""
+    if not keys:
+        return []
+    text = "\n".join(keys)
+    if text.count("\n") == len(keys) - 1 and grid.key_pattern().subn("", text)[1] == len(keys):
+        return []  # every key a line, every line a chunk's key
+    skip = len(grid.path) + 1 if grid.path else 0
+    return [k for k in keys if grid.icechunk_key(k[skip:]) is None]
+
+
+def _below(n: int) -> str:
+    """A regular expression of the decimal numbers from 0 to ``n - 1`` (no leading zeros).
+
+    >>> import re; [k for k in range(300) if re.fullmatch(_below(120), str(k))] == list(range(120))
+    True
+    """
+    if n <= 0:
+        return "(?!)"
+    top = str(n - 1)
+    shorter = ["0", f"[1-9][0-9]{{0,{len(top) - 2}}}"] if len(top) > 1 else []
+    same_length = [  # as long as n - 1: its first i digits, then a smaller one (no leading zero), then any
+        f"{top[:i]}[{low}-{int(d) - 1}][0-9]{{{len(top) - i - 1}}}"
+        for i, d in enumerate(top)
+        if int(d) > (low := 1 if i == 0 and len(top) > 1 else 0)
+    ]
+    return "|".join([*shorter, *same_length, top])
 
 
 def _parse_json(key: str, data: bytes) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import operator
 import threading
 from abc import abstractmethod
 from array import array
-from collections.abc import Collection, ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import Buffer, Collection, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from typing import ClassVar, Self
 
 import numpy as np
@@ -38,14 +38,15 @@ class PackedMapping[V](Mapping[str, V]):
         self._add(entries)
 
     @classmethod
-    def from_columns(cls, keys: list[str], columns: Iterable[bytes]) -> Self:
+    def from_columns(cls, keys: list[str], columns: Iterable[Buffer]) -> Self:
         """The mapping whose sorted ``keys`` (each once) have the native-order integers of
         ``columns`` (one buffer a column, as :meth:`columns` gives them): a bulk load."""
         packed = cls()
         if not all(map(operator.lt, keys, keys[1:])):
             raise ValueError("keys are not sorted, or one is there twice")
         packed._keys = keys
-        packed._columns = tuple(array(code, column) for code, column in zip(cls._typecodes, columns, strict=True))
+        for column, data in zip(packed._columns, columns, strict=True):
+            column.frombytes(memoryview(data).cast("B"))  # an array of "Q" is no bytes-like object
         if any(len(column) != len(keys) for column in packed._columns):
             raise ValueError(f"{len(keys)} keys, columns of {[len(c) for c in packed._columns]}")
         return packed

@@ -82,11 +82,8 @@ class SnapshotFiles:
         that each manifest split is read once (and chunks kept inside it come from memory)."""
         if self.hierarchy is None:
             return sorted(keys)
-        chunks: list[str] = []
-        others: list[str] = []
-        for key in keys:
-            (others if self.hierarchy.icechunk_key(key) is None else chunks).append(key)
-        return sorted(others) + self.hierarchy.in_grid_order(chunks)
+        chunks, others = self.hierarchy.partition(keys)
+        return others + self.hierarchy.in_grid_order(chunks)
 
     def digest(self, key: str) -> FileDigest | None:
         """MD5 and size of file ``key``, or None when the snapshot has no such file."""

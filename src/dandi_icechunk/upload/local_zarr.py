@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import InvalidZarrError
-from ..hierarchy import DOCUMENT_NAMES, Hierarchy, check_key
+from ..hierarchy import Hierarchy, check_keys, documents_among
 from ..index import DigestIndex, FileDigest, FileDigests
 from ..packed import key_blocks, left_join
 from .digest_cache import DigestCache
@@ -219,17 +219,9 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
     """
     listing = path if isinstance(path, LocalListing) else LocalListing.of(path)
     root, stats = listing.root, listing.stats
-    documents: dict[str, bytes] = {}
+    check_keys(stats)
+    documents = {key: read_file(root / key, key) for key in documents_among(stats)}
     sizes = stats.columns()[0]
-    checked: set[str] = set()  # directories whose keys are valid
-    for key in stats:
-        directory, _, name = key.rpartition("/")
-        if directory and directory not in checked:
-            check_key(directory)
-            checked.add(directory)
-        check_key(name)
-        if name in DOCUMENT_NAMES:
-            documents[key] = read_file(root / key, key)
     for key in itertools.compress(stats, map(operator.not_, sizes)):  # Icechunk refuses empty chunks
         documents[key] = read_file(root / key, key)
     size = sum(sizes)
@@ -238,7 +230,7 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
-    stray = [k for k in stats if hierarchy.icechunk_key(k) is None]
+    stray = hierarchy.strays(list(stats))
     if stray:
         extra_bytes = sum(stats[k][0] for k in stray)
         if extra_bytes > EXTRAS_MAX_BYTES:
