@@ -10,10 +10,11 @@ from pathlib import Path
 from random import Random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dandi_icechunk.index import (
+    _SHARD_MAX,
     INDEX_PREFIX,
     SHARD_PREFIX,
     SHARD_TARGET,
@@ -22,6 +23,7 @@ from dandi_icechunk.index import (
     FileDigests,
     IndexReader,
     Shard,
+    _is_boundary,
     index_shard_ids,
     load_index,
     store_index,
@@ -217,3 +219,20 @@ def test_file_digests_refuse_a_key_added_twice() -> None:
     packed["a"] = FileDigest("2" * 32, 3)
     with pytest.raises(ValueError, match="added twice"):
         len(list(packed))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 6 * _SHARD_MAX), st.data())
+def test_runs_are_bounded_and_cut_where_keys_say_so_so_an_insert_changes_one_run(n: int, data: st.DataObject) -> None:
+    """Each run ends after a boundary key or at _SHARD_MAX keys; adding a key that is no
+    boundary into a run keeps every other run (and its content hash) as it was."""
+    files = {f"{i:07d}": FileDigest(f"{i:032x}", i) for i in range(0, 2 * n, 2)}
+    runs = DigestIndex(2, FileDigests(files)).runs
+    assert [k for run in runs.values() for k in run] == sorted(files)
+    for run in runs.values():
+        assert len(run) <= _SHARD_MAX
+        assert not any(map(_is_boundary, run[:-1]))
+    added = data.draw(st.integers(0, max(2 * n - 1, 0)).map(lambda i: f"{i | 1:07d}").filter(lambda k: not _is_boundary(k)))
+    longer = DigestIndex(2, FileDigests({**files, added: FileDigest("f" * 32, 1)})).runs
+    if all(len(run) < _SHARD_MAX for run in longer.values()):
+        assert len(set(runs) - set(longer)) <= 1 and len(set(longer) - set(runs)) == 1

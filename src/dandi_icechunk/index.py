@@ -21,8 +21,10 @@ import base64
 import bisect
 import gzip
 import hashlib
+import itertools
 import json
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -193,16 +195,18 @@ class DigestIndex:
         """The files in sorted runs, cut after each key whose hash is a boundary (or at
         ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each by the hash
         of its content (keys, MD5s, sizes), which tells an unchanged run without serialising it."""
+        files = self.files if isinstance(self.files, FileDigests) else FileDigests(self.files)
+        keys = list(files)
+        columns = [np.frombuffer(c, c.typecode).astype(f"<{c.typecode}", copy=False) for c in files.columns()]
         runs: dict[str, list[str]] = {}
-        run: list[str] = []
-        content = hashlib.sha256()
-        for key, md5, size in _sorted_rows(self.files):
-            run.append(key)
-            content.update(f"{len(key)}:{key}{md5}{size}\n".encode())
-            if _is_boundary(key) or len(run) >= _SHARD_MAX:
-                runs[content.hexdigest()], run, content = run, [], hashlib.sha256()
-        if run:
-            runs[content.hexdigest()] = run
+        start = 0
+        for end in _run_ends(keys):
+            content = hashlib.sha256(f"{end - start}\n".encode())  # the count fixes where keys end
+            content.update("\0".join(keys[start:end]).encode())
+            for column in columns:
+                content.update(column[start:end].tobytes())
+            runs[content.hexdigest()] = keys[start:end]
+            start = end
         return runs
 
     def shard(self, content: str) -> Shard:
@@ -211,8 +215,23 @@ class DigestIndex:
         return Shard.of(self.runs[content], self.files, content)
 
 
+def _run_ends(keys: list[str]) -> Iterator[int]:
+    """Where the runs of ``keys`` end: after each boundary key, and ``_SHARD_MAX`` keys after
+    the last cut."""
+    cut = 0
+    for boundary in itertools.compress(range(len(keys)), map(_is_boundary, keys)):
+        while boundary + 1 - cut > _SHARD_MAX:
+            cut += _SHARD_MAX
+            yield cut
+        cut = boundary + 1
+        yield cut
+    while cut < len(keys):
+        cut = min(cut + _SHARD_MAX, len(keys))
+        yield cut
+
+
 def _is_boundary(key: str) -> bool:
-    return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % SHARD_TARGET == 0
+    return zlib.crc32(key.encode()) % SHARD_TARGET == 0
 
 
 def _sorted_rows(files: Mapping[str, FileDigest]) -> Iterator[tuple[str, str, int]]:
