@@ -12,7 +12,7 @@ from zarr_checksum.generators import ZarrArchiveFile
 
 from dandi_icechunk.index import DigestIndex, FileDigest, FileDigests
 
-NAMES = ["a", "b", "0", "1", "10", "2", "c0", ".zarray", ".zattrs", "zarr.json", "é", "A"]
+NAMES = ["a", "b", "0", "1", "10", "2", "c0", ".zarray", ".zattrs", "zarr.json", "é", "A", "q\"", "b\\", "\x7f"]
 
 
 def _random_tree(rng: random.Random) -> dict[str, tuple[str, int]]:

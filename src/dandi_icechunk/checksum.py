@@ -59,6 +59,8 @@ def _directory_digest(directories: list[_Entry], files: list[_Entry]) -> tuple[s
 
 
 def _entries(entries: list[_Entry]) -> str:
-    return ",".join(
-        f'{{"digest":"{d}","name":{json.dumps(n)},"size":{s}}}' for n, d, s, _ in entries
-    )
+    names = "".join(e[0] for e in entries)
+    if names.isascii() and names.isprintable() and '"' not in names and "\\" not in names:
+        # json.dumps of each name would only add the quotes: a call per file saved
+        return ",".join(f'{{"digest":"{d}","name":"{n}","size":{s}}}' for n, d, s, _ in entries)
+    return ",".join(f'{{"digest":"{d}","name":{json.dumps(n)},"size":{s}}}' for n, d, s, _ in entries)
