@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -545,6 +546,25 @@ def test_bytes_in_flight_stay_within_the_budget_and_an_oversized_chunk_goes_alon
     asyncio.run(run_bounded(work, items(), 4, weight=weights.__getitem__, budget=100))
     assert sorted(i for i, _ in seen) == list(range(len(weights)))
     assert max(total for i, total in seen if weights[i] <= 100) <= 100
+
+
+def test_transfers_run_on_uvloop_where_it_is_installed_and_on_asyncio_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads, verify and export run their Icechunk calls on :func:`aio.run`'s loop: uvloop's,
+    whose wakeups from Icechunk's threads cost half of asyncio's; asyncio's where it is absent."""
+    import asyncio
+
+    import uvloop
+
+    from dandi_icechunk import aio
+
+    async def loop_type() -> type:
+        await asyncio.to_thread(lambda: None)  # a wakeup from another thread, as Icechunk's
+        return type(asyncio.get_running_loop())
+
+    assert aio.run(loop_type()) is uvloop.Loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows, which uvloop does not support
+    assert issubclass(aio.run(loop_type()), asyncio.BaseEventLoop)
+    assert not issubclass(aio.run(loop_type()), uvloop.Loop)
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.tuples(*[st.integers(0, 2**62)] * 3), max_size=40),

@@ -1,10 +1,26 @@
-"""Bounded concurrency for the many storage transfers of an upload, export or check."""
+"""Bounded concurrency for the many storage transfers of an upload, export or check, and the
+event loop they run on."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
+
+
+def run[T](coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on a new event loop: uvloop's where it is installed, else asyncio's.
+
+    Every Icechunk call completes on one of Icechunk's threads, which wakes the loop: asyncio
+    writes to its wakeup socket each time, uvloop coalesces. Setting 20,000 chunks of 1 KiB
+    kept inside their manifest took 1.9 s on asyncio's loop and 0.9-1.1 s on uvloop's
+    (measured ad hoc, `docs/per-file-work.md`)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return asyncio.run(coroutine, loop_factory=uvloop.new_event_loop)
 
 
 async def run_bounded[T](

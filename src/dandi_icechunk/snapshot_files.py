@@ -21,6 +21,7 @@ from typing import Any
 import icechunk
 from zarr.buffer import default_buffer_prototype
 
+from . import aio
 from .aio import run_bounded
 from .errors import IntegrityError, first_line
 from .hierarchy import Hierarchy, node_key
@@ -171,7 +172,7 @@ def read_snapshot_files(
         progress.advance(1, len(data or b""))
 
     try:
-        asyncio.run(run_bounded(one, files.in_reading_order(index.files), jobs))
+        aio.run(run_bounded(one, files.in_reading_order(index.files), jobs))
     finally:
         progress.finish()
 
@@ -261,4 +262,4 @@ def _check_nodes(repository: ZarrRepository, snapshot_id: str, index: DigestInde
                 problems.append(f"{key}: node metadata differs from the uploaded metadata")
         return problems
 
-    return asyncio.run(run())
+    return aio.run(run())

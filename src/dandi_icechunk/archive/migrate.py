@@ -14,7 +14,6 @@ objects and their URLs are untouched.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from urllib.parse import unquote
 import icechunk
 from zarr.buffer import cpu
 
+from .. import aio
 from ..chunk_layout import manifest_splitting
 from ..errors import DandiIcechunkError, InvalidArgumentError, RepositoryNotFoundError, first_line
 from ..hierarchy import Hierarchy, is_document, node_key
@@ -114,7 +114,7 @@ def migrate_zarr(
         for path in sorted(hierarchy.nodes, key=lambda p: (p.count("/"), p) if p else (-1, p)):
             await session.store.set(node_key(path), cpu.Buffer.from_bytes(hierarchy.nodes[path].icechunk_document))
 
-    asyncio.run(write_nodes())
+    aio.run(write_nodes())
     for key, target in chunks.items():
         etag, size = listing[key]
         session.store.set_virtual_ref(target, container + key, offset=0, length=size, checksum=f'"{etag}"')

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import icechunk
 from zarr.buffer import cpu
 
+from .. import aio
 from ..chunk_layout import ICECHUNK_INLINE_MAX, inline_chunk_max, manifest_splitting, split_bytes
 from ..errors import (
     ConflictError,
@@ -520,7 +521,7 @@ def _write_changes(
 
         for n, (start, end) in enumerate(itertools.pairwise([0, *ends])):
             batch = ordered[start:end]  # a slice at a time: not a second list of every key
-            asyncio.run(run((staged.session if staged else session).store, batch, n == 0))
+            aio.run(run((staged.session if staged else session).store, batch, n == 0))
             if staged and n < len(ends) - 1:
                 staged.stage()
         return staged

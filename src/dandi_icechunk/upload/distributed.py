@@ -17,13 +17,13 @@ snapshot is never on the upload's branch (``gc`` removes a scratch branch a cras
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import icechunk
 
+from .. import aio
 from ..errors import InvalidArgumentError, first_line
 from ..index import FileDigest, FileDigests
 from ..session import scratch_branch
@@ -105,7 +105,7 @@ def write_on_dask(
     node_fork = None
     if nodes:
         node_fork = session.fork()
-        asyncio.run(nodes.apply(node_fork.store))
+        aio.run(nodes.apply(node_fork.store))
     parts = list(_parts(chunks, _files_per_task(client, len(chunks))))
     forks = []
     with _fork_source(repository, session, node_fork) as source:
@@ -140,7 +140,7 @@ def _write_part(
         sent[0] += files
         sent[1] += size
 
-    asyncio.run(write_chunks(fork.store, chunks, jobs, advance, expected=expected, hashed=hashed))
+    aio.run(write_chunks(fork.store, chunks, jobs, advance, expected=expected, hashed=hashed))
     return fork, hashed, sent[0], sent[1]
 
 

@@ -11,7 +11,6 @@ Zarrs are read by their owners with a DANDI API key through the archive, never w
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from functools import lru_cache
 from typing import Any
@@ -25,6 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
+from ... import aio
 from ...errors import DandiIcechunkError
 from ...reference import SnapshotReference
 from ...session import ZarrRepository
@@ -107,7 +107,7 @@ def _file(snapshot: SnapshotFiles, key: str, request: Request) -> HttpResponse:
     span = byte_range(request.headers.get("Range"), digest.size)
     if span == "invalid":
         return HttpResponse(status=416, headers={"Content-Range": f"bytes */{digest.size}"})
-    data = asyncio.run(snapshot.read(key))
+    data = aio.run(snapshot.read(key))
     if data is None or hashlib.md5(data).hexdigest() != digest.md5:
         return HttpResponse(f"{key} is missing or damaged in the repository; the archive's audit repairs it",
                             status=500, content_type="text/plain")
