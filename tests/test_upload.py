@@ -478,9 +478,9 @@ def test_a_first_upload_without_checksum_lookup_reads_each_chunk_file_once_and_h
     reads: dict[str, int] = {}
     real_read = local_zarr.read_file
 
-    def counted(path: str | Path, key: str) -> bytes:
+    def counted(path: str | Path, key: str, size: int = 0) -> bytes:
         reads[key] = reads.get(key, 0) + 1
-        return real_read(path, key)
+        return real_read(path, key, size)
 
     def no_hash_pass(*args: object, **kwargs: object) -> None:
         raise AssertionError("a file was hashed before it was sent")
@@ -617,3 +617,15 @@ def test_verify_gives_the_checksum_of_the_bytes_stored_when_they_differ(zarr_id:
     report = verify_snapshot(ZarrRepository.open(location, zarr_id))
     assert len(report.problems) == len(files) and not report.ok
     assert report.actual_checksum == reference_checksum(src) != report.expected_checksum
+
+
+@pytest.mark.parametrize("now", [0, 5, 10, 11, 9 * 1024 * 1024])
+def test_a_file_is_read_to_its_end_whatever_size_it_was_listed_with(tmp_path: Path, now: int) -> None:
+    """Chunks are read with their listed size as a hint: a file that grew or shrank since is
+    still read whole, so the digest check sees what it holds now."""
+    from dandi_icechunk.upload.local_zarr import read_file
+
+    data = os.urandom(now)
+    (tmp_path / "f").write_bytes(data)
+    assert read_file(tmp_path / "f", "f", 10) == data
+    assert read_file(tmp_path / "f", "f") == data

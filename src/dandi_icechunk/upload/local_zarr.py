@@ -127,7 +127,7 @@ class ChunkFile(NamedTuple):
 
 def read_hashed(chunk: ChunkFile) -> tuple[bytes, FileDigest]:
     """The bytes of ``chunk`` and their digest: what is sent is what was hashed."""
-    data = read_file(chunk.path, chunk.key)
+    data = read_file(chunk.path, chunk.key, chunk.size)
     return data, FileDigest(hashlib.md5(data).hexdigest(), len(data))
 
 
@@ -144,13 +144,25 @@ def read_unchanged(chunk: ChunkFile, expected: FileDigest) -> bytes:
     return data
 
 
-def read_file(path: str | Path, key: str) -> bytes:
-    """The bytes of ``path``; unreadable files raise :class:`InvalidZarrError` naming ``key``."""
+def read_file(path: str | Path, key: str, size: int = 0) -> bytes:
+    """The bytes of ``path``, ``size`` of them as listed (the file is read to its end whatever
+    it holds now); unreadable files raise :class:`InvalidZarrError` naming ``key``.
+
+    Plain ``os.read`` calls: a 1 KiB chunk read took 13.6 µs through ``open()`` and its buffered
+    file object, 5.5 µs so (`docs/per-file-work.md`)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            parts = []
+            want = size + 1  # a file that grew since it was listed takes more reads
+            while block := os.read(fd, want):
+                parts.append(block)
+                want = _READ_BLOCK
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise _unreadable(key, exc) from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def hash_batch(part: list[tuple[str, str]]) -> list[tuple[str, FileDigest]]:
