@@ -40,25 +40,32 @@ async def run_bounded[T](
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     pending = iter(items)
     in_flight = 0
+    waiting = 0  # workers waiting for room
     room = asyncio.Condition()
 
     def fits(held: int) -> bool:
         return in_flight == 0 or in_flight + held <= budget
 
     async def worker() -> None:
-        nonlocal in_flight
+        nonlocal in_flight, waiting
         for item in pending:  # one shared iterator: each item goes to one worker
             held = weight(item) if weight else 0
-            if held:
-                async with room:
-                    await room.wait_for(functools.partial(fits, held))
-                    in_flight += held
+            if held and not fits(held):  # the condition only when there is no room: one loop thread
+                waiting += 1
+                try:
+                    async with room:
+                        await room.wait_for(functools.partial(fits, held))
+                        in_flight += held
+                finally:
+                    waiting -= 1
+            else:
+                in_flight += held
             try:
                 await work(item)
             finally:
-                if held:
+                in_flight -= held
+                if held and waiting:
                     async with room:
-                        in_flight -= held
                         room.notify_all()
 
     workers = [asyncio.create_task(worker()) for _ in range(jobs)]
