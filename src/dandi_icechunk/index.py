@@ -99,16 +99,22 @@ class FileDigests(PackedMapping[FileDigest]):
         """Add every (key, digest) of ``entries``."""
         self._add(entries)
 
-    def rows(self) -> Iterator[tuple[str, str, int]]:
-        """(key, MD5, size) of each file in key order, without a :class:`FileDigest` each."""
+    def rows(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str, int]]:
+        """(key, MD5, size) of each file in key order (those at positions ``start`` to ``stop``),
+        without a :class:`FileDigest` each."""
         keys = self._in_order()
         high, low, sizes = self._columns
-        for start in range(0, len(keys), _HEX_BLOCK):
-            end = min(start + _HEX_BLOCK, len(keys))
-            md5s = np.empty((end - start, 2), ">u8")  # big-endian: the MD5's bytes in order
-            md5s[:, 0], md5s[:, 1] = high[start:end], low[start:end]
+        stop = len(keys) if stop is None else stop
+        for first in range(start, stop, _HEX_BLOCK):
+            end = min(first + _HEX_BLOCK, stop)
+            md5s = np.empty((end - first, 2), ">u8")  # big-endian: the MD5's bytes in order
+            md5s[:, 0], md5s[:, 1] = high[first:end], low[first:end]
             text = md5s.tobytes().hex()
-            yield from zip(keys[start:end], (text[i : i + 32] for i in range(0, len(text), 32)), sizes[start:end])
+            yield from zip(keys[first:end], (text[i : i + 32] for i in range(0, len(text), 32)), sizes[first:end])
+
+    def position(self, key: str) -> int:
+        """Where ``key`` comes in key order (-1: not here)."""
+        return self._position(key)
 
     def total_size(self) -> int:
         """The sum of the sizes."""
@@ -162,6 +168,8 @@ class DigestIndex:
 
     def delta_to(self, newer: DigestIndex) -> IndexDelta:
         """The keys to write and remove to turn this index's files into ``newer``'s."""
+        if not self.files:  # a first upload: no digest of newer's to look at
+            return IndexDelta(written=frozenset(newer.files), removed=frozenset())
         written = frozenset(k for k, d in newer.files.items() if self.files.get(k) != d)
         removed = frozenset(self.files.keys() - newer.files.keys())
         return IndexDelta(written=written, removed=removed)
@@ -247,8 +255,8 @@ def _gzip_json(body: Any) -> bytes:
     return gzip.compress(raw, compresslevel=6, mtime=0)
 
 
-def _files_body(run: Iterable[tuple[str, FileDigest]]) -> dict[str, list[Any]]:
-    return {k: [d.md5, d.size] for k, d in run}
+def _files_body(rows: Iterable[tuple[str, str, int]]) -> dict[str, list[Any]]:
+    return {k: [md5, size] for k, md5, size in rows}
 
 
 def _files(body: Mapping[str, list[Any]]) -> dict[str, FileDigest]:
@@ -282,10 +290,15 @@ class Shard:
     @classmethod
     def of(cls, keys: list[str], files: Mapping[str, FileDigest], content: str) -> Shard:
         """The shard of the run ``keys`` (sorted) of ``files``, whose content hash is ``content``."""
-        digests = [files[k] for k in keys]
-        data = _gzip_json(_files_body(zip(keys, digests, strict=True)))
+        if isinstance(files, FileDigests):  # a run is one stretch of the packed rows
+            start = files.position(keys[0])
+            rows = list(files.rows(start, start + len(keys)))
+            assert rows[-1][0] == keys[-1], "a run is no stretch of its index's files"
+        else:
+            rows = [(k, files[k].md5, files[k].size) for k in keys]
+        data = _gzip_json(_files_body(rows))
         shard_id = hashlib.sha256(data).hexdigest()
-        return cls(shard_id, data, [keys[0], keys[-1], shard_id, len(keys), sum(d.size for d in digests), content])
+        return cls(shard_id, data, [keys[0], keys[-1], shard_id, len(keys), sum(r[2] for r in rows), content])
 
 
 def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, DigestIndex]:
@@ -335,7 +348,7 @@ def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored: Itera
     are neither serialised nor written again."""
     body = index.root_body()
     if index.file_count <= SHARD_TARGET:
-        body["files"] = _files_body(sorted(index.files.items()))
+        body["files"] = _files_body(_sorted_rows(index.files))
     else:
         rows = list(stored)
         known = {row[_CONTENT]: row for row in rows if len(row) > _CONTENT}

@@ -239,7 +239,9 @@ def upload_zarr(
             file_count=new_index.file_count,
             size=new_index.size,
             files_written=len(delta.written),
-            bytes_written=sum(new_index.files[k].size for k in delta.written),
+            bytes_written=new_index.size if len(delta.written) == new_index.file_count else sum(
+                new_index.files[k].size for k in delta.written
+            ),
             files_deleted=len(delta.removed),
         )
         if not delta:
@@ -499,7 +501,9 @@ def _write_changes(
     known = expected.files if expected is not None else None
     ordered = local.hierarchy.in_grid_order(written_chunks)  # each batch fills its own manifest splits
     del written_chunks  # a first upload's list of every key: ordered holds them
-    progress.start("uploading", len(ordered), sum(map(local.stats.size_of, ordered)))
+    sizes = local.stats.columns()[0]
+    progress.start("uploading", len(ordered),
+                   sum(sizes) if len(ordered) == len(sizes) else sum(map(local.stats.size_of, ordered)))
     try:
         if dask is not None:
             write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in ordered],
