@@ -3,6 +3,7 @@ key-by-key checks give, on random hierarchies and keys, including the awkward on
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -90,3 +91,44 @@ def test_check_keys_refuses_what_check_key_refuses_naming_the_first_bad_key(keys
         with pytest.raises(InvalidZarrError) as raised:
             check_keys(keys)
         assert str(raised.value) == first_error
+
+
+def _v3_hierarchy(arrays: dict[str, tuple[tuple[int, ...], str]]) -> Hierarchy:
+    documents = {} if "" in arrays else {"zarr.json": json.dumps({"zarr_format": 3, "node_type": "group"}).encode()}
+    for path, (grid, separator) in arrays.items():
+        documents[f"{path}/zarr.json" if path else "zarr.json"] = json.dumps({
+            "zarr_format": 3, "node_type": "array", "shape": list(grid), "data_type": "uint16",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1] * len(grid)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": separator}},
+            "fill_value": 0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        }).encode()
+    return Hierarchy.from_documents(documents)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_arrays, st.booleans(), st.data())
+def test_grid_order_and_icechunk_keys_in_bulk_are_those_of_each_key(arrays: dict, v3: bool, data: st.DataObject) -> None:
+    """Chunks put in grid order array by array (C order of each grid), with their Icechunk keys
+    spelled out at once, as each key's own parse gives them."""
+    hierarchy = (_v3_hierarchy if v3 else _v2_hierarchy)(arrays)
+    grids = [node.grid for node in hierarchy.nodes.values() if node.grid is not None and all(hierarchy.nodes[node.path].grid.grid)]
+    every = []
+    for grid in grids:
+        prefix = grid.path + "/" if grid.path else ""
+        head = f"c{grid.separator}" if grid.v3_prefix else ""
+        for coords in itertools.product(*(range(n) for n in grid.grid)):
+            every.append(prefix + (head + grid.separator.join(map(str, coords)) if coords else ("c" if grid.v3_prefix else "0")))
+    keys = data.draw(st.permutations(every)) if every else []
+
+    def reference(key: str) -> tuple:
+        grid = hierarchy.array_of(key)
+        relative = key[len(grid.path) + 1:] if grid.path else key
+        return grid.path, tuple(int(c) for c in hierarchy.icechunk_key(key).rsplit("/c", 1)[-1].split("/")[1:]), relative
+
+    ordered = hierarchy.in_grid_order(keys)
+    assert ordered == sorted(keys, key=reference)
+    for grid, start, end in hierarchy.array_runs(ordered):
+        skip = len(grid.path) + 1 if grid.path else 0
+        run = ordered[start:end]
+        assert all(hierarchy.array_of(k) is grid for k in run)
+        assert grid.icechunk_keys([k[skip:] for k in run]) == [hierarchy.icechunk_key(k) for k in run]

@@ -77,21 +77,16 @@ def split_bytes(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> n
     (the commit writes it whole; an update reads it first); 0 elsewhere. An upper bound: every
     chunk of the split inline, at its size before compression (``inline_max`` when unknown)."""
     out = np.zeros(len(keys), dtype=np.int64)
-    shapes: dict[str, tuple[int, ...]] = {}
-    previous: tuple[str, tuple[int, ...]] | None = None
-    for i, key in enumerate(keys):
-        grid = hierarchy.array_of(key)
-        assert grid is not None, f"{key} is no chunk"
+    for grid, start, end in hierarchy.array_runs(keys):
         chunk = grid.chunk_bytes or inline_max
         if chunk > inline_max:  # chunks this large before compression are seldom inline: not counted
             continue
-        if grid.path not in shapes:
-            shapes[grid.path] = split_shape(grid)
-        coords = grid.coordinates(key[len(grid.path) + 1 :] if grid.path else key)
-        split = (grid.path, tuple(c // take for c, take in zip(coords, shapes[grid.path], strict=True)))
-        if split != previous:
-            out[i] = math.prod(shapes[grid.path]) * chunk
-            previous = split
+        shape = split_shape(grid)
+        skip = len(grid.path) + 1 if grid.path else 0
+        splits = grid.coordinate_array([k[skip:] for k in keys[start:end]]) // np.array(shape, np.int64)
+        first = np.ones(end - start, bool)  # the first key of each run of one split
+        first[1:] = (splits[1:] != splits[:-1]).any(axis=1)
+        out[start:end][first] = math.prod(shape) * chunk
     return out
 
 

@@ -18,10 +18,11 @@ import bisect
 import itertools
 import json
 import math
+import operator
 import posixpath
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -108,18 +109,23 @@ class ArrayGrid:
         prefix = re.escape(self.path + "/") if self.path else ""
         return re.compile(f"^{prefix}{relative}$", re.MULTILINE)
 
-    def coordinates(self, relative: str) -> tuple[int, ...]:
-        """The grid coordinates of chunk ``relative``."""
-        coords = self._coordinates(relative)
-        assert coords is not None, f"{relative} is no chunk of {self.path!r}"
-        return tuple(map(int, coords))
+    def icechunk_keys(self, relative: Sequence[str]) -> list[str]:
+        """:meth:`icechunk_key` of each of the chunks ``relative`` (each a chunk of this array),
+        spelled out without parsing them again."""
+        prefix = f"{self.path}/c" if self.path else "c"
+        if not self.grid:
+            return [prefix] * len(relative)
+        coords = [r[2:] for r in relative] if self.v3_prefix else list(relative)
+        if self.separator != "/":
+            coords = [c.replace(self.separator, "/") for c in coords]
+        return [f"{prefix}/{c}" for c in coords]
 
-    def position(self, relative: str) -> int:
-        """Where chunk ``relative`` comes in the grid, in C order (the order of manifest splits)."""
-        position = 0
-        for c, n in zip(self.coordinates(relative), self.grid, strict=True):
-            position = position * n + c
-        return position
+    def coordinate_array(self, relative: Sequence[str]) -> np.ndarray:
+        """The grid coordinates of the chunks ``relative`` (keys under the array, each a chunk
+        of it), a row each: their numbers read at once."""
+        numbers = re.findall(r"[0-9]+", "\n".join(relative)) if self.grid else []
+        assert len(numbers) == len(relative) * len(self.grid), f"not all of {relative[:3]}... are chunks of {self.path!r}"
+        return np.fromiter(map(int, numbers), np.int64, len(numbers)).reshape(len(relative), len(self.grid))
 
     def _coordinates(self, relative: str) -> list[str] | None:
         if self.v3_prefix:
@@ -214,20 +220,39 @@ class Hierarchy:
         relative = key[len(grid.path) + 1 :] if grid.path else key
         return grid.icechunk_key(relative)
 
-    def in_grid_order(self, keys: Iterable[str]) -> list[str]:
+    def in_grid_order(self, keys: Sequence[str]) -> list[str]:
         """The chunk keys ``keys``, array by array, each array's in C order of its grid."""
-        by_array: dict[str, list[str]] = {}
-        for key in keys:
+        return list(map(keys.__getitem__, self.grid_order(keys).tolist()))
+
+    def array_runs(self, keys: Sequence[str]) -> Iterator[tuple[ArrayGrid, int, int]]:
+        """For chunk ``keys`` array by array (as :meth:`in_grid_order` gives them): each array
+        with where its keys start and end."""
+        start = 0
+        while start < len(keys):
+            grid = self.array_of(keys[start])
+            assert grid is not None, f"{keys[start]} is no chunk"
+            prefix = grid.path + "/" if grid.path else ""  # no array holds another: its keys start so
+            end = start + sum(1 for _ in itertools.takewhile(operator.methodcaller("startswith", prefix),
+                                                              itertools.islice(keys, start, None)))
+            yield grid, start, end
+            start = end
+
+    def grid_order(self, keys: Sequence[str]) -> np.ndarray:
+        """Where each key of :meth:`in_grid_order` is among the chunk keys ``keys``."""
+        by_array: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
             grid = self.array_of(key)
             assert grid is not None, f"{key} is no chunk"
-            by_array.setdefault(grid.path, []).append(key)
-        ordered: list[str] = []
+            by_array.setdefault(grid.path, []).append(i)
+        order = [np.empty(0, np.intp)]
         for path in sorted(by_array):
             grid = self.nodes[path].grid
             assert grid is not None
+            at = np.array(by_array.pop(path), np.intp)
             skip = len(path) + 1 if path else 0
-            ordered.extend(sorted(by_array.pop(path), key=lambda k, g=grid, s=skip: g.position(k[s:])))
-        return ordered
+            coords = grid.coordinate_array([keys[i][skip:] for i in at.tolist()])
+            order.append(at[np.lexsort(coords.T[::-1])] if grid.grid else at)  # first coordinate first: C order
+        return np.concatenate(order)
 
     def strays(self, keys: Sequence[str]) -> list[str]:
         """The keys among ``keys`` (sorted, each once) that are no chunk of any array, in order:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import icechunk
+import numpy as np
 from zarr.buffer import cpu
 
 from .. import aio
@@ -499,14 +500,17 @@ def _write_changes(
     branch (:mod:`.staged`), deleted when ``cleanup`` closes: the staged upload is returned, and
     its last batch is what to commit instead of ``session``."""
     known = expected.files if expected is not None else None
-    ordered = local.hierarchy.in_grid_order(written_chunks)  # each batch fills its own manifest splits
-    del written_chunks  # a first upload's list of every key: ordered holds them
-    sizes = local.stats.columns()[0]
-    progress.start("uploading", len(ordered),
-                   sum(sizes) if len(ordered) == len(sizes) else sum(map(local.stats.size_of, ordered)))
+    order = local.hierarchy.grid_order(written_chunks)  # each batch fills its own manifest splits
+    ordered = list(map(written_chunks.__getitem__, order.tolist()))
+    if written_chunks == list(local.stats):  # a first upload's every key, as listed: sizes in bulk
+        sizes = np.frombuffer(local.stats.columns()[0], np.int64)[order]
+    else:
+        sizes = np.fromiter(map(local.stats.size_of, ordered), np.int64, len(ordered))
+    del written_chunks, order  # a first upload's list of every key: ordered holds them
+    progress.start("uploading", len(ordered), int(sizes.sum()))
     try:
         if dask is not None:
-            write_on_dask(dask, writer.icechunk, session, nodes, [local.chunk(k) for k in ordered],
+            write_on_dask(dask, writer.icechunk, session, nodes, local.chunks(ordered, sizes.tolist()),
                           jobs, progress.advance, expected=known, hashed=hashed)
             return None
         staged = None
@@ -516,15 +520,14 @@ def _write_changes(
             scratch = cleanup.enter_context(scratch_branch(writer.icechunk, session.snapshot_id))
             staged = StagedUpload(writer, branch, session.snapshot_id, scratch)
 
-        async def run(store: Any, batch: list[str], first: bool) -> None:
+        async def run(store: Any, batch: tuple[list[str], list[int]], first: bool) -> None:
             if first:
                 await nodes.apply(store)
-            await write_chunks(store, map(local.chunk, batch), jobs, progress.advance,
-                               expected=known, hashed=hashed)
+            await write_chunks(store, local.chunks(*batch), jobs, progress.advance, expected=known, hashed=hashed)
             await asyncio.sleep(0)  # a Ctrl-C during the last writes cancels here, before the commit
 
         for n, (start, end) in enumerate(itertools.pairwise([0, *ends])):
-            batch = ordered[start:end]  # a slice at a time: not a second list of every key
+            batch = ordered[start:end], sizes[start:end].tolist()  # a slice at a time: not a second list of every key
             aio.run(run((staged.session if staged else session).store, batch, n == 0))
             if staged and n < len(ends) - 1:
                 staged.stage()

@@ -15,7 +15,7 @@ import logging
 import operator
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +104,17 @@ class LocalZarr:
         chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
         return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
 
-    def chunk(self, key: str) -> ChunkFile:
-        """What sending chunk ``key`` needs, in a value a worker process can take."""
-        target = self.hierarchy.icechunk_key(key)
-        assert target is not None, f"{key} is no chunk: the scan keeps such files as documents"
-        return ChunkFile(key, self.path(key), target, self.stats.size_of(key))
+    def chunks(self, keys: Sequence[str], sizes: Sequence[int]) -> list[ChunkFile]:
+        """What sending each chunk of ``keys`` (array by array, as
+        :meth:`~dandi_icechunk.hierarchy.Hierarchy.in_grid_order` gives them; ``sizes`` as
+        listed) needs, in values a worker process can take."""
+        out: list[ChunkFile] = []
+        for grid, start, end in self.hierarchy.array_runs(keys):
+            skip = len(grid.path) + 1 if grid.path else 0
+            run = keys[start:end]
+            targets = grid.icechunk_keys([k[skip:] for k in run])
+            out += map(ChunkFile, run, map(self.path, run), targets, sizes[start:end])
+        return out
 
 
 def _batches(items: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
