@@ -22,6 +22,7 @@ import operator
 import posixpath
 import re
 import warnings
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -120,12 +121,16 @@ class ArrayGrid:
             coords = [c.replace(self.separator, "/") for c in coords]
         return [f"{prefix}/{c}" for c in coords]
 
-    def coordinate_array(self, relative: Sequence[str]) -> np.ndarray:
-        """The grid coordinates of the chunks ``relative`` (keys under the array, each a chunk
-        of it), a row each: their numbers read at once."""
-        numbers = re.findall(r"[0-9]+", "\n".join(relative)) if self.grid else []
-        assert len(numbers) == len(relative) * len(self.grid), f"not all of {relative[:3]}... are chunks of {self.path!r}"
-        return np.fromiter(map(int, numbers), np.int64, len(numbers)).reshape(len(relative), len(self.grid))
+    def coordinate_array(self, keys: Sequence[str], skip: int) -> np.ndarray:
+        """The grid coordinates of the chunks ``keys`` (each a chunk of this array, its path
+        ``skip`` characters long with its slash), a row each: a block's numbers read at once."""
+        out = np.empty((len(keys), len(self.grid)), np.int64)
+        for start in range(0, len(keys) if self.grid else 0, _BLOCK):
+            block = keys[start : start + _BLOCK]
+            numbers = re.findall(r"[0-9]+", "\n".join(k[skip:] for k in block))
+            assert len(numbers) == len(block) * len(self.grid), f"not all of {block[:3]}... are chunks of {self.path!r}"
+            out[start : start + len(block)] = np.fromiter(map(int, numbers), np.int64, len(numbers)).reshape(len(block), -1)
+        return out
 
     def _coordinates(self, relative: str) -> list[str] | None:
         if self.v3_prefix:
@@ -239,18 +244,18 @@ class Hierarchy:
 
     def grid_order(self, keys: Sequence[str]) -> np.ndarray:
         """Where each key of :meth:`in_grid_order` is among the chunk keys ``keys``."""
-        by_array: dict[str, list[int]] = {}
+        by_array: dict[str, array[int]] = {}  # packed: no int object per key (1.3 M of them)
         for i, key in enumerate(keys):
             grid = self.array_of(key)
             assert grid is not None, f"{key} is no chunk"
-            by_array.setdefault(grid.path, []).append(i)
-        order = [np.empty(0, np.intp)]
+            by_array.setdefault(grid.path, array("q")).append(i)
+        order = [np.empty(0, np.int64)]
         for path in sorted(by_array):
             grid = self.nodes[path].grid
             assert grid is not None
-            at = np.array(by_array.pop(path), np.intp)
-            skip = len(path) + 1 if path else 0
-            coords = grid.coordinate_array([keys[i][skip:] for i in at.tolist()])
+            at = by_array.pop(path)
+            coords = grid.coordinate_array([keys[i] for i in at], len(path) + 1 if path else 0)
+            at = np.frombuffer(at, np.int64)
             order.append(at[np.lexsort(coords.T[::-1])] if grid.grid else at)  # first coordinate first: C order
         return np.concatenate(order)
 
