@@ -1,12 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from dandi_icechunk.testing import make_zarr_v3
 
 _ARENAS_BEFORE_AND_AFTER_THREADS = """
 import ctypes, os, sys, tempfile, threading, uuid, zlib
 from dandi_icechunk.location import StorageLocation
-from dandi_icechunk.testing import make_zarr_v3
 from dandi_icechunk.upload import upload_zarr
 
 def arenas():
@@ -19,9 +21,8 @@ def arenas():
         return open(out.name).read().count("<heap nr=")
 
 before = arenas()  # importing numpy, zarr and icechunk starts threads of their own
-if sys.argv[1] == "after an upload":
-    tmp = tempfile.mkdtemp()
-    zarr = make_zarr_v3(os.path.join(tmp, "a.zarr"), shape=(4, 8, 8), chunks=(1, 8, 8))
+if sys.argv[1] == "after an upload":  # of a Zarr made beforehand: its writer's threads take arenas too
+    zarr, tmp = sys.argv[2], tempfile.mkdtemp()
     upload_zarr(zarr, StorageLocation(kind="file", bucket=tmp + "/bucket"), str(uuid.uuid4()), dedup=False)
     before = arenas()
 
@@ -40,11 +41,12 @@ print(before, arenas())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
-def test_an_upload_process_allocates_from_two_malloc_arenas_however_many_threads_allocate() -> None:
+def test_an_upload_process_allocates_from_two_malloc_arenas_however_many_threads_allocate(tmp_path: Path) -> None:
     env = {"PATH": "", "PYTHONPATH": ":".join(sys.path)}  # no MALLOC_ARENA_MAX
+    zarr = make_zarr_v3(tmp_path / "a.zarr", shape=(4, 8, 8), chunks=(1, 8, 8))
 
     def arenas(mode: str) -> tuple[int, int]:
-        run = subprocess.run([sys.executable, "-c", _ARENAS_BEFORE_AND_AFTER_THREADS, mode], env=env,
+        run = subprocess.run([sys.executable, "-c", _ARENAS_BEFORE_AND_AFTER_THREADS, mode, str(zarr)], env=env,
                              capture_output=True, text=True, check=True)
         before, after = map(int, run.stdout.split())
         return before, after
