@@ -82,7 +82,7 @@ def split_bytes(hierarchy: Hierarchy, keys: Sequence[str], inline_max: int) -> n
         if chunk > inline_max:  # chunks this large before compression are seldom inline: not counted
             continue
         shape = split_shape(grid)
-        coords = grid.coordinate_array(keys[start:end], len(grid.path) + 1 if grid.path else 0)
+        coords = grid.coordinate_array(keys[start:end])
         splits = coords // np.array(shape, np.int64)
         first = np.ones(end - start, bool)  # the first key of each run of one split
         first[1:] = (splits[1:] != splits[:-1]).any(axis=1)

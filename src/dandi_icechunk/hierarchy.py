@@ -110,20 +110,27 @@ class ArrayGrid:
         prefix = re.escape(self.path + "/") if self.path else ""
         return re.compile(f"^{prefix}{relative}$", re.MULTILINE)
 
-    def icechunk_keys(self, relative: Sequence[str]) -> list[str]:
-        """:meth:`icechunk_key` of each of the chunks ``relative`` (each a chunk of this array),
-        spelled out without parsing them again."""
+    @property
+    def key_prefix(self) -> str:
+        """What the keys of this array's chunks start with (from the Zarr root)."""
+        return self.path + "/" if self.path else ""
+
+    def icechunk_keys(self, keys: Sequence[str]) -> list[str]:
+        """The Icechunk key of each of the chunks ``keys`` (each a chunk of this array), spelled
+        out without parsing them again."""
         prefix = f"{self.path}/c" if self.path else "c"
         if not self.grid:
-            return [prefix] * len(relative)
-        coords = [r[2:] for r in relative] if self.v3_prefix else list(relative)
+            return [prefix] * len(keys)
+        skip = len(self.key_prefix) + (2 if self.v3_prefix else 0)  # and v3's "c" with its separator
+        coords = [k[skip:] for k in keys]
         if self.separator != "/":
             coords = [c.replace(self.separator, "/") for c in coords]
         return [f"{prefix}/{c}" for c in coords]
 
-    def coordinate_array(self, keys: Sequence[str], skip: int) -> np.ndarray:
-        """The grid coordinates of the chunks ``keys`` (each a chunk of this array, its path
-        ``skip`` characters long with its slash), a row each: a block's numbers read at once."""
+    def coordinate_array(self, keys: Sequence[str]) -> np.ndarray:
+        """The grid coordinates of the chunks ``keys`` (each a chunk of this array), a row each:
+        a block's numbers read at once."""
+        skip = len(self.key_prefix)
         out = np.empty((len(keys), len(self.grid)), np.int64)
         for start in range(0, len(keys) if self.grid else 0, _BLOCK):
             block = keys[start : start + _BLOCK]
@@ -222,8 +229,7 @@ class Hierarchy:
         grid = self.array_of(key)
         if grid is None:
             return None
-        relative = key[len(grid.path) + 1 :] if grid.path else key
-        return grid.icechunk_key(relative)
+        return grid.icechunk_key(key[len(grid.key_prefix) :])
 
     def in_grid_order(self, keys: Sequence[str]) -> list[str]:
         """The chunk keys ``keys``, array by array, each array's in C order of its grid."""
@@ -236,8 +242,8 @@ class Hierarchy:
         while start < len(keys):
             grid = self.array_of(keys[start])
             assert grid is not None, f"{keys[start]} is no chunk"
-            prefix = grid.path + "/" if grid.path else ""  # no array holds another: its keys start so
-            end = start + sum(1 for _ in itertools.takewhile(operator.methodcaller("startswith", prefix),
+            # no array holds another: its keys are those that start with its prefix
+            end = start + sum(1 for _ in itertools.takewhile(operator.methodcaller("startswith", grid.key_prefix),
                                                               itertools.islice(keys, start, None)))
             yield grid, start, end
             start = end
@@ -254,7 +260,7 @@ class Hierarchy:
             grid = self.nodes[path].grid
             assert grid is not None
             at = by_array.pop(path)
-            coords = grid.coordinate_array([keys[i] for i in at], len(path) + 1 if path else 0)
+            coords = grid.coordinate_array([keys[i] for i in at])
             at = np.frombuffer(at, np.int64)
             order.append(at[np.lexsort(coords.T[::-1])] if grid.grid else at)  # first coordinate first: C order
         return np.concatenate(order)
@@ -263,12 +269,13 @@ class Hierarchy:
         """The keys among ``keys`` (sorted, each once) that are no chunk of any array, in order:
         what :meth:`icechunk_key` gives ``None`` for, matched an array's keys at a time."""
         # no array holds another node (from_documents refuses it): their keys' ranges are apart
-        grids = sorted((node.grid for node in self.nodes.values() if node.grid is not None), key=_key_range)
+        grids = sorted((node.grid for node in self.nodes.values() if node.grid is not None),
+                       key=operator.attrgetter("key_prefix"))  # in this order, so are their ranges
         stray: list[str] = []
         done = 0
         for grid in grids:
             if grid.path:
-                start = bisect.bisect_left(keys, grid.path + "/", done)
+                start = bisect.bisect_left(keys, grid.key_prefix, done)
                 end = bisect.bisect_left(keys, grid.path + "0", start)  # "0" follows "/"
             else:
                 start, end = done, len(keys)
@@ -295,11 +302,6 @@ class Hierarchy:
         return {key: self.icechunk_key(key) for key in chunks}, stray  # type: ignore[misc]
 
 
-def _key_range(grid: ArrayGrid) -> str:
-    """What the keys under ``grid``'s array start with; in this order, so are their ranges."""
-    return grid.path + "/" if grid.path else ""
-
-
 def _strays_of(grid: ArrayGrid, keys: Sequence[str]) -> list[str]:
     """The keys among ``keys`` (all under ``grid``'s array) that are no chunk of it."""
     if not keys:
@@ -307,8 +309,7 @@ def _strays_of(grid: ArrayGrid, keys: Sequence[str]) -> list[str]:
     text = "\n".join(keys)
     if text.count("\n") == len(keys) - 1 and grid.key_pattern().subn("", text)[1] == len(keys):
         return []  # every key a line, every line a chunk's key
-    skip = len(grid.path) + 1 if grid.path else 0
-    return [k for k in keys if grid.icechunk_key(k[skip:]) is None]
+    return [k for k in keys if grid.icechunk_key(k[len(grid.key_prefix) :]) is None]
 
 
 def _below(n: int) -> str:

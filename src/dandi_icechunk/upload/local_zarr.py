@@ -110,10 +110,8 @@ class LocalZarr:
         listed) needs, in values a worker process can take."""
         out: list[ChunkFile] = []
         for grid, start, end in self.hierarchy.array_runs(keys):
-            skip = len(grid.path) + 1 if grid.path else 0
             run = keys[start:end]
-            targets = grid.icechunk_keys([k[skip:] for k in run])
-            out += map(ChunkFile, run, map(self.path, run), targets, sizes[start:end])
+            out += map(ChunkFile, run, map(self.path, run), grid.icechunk_keys(run), sizes[start:end])
         return out
 
 
