@@ -259,9 +259,9 @@ class Hierarchy:
         for path in sorted(by_array):
             grid = self.nodes[path].grid
             assert grid is not None
-            at = by_array.pop(path)
-            coords = grid.coordinate_array([keys[i] for i in at])
-            at = np.frombuffer(at, np.int64)
+            positions = by_array.pop(path)
+            coords = grid.coordinate_array([keys[i] for i in positions])
+            at = np.frombuffer(positions, np.int64)
             order.append(at[np.lexsort(coords.T[::-1])] if grid.grid else at)  # first coordinate first: C order
         return np.concatenate(order)
 
