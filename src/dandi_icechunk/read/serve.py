@@ -95,7 +95,9 @@ def create_app(location: StorageLocation) -> Starlette:
         try:
             zarr_id, ref, key = _split(request.path_params["path"])
             # storage is read off the event loop; what is in memory is answered in place
-            snapshot = snapshots.cached(zarr_id, ref) or await run_in_threadpool(snapshots.get, zarr_id, ref)
+            snapshot = snapshots.cached(zarr_id, ref)
+            if snapshot is None:
+                snapshot = await run_in_threadpool(snapshots.get, zarr_id, ref)
         except DandiIcechunkError as exc:
             return PlainTextResponse(str(exc), 404)
         digest = None
@@ -112,7 +114,7 @@ def create_app(location: StorageLocation) -> Starlette:
             return Response(status_code=304, headers=headers)
         media = "application/json" if is_document(key) else "application/octet-stream"
         span = byte_range(request.headers.get("range"), digest.size)
-        if span == "invalid":
+        if isinstance(span, str):  # "invalid"
             return Response(status_code=416, headers={"Content-Range": f"bytes */{digest.size}"})
         if request.method == "HEAD":
             return Response(status_code=200, media_type=media, headers={**headers, "Content-Length": str(digest.size)})
