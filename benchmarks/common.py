@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 import os
 import statistics
@@ -215,8 +216,26 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+PACKAGES = ("dandi-icechunk", "icechunk", "zarr", "xarray", "numpy", "tensorstore", "boto3")
+"""The packages whose versions every result records: ratios move with them (zarr-python's read
+path got faster between 3.1 and 3.4)."""
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`PACKAGES` (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def write_results(out_dir: Path, name: str, results: dict[str, Any], table: str) -> None:
-    """Write ``<name>.json`` and ``<name>.md`` and print the table."""
+    """Write ``<name>.json`` (with the versions of :data:`PACKAGES`) and ``<name>.md`` and print
+    the table."""
+    results = {**results, "versions": package_versions()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
     (out_dir / f"{name}.md").write_text(table + "\n")

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import icechunk
 import numpy as np
 import uvicorn
 import zarr
@@ -137,7 +138,7 @@ def table(results: dict[str, Any]) -> str:
         f"Read of a {data['bytes'] / 1e6:.0f} MB Zarr v2 array in {data['n_chunks']} chunks of "
         f"{data['chunk_bytes'] // 1024} KiB, {data['jobs']} concurrent requests, median of "
         f"{results['rounds']} interleaved rounds (min-max), each reader in its own process, "
-        "SeaweedFS on loopback.",
+        f"SeaweedFS on loopback; zarr-python {zarr.__version__}, icechunk {icechunk.__version__}.",
         "",
         "| pattern | reader | s (min-max) | MB/s | peak RSS MB | speed vs zarr-python on the plain prefix | view CPU ms per request |",
         "|---|---|---|---|---|---|---|",
@@ -191,8 +192,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="128 MB, 3 rounds")
     args = parser.parse_args()
     size_mb, rounds = (128, 3) if args.quick else (args.size_mb, args.rounds)
-    import icechunk
-
     from dandi_icechunk.read.serve import create_app
 
     icechunk.set_logs_filter("error")
