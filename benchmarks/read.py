@@ -10,8 +10,9 @@ Readers:
 - boto3 parallel GET of the same objects, the physical limit.
 Each round runs every reader once per pattern, the order rotating; reported: median seconds
 (min-max) from opening to the last byte, MB/s, peak RSS of the reader's process; every read is
-checked against the local data. For the readers of the HTTP view, the view's CPU time per
-request (the view runs in this process, idle otherwise). Output: results/read.{json,md,png}.
+checked against the local data; the CPU time of the reader's process per chunk and, for the
+readers of the HTTP view, the view's CPU time per request (the view runs in this process, idle
+otherwise). Output: results/read.{json,md,png}.
 
     python benchmarks/read.py [--size-mb 1024] [--chunk-kb 256] [--jobs 16] [--rounds 5] [--quick]
 """
@@ -82,8 +83,9 @@ def digest(values: np.ndarray) -> str:
 
 
 def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One reader, one pattern, in this process: seconds from open to the last byte, what it
-    read (as a digest), and this process's peak RSS."""
+    """One reader, one pattern, in this process: seconds from open to the last byte, the CPU
+    this process spent meanwhile (every thread's) per chunk, what it read (as a digest), and
+    this process's peak RSS."""
     rows = selection(pattern, cfg["n_chunks"])
     plain = f"{cfg['endpoint_url']}/{cfg['bucket']}/zarr/{cfg['zarr_id']}/"
     view = f"{cfg['view']}/{cfg['zarr_id']}/{cfg['snapshot']}/"
@@ -93,6 +95,7 @@ def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
     from dandi_icechunk.read import open_zarr
 
+    cpu_before = _cpu_seconds()
     with Timer() as t:  # from opening to the last byte; imports are done
         if reader.startswith(("icechunk", "zarr")):
             if reader == "icechunk-signed":
@@ -115,8 +118,8 @@ def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
                                   aws_access_key_id=cfg["access_key_id"], aws_secret_access_key=cfg["secret_access_key"])
             get_files(client, cfg["bucket"], [f"zarr/{cfg['zarr_id']}/{r}/0" for r in rows], cfg["jobs"])
             values = None
-    return {"s": t.seconds, "digest": digest(values) if values is not None else None,
-            "peak_rss_MB": peak_rss_mb()}
+    return {"s": t.seconds, "reader_cpu_ms_per_chunk": 1000 * (_cpu_seconds() - cpu_before) / len(rows),
+            "digest": digest(values) if values is not None else None, "peak_rss_MB": peak_rss_mb()}
 
 
 def _cpu_seconds() -> float:
@@ -132,6 +135,11 @@ def serve_in_thread(app: Any) -> tuple[str, uvicorn.Server]:
     return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server
 
 
+def _median(runs: list[dict[str, Any]], field: str) -> str:
+    values = [r[field] for r in runs if field in r]
+    return f"{statistics.median(values):.2f}" if values else ""
+
+
 def table(results: dict[str, Any]) -> str:
     data = results["data"]
     lines = [
@@ -140,8 +148,8 @@ def table(results: dict[str, Any]) -> str:
         f"{results['rounds']} interleaved rounds (min-max), each reader in its own process, "
         f"SeaweedFS on loopback; zarr-python {zarr.__version__}, icechunk {icechunk.__version__}.",
         "",
-        "| pattern | reader | s (min-max) | MB/s | peak RSS MB | speed vs zarr-python on the plain prefix | view CPU ms per request |",
-        "|---|---|---|---|---|---|---|",
+        "| pattern | reader | s (min-max) | MB/s | peak RSS MB | speed vs zarr-python on the plain prefix | reader CPU ms per chunk | view CPU ms per request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for pattern, label in PATTERNS.items():
         by = results["summary"][pattern]
@@ -149,13 +157,12 @@ def table(results: dict[str, Any]) -> str:
         for key, reader in READERS.items():
             s = by[key]
             if "s" not in s:
-                lines.append(f"| {label} | {reader} | failed: {s['error'].strip().splitlines()[-1:]} | | | | |")
+                lines.append(f"| {label} | {reader} | failed: {s['error'].strip().splitlines()[-1:]} | | | | | |")
                 continue
             ratio = f"{base / s['s']:.2f}x" if base else ""
-            cpu = [r["view_cpu_ms_per_request"] for r in results["runs"][pattern][key] if "view_cpu_ms_per_request" in r]
-            view_cpu = f"{statistics.median(cpu):.2f}" if cpu else ""
+            reader_cpu, view_cpu = (_median(results["runs"][pattern][key], f) for f in ("reader_cpu_ms_per_chunk", "view_cpu_ms_per_request"))
             lines.append(f"| {label} | {reader} | {s['s']:.2f} ({s['min_s']:.2f}-{s['max_s']:.2f}) | "
-                         f"{s['MBps']:.0f} | {s['peak_rss_MB']:.0f} | {ratio} | {view_cpu} |")
+                         f"{s['MBps']:.0f} | {s['peak_rss_MB']:.0f} | {ratio} | {reader_cpu} | {view_cpu} |")
             label = ""
     return "\n".join(lines)
 

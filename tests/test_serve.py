@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import http.server
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -262,3 +263,46 @@ def test_each_open_snapshot_keeps_a_bounded_number_of_chunk_refs(
     with serving(location) as url:
         assert _get(f"{url}/{zarr_id}/{sid}/0/.zarray")[0] == 200
     assert opened == [READ_CHUNK_REFS] and READ_CHUNK_REFS <= 20_000
+
+
+def test_serve_with_workers_answers_from_worker_processes_of_the_storage_given(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    location = StorageLocation(kind="file", bucket=str(tmp_path / "bucket"))
+    src = make_ome_zarr_v2(tmp_path / "s.ome.zarr", separator=".")
+    zid = str(uuid.uuid4())
+    snapshot = upload_zarr(src, location, zid).snapshot_id
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DANDI_ICECHUNK_STORAGE"}
+    view = subprocess.Popen(
+        [sys.executable, "-m", "dandi_icechunk", "--storage", location.url, "serve", "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/{zid}/{snapshot}/0/.zarray"
+        deadline = time.monotonic() + 60
+        while True:
+            assert view.poll() is None, view.stderr.read().decode() if view.stderr else ""
+            try:
+                status, _, body = _get(url)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the view with 2 workers did not start"
+                time.sleep(0.2)
+        assert status == 200 and body == (src / "0" / ".zarray").read_bytes()
+        workers = [p for p in Path("/proc").glob("[0-9]*") if _parent_pid(p) == view.pid]
+        assert len(workers) >= 2, workers  # uvicorn's supervisor and its 2 worker processes
+    finally:
+        view.terminate()
+        view.wait(timeout=30)
+
+
+def _parent_pid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 from ..errors import MissingExtraError
+from ..location import STORAGE_ENV_VAR
 from ..read.export import export_snapshot
 from ..read.history import diff_snapshots, repository_info
 from ..session import DEFAULT_BRANCH
@@ -163,8 +165,12 @@ def verify(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers", "-w", default=1, show_default=True, type=click.IntRange(min=1),
+    help="Processes answering requests: each uses about one core.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     """Serve snapshots as plain Zarr over HTTP, read-only.
 
     GET /<zarr_id>/<snapshot_id or tag>/<key> gives the file as uploaded (v2 stays v2), with
@@ -177,7 +183,12 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
             from ..read.serve import create_app
         except ImportError:
             raise MissingExtraError("dandi-icechunk serve", "serve") from None
-    uvicorn.run(create_app(ctx.obj.for_reading()), host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(create_app(ctx.obj.for_reading()), host=host, port=port, log_level="warning")
+        return
+    os.environ[STORAGE_ENV_VAR] = ctx.obj.url  # what each worker process reads its location from
+    uvicorn.run("dandi_icechunk.read.serve:app_from_environment", factory=True, workers=workers,
+                host=host, port=port, log_level="warning")
 
 
 @main.command()

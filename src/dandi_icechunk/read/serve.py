@@ -135,6 +135,16 @@ def create_app(location: StorageLocation) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", serve, methods=methods)], middleware=[cors])
 
 
+def app_from_environment() -> Starlette:
+    """The application for the location ``$DANDI_ICECHUNK_STORAGE`` names, read as
+    :meth:`~dandi_icechunk.location.StorageLocation.for_reading` reads: the factory each process
+    of ``dandi-icechunk serve --workers N`` calls, or any ASGI server's.
+
+        uvicorn --factory dandi_icechunk.read.serve:app_from_environment --workers 4
+    """
+    return create_app(StorageLocation.resolve().for_reading())
+
+
 def _listing(snapshot: SnapshotFiles, directory: str, request: Request) -> Response:
     prefix = f"{directory}/" if directory else ""
     children = sorted(
