@@ -96,7 +96,7 @@ class PackedMapping[V](Mapping[str, V]):
                 order = sorted(range(len(self._keys)), key=self._keys.__getitem__)
                 self._take(order)
                 self._sorted = True
-                if any(a == b for a, b in zip(self._keys, self._keys[1:])):
+                if any(map(operator.eq, self._keys, itertools.islice(self._keys, 1, None))):
                     raise ValueError("a key was added twice")
             return self._keys
 
