@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -307,7 +308,7 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     upload_zarr(src, location, zarr_id, digest_cache=cache)
     hashed: list[str] = []
     real_hash = local_zarr.hash_file
-    monkeypatch.setattr(local_zarr, "hash_file", lambda path, key: hashed.append(key) or real_hash(path, key))
+    monkeypatch.setattr(local_zarr, "hash_file", lambda path, key, size: hashed.append(key) or real_hash(path, key, size))
 
     noise = np.random.default_rng(7).integers(0, 4096, (4, 16, 16), dtype=np.uint16)
     zarr.open_group(str(src), mode="r+")["data"][0:4, 0:16, 0:16] = noise
@@ -360,7 +361,7 @@ def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
     }[damage])
     hashed: list[str] = []
     real_hash = local_zarr.hash_file
-    monkeypatch.setattr(local_zarr, "hash_file", lambda path, key: hashed.append(key) or real_hash(path, key))
+    monkeypatch.setattr(local_zarr, "hash_file", lambda path, key, size: hashed.append(key) or real_hash(path, key, size))
     zarr.open_group(str(src), mode="r+")["data"][0:4, 0:16, 0:16] = 7
 
     result = upload_zarr(src, location, zarr_id, digest_cache=cache)
@@ -620,12 +621,15 @@ def test_verify_gives_the_checksum_of_the_bytes_stored_when_they_differ(zarr_id:
 
 
 @pytest.mark.parametrize("now", [0, 5, 10, 11, 9 * 1024 * 1024])
-def test_a_file_is_read_to_its_end_whatever_size_it_was_listed_with(tmp_path: Path, now: int) -> None:
-    """Chunks are read with their listed size as a hint: a file that grew or shrank since is
+def test_a_file_is_read_and_hashed_to_its_end_whatever_size_it_was_listed_with(tmp_path: Path, now: int) -> None:
+    """Chunks are read and hashed with their listed size as a hint: a file that grew or shrank since is
     still read whole, so the digest check sees what it holds now."""
-    from dandi_icechunk.upload.local_zarr import read_file
+    from dandi_icechunk.index import FileDigest
+    from dandi_icechunk.upload.local_zarr import hash_file, read_file
 
     data = os.urandom(now)
     (tmp_path / "f").write_bytes(data)
     assert read_file(tmp_path / "f", "f", 10) == data
     assert read_file(tmp_path / "f", "f") == data
+    for listed in (10, 9 * 1024 * 1024):  # hashing takes the listed size as a hint too
+        assert hash_file(tmp_path / "f", "f", listed) == FileDigest(hashlib.md5(data).hexdigest(), now)

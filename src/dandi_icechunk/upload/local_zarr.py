@@ -83,9 +83,10 @@ class LocalZarr:
         files = cache.unchanged(self.root, self.stats) if cache else FileDigests()
         if progress:
             progress(len(files) + len(self.documents), files.total_size() + sum(map(len, self.documents.values())))
-        to_hash = [k for k, _, known in left_join(zip(self.stats, self.stats), zip(files, files)) if known is None]
+        sizes = self.stats.columns()[0]
+        to_hash = [(k, size) for k, size, known in left_join(zip(self.stats, sizes), zip(files, files)) if known is None]
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(to_hash), 1)
-        batches = _batches((k, self.path(k)) for k in to_hash)
+        batches = _batches((k, self.path(k), size) for k, size in to_hash)
         with contextlib.ExitStack() as stack:
             if map_batches is None and not small and workers > 1:
                 map_batches = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map
@@ -115,7 +116,7 @@ class LocalZarr:
         return out
 
 
-def _batches(items: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+def _batches(items: Iterator[tuple[str, str, int]]) -> Iterator[list[tuple[str, str, int]]]:
     while batch := list(itertools.islice(items, _HASH_BATCH)):
         yield batch
 
@@ -169,29 +170,32 @@ def read_file(path: str | Path, key: str, size: int = 0) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def hash_batch(part: list[tuple[str, str]]) -> list[tuple[str, FileDigest]]:
-    """MD5 and size of each (key, path) of ``part``."""
-    return [(key, hash_file(path, key)) for key, path in part]
+def hash_batch(part: list[tuple[str, str, int]]) -> list[tuple[str, FileDigest]]:
+    """MD5 and size of each (key, path, size when listed) of ``part``."""
+    return [(key, hash_file(path, key, size)) for key, path, size in part]
 
 
-def hash_file(path: str | Path, key: str) -> FileDigest:
-    """MD5 and size of ``path``: a file up to a block read at once, a larger one in blocks.
-    (``read(block)`` on a small file costs a block-sized allocation, which is an mmap and
-    page faults whenever ``MALLOC_TRIM_THRESHOLD_`` is set, as Dask's nanny sets it.)"""
+def hash_file(path: str | Path, key: str, size: int) -> FileDigest:
+    """MD5 and size of ``path`` (``size`` as listed: a file up to a block is read at once with
+    plain ``os.read`` calls, 14.3 -> 9.6 µs a 1 KiB file; a larger one, or one that grew, a block
+    at a time). A ``read`` of a whole block on a small file would cost a block-sized
+    allocation, which is an mmap and page faults whenever ``MALLOC_TRIM_THRESHOLD_`` is set, as
+    Dask's nanny sets it."""
     md5 = hashlib.md5()
-    size = 0
+    total = 0
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size <= _READ_BLOCK:
-                block = f.read()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            want = size + 1 if size < _READ_BLOCK else _READ_BLOCK
+            while block := os.read(fd, want):
                 md5.update(block)
-                return FileDigest(md5.hexdigest(), len(block))
-            while block := f.read(_READ_BLOCK):
-                md5.update(block)
-                size += len(block)
+                total += len(block)
+                want = _READ_BLOCK
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise _unreadable(key, exc) from None
-    return FileDigest(md5.hexdigest(), size)
+    return FileDigest(md5.hexdigest(), total)
 
 
 def _unreadable(key: str, exc: OSError) -> InvalidZarrError:
