@@ -151,22 +151,9 @@ def read_unchanged(chunk: ChunkFile, expected: FileDigest) -> bytes:
 
 def read_file(path: str | Path, key: str, size: int = 0) -> bytes:
     """The bytes of ``path``, ``size`` of them as listed (the file is read to its end whatever
-    it holds now); unreadable files raise :class:`InvalidZarrError` naming ``key``.
-
-    Plain ``os.read`` calls: a 1 KiB chunk read took 13.6 µs through ``open()`` and its buffered
-    file object, 5.5 µs so (`docs/per-file-work.md`)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            parts = []
-            want = size + 1  # a file that grew since it was listed takes more reads
-            while block := os.read(fd, want):
-                parts.append(block)
-                want = _READ_BLOCK
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise _unreadable(key, exc) from None
+    it holds now); unreadable files raise :class:`InvalidZarrError` naming ``key``."""
+    parts: list[bytes] = []
+    _read_to_end(path, key, size + 1, parts.append)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -176,26 +163,36 @@ def hash_batch(part: list[tuple[str, str, int]]) -> list[tuple[str, FileDigest]]
 
 
 def hash_file(path: str | Path, key: str, size: int) -> FileDigest:
-    """MD5 and size of ``path`` (``size`` as listed: a file up to a block is read at once with
-    plain ``os.read`` calls, 14.3 -> 9.6 µs a 1 KiB file; a larger one, or one that grew, a block
-    at a time). A ``read`` of a whole block on a small file would cost a block-sized
-    allocation, which is an mmap and page faults whenever ``MALLOC_TRIM_THRESHOLD_`` is set, as
-    Dask's nanny sets it."""
+    """MD5 and size of ``path`` (``size`` as listed), read a block at most at a time: the file
+    is never held whole."""
     md5 = hashlib.md5()
+    total = _read_to_end(path, key, min(size + 1, _READ_BLOCK), md5.update)
+    return FileDigest(md5.hexdigest(), total)
+
+
+def _read_to_end(path: str | Path, key: str, first: int, take: Callable[[bytes], object]) -> int:
+    """Give ``take`` the bytes of ``path``, ``first`` of them and then a block at a time to its
+    end (a file that grew since it was listed is read whole); how many there were.
+
+    Plain ``os.read`` calls: a 1 KiB file took 13.6 µs to read and 14.3 µs to hash through
+    ``open()`` and its buffered file object, 5.5 and 9.6 µs so (`docs/per-file-work.md`). The
+    first read asks for what the listing said, not a whole block: a block-sized allocation for
+    a small file is an mmap and page faults whenever ``MALLOC_TRIM_THRESHOLD_`` is set, as
+    Dask's nanny sets it."""
     total = 0
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            want = size + 1 if size < _READ_BLOCK else _READ_BLOCK
+            want = first
             while block := os.read(fd, want):
-                md5.update(block)
+                take(block)
                 total += len(block)
                 want = _READ_BLOCK
         finally:
             os.close(fd)
     except OSError as exc:
         raise _unreadable(key, exc) from None
-    return FileDigest(md5.hexdigest(), total)
+    return total
 
 
 def _unreadable(key: str, exc: OSError) -> InvalidZarrError:
