@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import zarr
 
 from dandi_icechunk.read import open_dataset
 from dandi_icechunk.reference import SnapshotReference
-from dandi_icechunk.testing import make_ome_zarr_v2
+from dandi_icechunk.testing import free_port, make_ome_zarr_v2
 from dandi_icechunk.testing.served_archive import ServedArchive
 
 ARCHIVE = os.environ.get("DANDI_ICECHUNK_TEST_ARCHIVE")
@@ -267,9 +266,7 @@ def test_bad_uploads_end_in_one_clear_error_and_create_nothing(
 ) -> None:
     make_ome_zarr_v2(dandiset_dir / ZARR)
     if case == "wrong instance":
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            dead = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+        dead = f"http://127.0.0.1:{free_port()}/api"
         refused = _dandi(archive, "released", patched_dandi, dandiset_dir, "upload", "-i", dead, "--validation", "skip")
     else:
         refused = _upload(archive, "released", patched_dandi, dandiset_dir, api_key=archive.other_api_key)

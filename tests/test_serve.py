@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from dandi_icechunk.read.serve import create_app
 from dandi_icechunk.reference import SnapshotReference
 from dandi_icechunk.session import ZarrRepository
 from dandi_icechunk.snapshot_files import READ_CHUNK_REFS, SnapshotFiles
-from dandi_icechunk.testing import draft_zarr_asset, make_ome_zarr_v2
+from dandi_icechunk.testing import draft_zarr_asset, free_port, make_ome_zarr_v2
 from dandi_icechunk.upload import upload_zarr
 
 from .conftest import chunk_objects, reference_checksum, tiny_chunk_zarr, tree_bytes
@@ -271,9 +270,7 @@ def test_serve_with_workers_answers_from_worker_processes_of_the_storage_given(t
     src = make_ome_zarr_v2(tmp_path / "s.ome.zarr", separator=".")
     zid = str(uuid.uuid4())
     snapshot = upload_zarr(src, location, zid).snapshot_id
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DANDI_ICECHUNK_STORAGE"}
     with (tmp_path / "serve.log").open("wb") as log:
         view = subprocess.Popen(

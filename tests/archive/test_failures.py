@@ -5,7 +5,6 @@ that would bypass the repository, and callers without the right."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from dandi_icechunk.archive.django.models import IcechunkDraft
 from dandi_icechunk.errors import AccessDeniedError
 from dandi_icechunk.objects import repository_objects
 from dandi_icechunk.session import ZarrRepository
-from dandi_icechunk.testing import make_zarr_v3
+from dandi_icechunk.testing import free_port, make_zarr_v3
 from dandi_icechunk.upload.archive import (
     archive_zarr_state,
     begin_archive_upload,
@@ -120,12 +119,6 @@ def test_a_draft_that_no_longer_matches_the_bucket_is_a_validation_error_and_pub
     assert ZarrRepository.open(services.AdapterSettings.load().location, zarr_id).icechunk.list_tags() == set()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bucket_down_mid_publish_reopens_the_draft_tags_nothing_and_a_retry_publishes(
     owner_archive: tuple[Archive, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,7 +128,7 @@ def test_bucket_down_mid_publish_reopens_the_draft_tags_nothing_and_a_retry_publ
     real_prepare = services._prepare_assets
 
     def bucket_down(*args: Any, **kwargs: Any) -> Any:  # after the check, before the tags
-        down = dataclasses.replace(location, endpoint_url=f"http://127.0.0.1:{_closed_port()}")
+        down = dataclasses.replace(location, endpoint_url=f"http://127.0.0.1:{free_port()}")
         return real_prepare(*args, **{**kwargs, "location": down})
 
     monkeypatch.setattr(services, "_prepare_assets", bucket_down)

@@ -169,14 +169,20 @@ def synthetic_snapshot(location: StorageLocation, n_files: int) -> tuple[str, st
     return zarr_id, repo.commit(session, "synthetic", lambda parent: info)
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (the system's pick, bound and let go):
+    for a server about to start, or an address that refuses connections."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _free_port_pair(taken: set[int]) -> int:
     """A free port P whose gRPC companion P+10000 is free too (SeaweedFS's default offset), and
     neither of them one of ``taken`` (the ports and companions already given out, which
     SeaweedFS refuses to share); both are added to ``taken``."""
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         if port + 10000 > 65535 or {port, port + 10000} & taken:
             continue
         with socket.socket() as s:
