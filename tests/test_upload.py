@@ -582,28 +582,6 @@ def test_packed_file_stats_answer_as_the_dict_of_the_same_listing(stats: dict[st
         packed.remove({"\0absent"})
 
 
-@given(st.lists(st.lists(st.sampled_from(["a", "a.b", "a-", "a b", "ab", "b", "0", "10", "2", ".zarray", "zarr.json", "é", "A"]),
-                         min_size=1, max_size=3), min_size=1, max_size=25))
-def test_the_walk_lists_keys_in_sorted_order_so_the_listing_needs_no_sort(paths: list[list[str]]) -> None:
-    import tempfile
-
-    from dandi_icechunk.upload.local_zarr import _walk
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        files = set()
-        for parts in paths:
-            key = "/".join(parts)
-            # a name is a file or a directory, not both
-            if any(key.startswith(f + "/") or f.startswith(key + "/") for f in files):
-                continue
-            (root / key).parent.mkdir(parents=True, exist_ok=True)
-            (root / key).write_bytes(b"x")
-            files.add(key)
-        walked = [key for keys, _ in _walk(root, []) for key in keys]
-    assert walked == sorted(files)
-
-
 def test_verify_gives_the_checksum_of_the_bytes_stored_when_they_differ(zarr_id: str, tmp_path: Path) -> None:
     """The stored bytes of every chunk overwritten (same length): verify names each file, and
     its checksum is the one of a Zarr holding the overwritten bytes, not the recorded one."""

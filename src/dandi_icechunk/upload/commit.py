@@ -139,7 +139,7 @@ def upload_zarr(
         )
     progress = progress or NoProgress()
     limit_malloc_arenas()
-    listing = LocalListing.of(path)
+    listing = LocalListing.of(path, workers=os.cpu_count() or 1)
     if digest_cache is not None and (unchanged := _unchanged_since_last_upload(
         listing, location, zarr_id, branch, digest_cache, delete_missing=delete_missing, dedup=dedup,
     )) is not None:

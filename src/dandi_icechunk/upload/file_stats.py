@@ -6,16 +6,13 @@ A dict of key -> (size, mtime, inode) tuples costs about 300 bytes a file (390 M
 
 from __future__ import annotations
 
-import operator
-import os
-from array import array
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 from ..packed import PackedMapping
+from .walk import COLUMN_TYPES
 
 FileStat = tuple[int, int, int]
 """(size, mtime in ns, inode) of a file."""
-_FIELDS = tuple(map(operator.attrgetter, ("st_size", "st_mtime_ns", "st_ino")))
 
 
 class FileStats(PackedMapping[FileStat]):
@@ -27,7 +24,7 @@ class FileStats(PackedMapping[FileStat]):
     """
 
     __slots__ = ()
-    _typecodes = "qqQ"
+    _typecodes = COLUMN_TYPES
 
     @staticmethod
     def _pack(value: FileStat) -> FileStat:
@@ -37,18 +34,6 @@ class FileStats(PackedMapping[FileStat]):
     def _unpack(row: tuple[int, ...]) -> FileStat:
         size, mtime, inode = row
         return size, mtime, inode
-
-    @classmethod
-    def from_stat_results(cls, runs: Iterable[tuple[list[str], list[os.stat_result]]]) -> FileStats:
-        """The stats of runs of (keys, their ``os.stat`` results), keys increasing throughout:
-        a listing's bulk load, each column filled in C."""
-        keys: list[str] = []
-        columns = tuple(array(code) for code in cls._typecodes)
-        for run_keys, results in runs:
-            keys += run_keys
-            for column, field in zip(columns, _FIELDS, strict=True):
-                column.extend(map(field, results))
-        return cls.from_columns(keys, columns)
 
     def size_of(self, key: str) -> int:
         """The size of ``key`` when listed."""

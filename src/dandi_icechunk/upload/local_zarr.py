@@ -2,7 +2,7 @@
 
 Everything here happens before anything is written to a repository, so bad input is refused
 with nothing changed. Every regular file is part of the asset and of its checksum, as in DANDI
-today, except what dandi-cli itself leaves out (:data:`EXCLUDED_NAMES`). Files Icechunk cannot
+today, except what dandi-cli itself leaves out (:data:`.walk.EXCLUDED_NAMES`). Files Icechunk cannot
 hold (zero-byte chunks, files that belong to no array) are kept verbatim in the digest index.
 """
 
@@ -14,7 +14,6 @@ import itertools
 import logging
 import operator
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +26,8 @@ from ..index import DigestIndex, FileDigest, FileDigests
 from ..packed import key_blocks, left_join
 from .digest_cache import DigestCache
 from .file_stats import FileStats
+from .walk import Refused, list_tree
 
-EXCLUDED_NAMES = frozenset({".dandi", ".datalad", ".git", ".gitattributes", ".gitmodules"})
-"""Files and directories dandi-cli leaves out of a Zarr asset, at any depth."""
 EXTRAS_MAX_BYTES = 64 * 1024 * 1024
 """Most bytes of non-Zarr files kept in the digest index (read on every upload and export)."""
 _log = logging.getLogger("dandi_icechunk")
@@ -208,14 +206,18 @@ class LocalListing:
     fingerprint: str  # changes whenever a file is added, removed, or its stat changes
 
     @classmethod
-    def of(cls, path: str | Path) -> LocalListing:
-        """List the Zarr directory ``path``; a path that is no directory, or that cannot be
-        listed (permissions, symlink loops, special files), raises :class:`InvalidZarrError`."""
+    def of(cls, path: str | Path, workers: int = 1) -> LocalListing:
+        """List the Zarr directory ``path``, a large one in up to ``workers`` processes
+        (:func:`~.walk.list_tree`); a path that is no directory, or that cannot be listed
+        (permissions, symlink loops, special files), raises :class:`InvalidZarrError`."""
         root = Path(path)
         if not root.is_dir():
             raise InvalidZarrError(f"{root} is not a directory; give the path of a .zarr directory")
-        excluded: list[str] = []
-        stats = FileStats.from_stat_results(_walk(root, excluded))
+        try:
+            tree = list_tree(str(root), workers)
+        except Refused as exc:
+            raise InvalidZarrError(str(exc)) from None
+        stats, excluded = FileStats.from_columns(tree.keys, tree.columns), tree.excluded
         fingerprint = hashlib.blake2b(f"{len(stats)}\n".encode(), digest_size=20)  # the count fixes where keys end
         for block in key_blocks(stats):
             fingerprint.update(block)
@@ -268,71 +270,3 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
 
 def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-
-
-def _walk(root: Path, excluded: list[str]) -> Iterator[tuple[list[str], list[os.stat_result]]]:
-    """Yield, a run at a time, the keys and stats of every file under ``root`` in sorted key
-    order (so the listing needs no sort), following symlinks, refusing loops; append to
-    ``excluded`` the keys of what dandi-cli leaves out.
-
-    Each directory's entries are sorted by key, a directory's as ``key/``: the order in which
-    every key under it sorts among its siblings. Only files and symlinks are stat'ed: a real
-    directory cannot lead back above itself, so the identities of the directories above are
-    looked up only when a symlink to a directory is met.
-    """
-    stack = [iter(_entries(str(root), "", (), excluded))]
-    keys: list[str] = []
-    stats: list[os.stat_result] = []
-    while stack:
-        for key, path, st, above in stack[-1]:
-            if st is None:  # a directory: its files come before the rest of this one's
-                if keys:
-                    yield keys, stats
-                    keys, stats = [], []
-                stack.append(iter(_entries(path, key + "/", above, excluded)))
-                break
-            keys.append(key)
-            stats.append(st)
-        else:
-            stack.pop()
-    if keys:
-        yield keys, stats
-
-
-_first, _second = operator.itemgetter(0), operator.itemgetter(1)
-_Entry = tuple[str, str, os.stat_result | None, tuple[str, ...]]  # key, path, stat (None: a directory), above
-
-
-def _entries(directory: str, prefix: str, above: tuple[str, ...], excluded: list[str]) -> list[_Entry]:
-    """The entries of ``directory`` (keys under ``prefix``) in sorted key order."""
-    try:
-        with os.scandir(directory) as listing:
-            entries = list(listing)
-    except OSError as exc:
-        raise InvalidZarrError(f"cannot list {directory} ({exc.strerror or exc}); fix its permissions") from None
-    below = (*above, directory)
-    kept: list[tuple[str, _Entry]] = []
-    for entry in entries:
-        key = prefix + entry.name
-        if entry.name in EXCLUDED_NAMES:
-            excluded.append(key)
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            kept.append((key + "/", (key, entry.path, None, below)))
-            continue
-        try:
-            st = entry.stat()
-        except OSError as exc:
-            raise InvalidZarrError(f"cannot read {key} ({exc.strerror or exc}); a broken symlink? fix or remove it") from None
-        if stat.S_ISREG(st.st_mode):
-            kept.append((key, (key, entry.path, st, below)))
-        elif stat.S_ISDIR(st.st_mode):
-            if (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, below)}:
-                raise InvalidZarrError(
-                    f"symlink loop at {key} (it leads back to a directory above it); remove the link"
-                )
-            kept.append((key + "/", (key, entry.path, None, below)))
-        else:
-            raise InvalidZarrError(f"{key} is not a regular file (a FIFO, socket or device)")
-    kept.sort(key=_first)
-    return list(map(_second, kept))

@@ -1,0 +1,248 @@
+"""Every file of a local directory tree, its key and ``stat``, in sorted key order: the listing
+that starts every upload, a no-change one included.
+
+A ``stat`` per file is most of the work (a file edited in place changes no directory), and the
+GIL keeps threads from overlapping those calls (`docs/per-file-work.md`). So a tree still being
+listed after a moment is finished by worker processes, each listing an interleaved share of the
+directories left. Standard library only: a worker runs this file as a script
+(``python -I -S walk.py``), without the package or site-packages.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import time
+from array import array
+from typing import NamedTuple
+
+EXCLUDED_NAMES = frozenset({".dandi", ".datalad", ".git", ".gitattributes", ".gitmodules"})
+"""Files and directories dandi-cli leaves out of a Zarr asset, at any depth."""
+COLUMN_TYPES = "qqQ"
+"""The typecodes of :attr:`Tree.columns`: size, mtime in ns, inode."""
+_SERIAL_SECONDS = 0.25
+_DIRECTORIES_PER_WORKER = 8  # shares of several directories each even out their sizes
+_FIELDS = tuple(map(operator.attrgetter, ("st_size", "st_mtime_ns", "st_ino")))
+_first = operator.itemgetter(0)
+
+
+class Refused(Exception):
+    """The tree cannot be listed as a Zarr; the message says what is wrong and what to do."""
+
+
+class Tree:
+    """The files of a tree: keys (``/``-separated, sorted), their stat columns, and the keys
+    of what was left out (:data:`EXCLUDED_NAMES`)."""
+
+    __slots__ = ("columns", "excluded", "keys")
+
+    def __init__(self, keys: list[str] | None = None, columns: tuple[array, ...] | None = None,
+                 excluded: list[str] | None = None) -> None:
+        self.keys = keys or []
+        self.columns = columns or tuple(array(code) for code in COLUMN_TYPES)
+        self.excluded = excluded or []
+
+    def _add_files(self, keys: list[str], stats: list[os.stat_result]) -> None:
+        self.keys += keys
+        for column, field in zip(self.columns, _FIELDS, strict=True):
+            column.extend(map(field, stats))  # in C, no tuple made per file
+
+    def _add_tree(self, other: Tree) -> None:
+        self.keys += other.keys
+        for column, more in zip(self.columns, other.columns, strict=True):
+            column.extend(more)
+        self.excluded += other.excluded
+
+
+class _Dir(NamedTuple):
+    """A directory (or a symlink to one) whose whole subtree is listed as one unit."""
+
+    key: str
+    path: str
+    above: tuple[str, ...]  # the directories above it, to refuse a symlink leading back up
+
+
+_Piece = _Dir | tuple[list[str], list[os.stat_result]]  # a directory, or a run of files in it
+_Share = tuple[list[Tree], str | None]  # the trees of a share's first directories, and why the next was refused
+
+
+def list_tree(root: str, workers: int = 1, serial_seconds: float = _SERIAL_SECONDS) -> Tree:
+    """List every file under ``root``, following symlinks and refusing loops, special files and
+    what cannot be read (:class:`Refused`, naming the first such key in sorted order).
+
+    With ``workers`` above 1, a tree not listed within ``serial_seconds`` is finished by that
+    many processes (this one among them): small trees never start one. A worker that fails
+    leaves its share to this process.
+
+    >>> tree = list_tree("sample.zarr", workers=4)
+    >>> tree.keys[:2], tree.columns[0][0]
+    (['.zattrs', '.zgroup'], 2)
+    """
+    start = time.monotonic()
+    tree = Tree()
+    pieces = _pieces("", root, (), tree.excluded)
+    while workers > 1 and 0 < _count_dirs(pieces) < _DIRECTORIES_PER_WORKER * workers:
+        pieces = [p for piece in pieces for p in (_pieces(*piece, tree.excluded) if isinstance(piece, _Dir) else [piece])]
+    dirs_left = _count_dirs(pieces)
+    for i, piece in enumerate(pieces):
+        if not isinstance(piece, _Dir):
+            tree._add_files(*piece)
+        elif workers > 1 and dirs_left > 1 and time.monotonic() - start > serial_seconds:
+            _list_in_parallel(pieces[i:], workers, tree)
+            break
+        else:
+            tree._add_tree(_list_dir(piece))
+            dirs_left -= 1
+    return tree
+
+
+def _count_dirs(pieces: list[_Piece]) -> int:
+    return sum(isinstance(p, _Dir) for p in pieces)
+
+
+def _list_in_parallel(pieces: list[_Piece], workers: int, tree: Tree) -> None:
+    """List ``pieces`` into ``tree``: the ``g``-th directory by process ``g % workers``, this
+    one being process 0."""
+    dirs = [p for p in pieces if isinstance(p, _Dir)]
+    shares = [dirs[n::workers] for n in range(workers)]
+    procs = [_start_worker(share) for share in shares[1:]]
+    try:
+        listed = [_list_share(shares[0]), *map(_collect, procs)]
+    finally:
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = [out if out is not None else _list_share(share) for out, share in zip(listed, shares, strict=True)]
+    refusals = [(len(trees) * workers + n, refusal) for n, (trees, refusal) in enumerate(done) if refusal is not None]
+    if refusals:
+        raise Refused(min(refusals)[1])
+    g = 0
+    for piece in pieces:
+        if isinstance(piece, _Dir):
+            tree._add_tree(done[g % workers][0][g // workers])
+            g += 1
+        else:
+            tree._add_files(*piece)
+
+
+def _list_share(share: list[_Dir]) -> _Share:
+    trees: list[Tree] = []
+    for directory in share:
+        try:
+            trees.append(_list_dir(directory))
+        except Refused as exc:
+            return trees, str(exc)
+    return trees, None
+
+
+def _start_worker(share: list[_Dir]) -> subprocess.Popen[bytes] | None:
+    try:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    except OSError:  # no interpreter to start: this process lists the share
+        return None
+    try:
+        assert proc.stdin is not None
+        with proc.stdin:
+            pickle.dump([tuple(d) for d in share], proc.stdin)
+    except OSError:  # it is gone already
+        proc.kill()
+        proc.wait()
+        return None
+    return proc
+
+
+def _collect(proc: subprocess.Popen[bytes] | None) -> _Share | None:
+    if proc is None:
+        return None
+    assert proc.stdout is not None
+    try:
+        parts, refusal = pickle.load(proc.stdout)  # from our own worker: trusted
+    except Exception:  # noqa: BLE001 (killed, or it died: its share is listed here instead)
+        return None
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    return [Tree(keys.decode().split("\0") if keys else [], columns, excluded) for keys, columns, excluded in parts], refusal
+
+
+def _list_dir(top: _Dir) -> Tree:
+    """Every file under ``top``, in sorted key order."""
+    tree = Tree()
+    stack = [iter(_pieces(*top, tree.excluded))]
+    while stack:
+        for piece in stack[-1]:
+            if isinstance(piece, _Dir):  # its files come before the rest of this directory's
+                stack.append(iter(_pieces(*piece, tree.excluded)))
+                break
+            tree._add_files(*piece)
+        else:
+            stack.pop()
+    return tree
+
+
+def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str]) -> list[_Piece]:
+    """The entries of ``directory`` (key ``key``, ``""`` for the root) in sorted key order, a
+    directory's key sorting as ``key/`` does: runs of files, and directories.
+
+    Only files and symlinks are stat'ed: a real directory cannot lead back above itself, so the
+    identities of the directories above are looked up only when a symlink to a directory is met.
+    """
+    prefix = key + "/" if key else ""
+    try:
+        with os.scandir(directory) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        raise Refused(f"cannot list {directory} ({exc.strerror or exc}); fix its permissions") from None
+    below = (*above, directory)
+    kept: list[tuple[str, os.DirEntry[str], os.stat_result | None]] = []
+    for entry in entries:
+        name = prefix + entry.name
+        if entry.name in EXCLUDED_NAMES:
+            excluded.append(name)
+        elif entry.is_dir(follow_symlinks=False):
+            kept.append((name + "/", entry, None))
+        else:
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                raise Refused(f"cannot read {name} ({exc.strerror or exc}); a broken symlink? fix or remove it") from None
+            if stat.S_ISREG(st.st_mode):
+                kept.append((name, entry, st))
+            elif not stat.S_ISDIR(st.st_mode):
+                raise Refused(f"{name} is not a regular file (a FIFO, socket or device)")
+            elif (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, below)}:
+                raise Refused(f"symlink loop at {name} (it leads back to a directory above it); remove the link")
+            else:
+                kept.append((name + "/", entry, None))
+    kept.sort(key=_first)
+    pieces: list[_Piece] = []
+    keys: list[str] = []
+    stats = []
+    for name, entry, file_stat in kept:
+        if file_stat is not None:
+            keys.append(name)
+            stats.append(file_stat)
+            continue
+        if keys:
+            pieces.append((keys, stats))
+            keys, stats = [], []
+        pieces.append(_Dir(name[:-1], entry.path, below))
+    if keys:
+        pieces.append((keys, stats))
+    return pieces
+
+
+def _worker() -> None:
+    """List the share of directories on stdin; their trees, or why one was refused, to stdout."""
+    trees, refusal = _list_share([_Dir(*d) for d in pickle.load(sys.stdin.buffer)])
+    parts = [("\0".join(t.keys).encode(), t.columns, t.excluded) for t in trees]  # one string a tree: faster
+    pickle.dump((parts, refusal), sys.stdout.buffer, protocol=5)
+
+
+if __name__ == "__main__":
+    _worker()
