@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 import os
 import pickle
+import signal
 import stat
 import subprocess
 import sys
@@ -51,10 +52,13 @@ class Tree:
         for column, field in zip(self.columns, _FIELDS, strict=True):
             column.extend(map(field, stats))  # in C, no tuple made per file
 
-    def _add_tree(self, other: Tree) -> None:
+    def _take(self, other: Tree) -> None:
+        """Add the files of ``other``, emptying it (so that they are not held twice)."""
         self.keys += other.keys
+        other.keys.clear()
         for column, more in zip(self.columns, other.columns, strict=True):
             column.extend(more)
+            del more[:]
         self.excluded += other.excluded
 
 
@@ -95,7 +99,7 @@ def list_tree(root: str, workers: int = 1, serial_seconds: float = _SERIAL_SECON
             _list_in_parallel(pieces[i:], workers, tree)
             break
         else:
-            tree._add_tree(_list_dir(piece))
+            tree._take(_list_dir(piece))
             dirs_left -= 1
     return tree
 
@@ -124,7 +128,7 @@ def _list_in_parallel(pieces: list[_Piece], workers: int, tree: Tree) -> None:
     g = 0
     for piece in pieces:
         if isinstance(piece, _Dir):
-            tree._add_tree(done[g % workers][0][g // workers])
+            tree._take(done[g % workers][0][g // workers])
             g += 1
         else:
             tree._add_files(*piece)
@@ -141,6 +145,8 @@ def _list_share(share: list[_Dir]) -> _Share:
 
 
 def _start_worker(share: list[_Dir]) -> subprocess.Popen[bytes] | None:
+    if getattr(sys, "frozen", False):  # a bundled application: its executable is no Python to run this with
+        return None
     try:
         proc = subprocess.Popen([sys.executable, "-I", "-S", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     except OSError:  # no interpreter to start: this process lists the share
@@ -239,6 +245,7 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
 
 def _worker() -> None:
     """List the share of directories on stdin; their trees, or why one was refused, to stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the upload, which ends its workers
     trees, refusal = _list_share([_Dir(*d) for d in pickle.load(sys.stdin.buffer)])
     parts = [("\0".join(t.keys).encode(), t.columns, t.excluded) for t in trees]  # one string a tree: faster
     pickle.dump((parts, refusal), sys.stdout.buffer, protocol=5)
