@@ -59,6 +59,10 @@ def _zarr_format_wrong(z: Path) -> None:
     (z / "0" / ".zarray").write_text(json.dumps(meta))
 
 
+def _not_utf8_name(z: Path) -> None:
+    (Path(os.fsdecode(bytes(z / "0" / "0" / "0") + b"/bad\xffname"))).write_bytes(b"x")
+
+
 def _fifo(z: Path) -> None:
     os.mkfifo(z / "0" / "0" / "0" / "5")
 
@@ -73,6 +77,7 @@ BREAKERS: dict[str, tuple[Callable[[Path], None], str]] = {
     "reserved key": (_reserved_key, "__private' is not a valid Zarr key"),
     "wrong zarr_format": (_zarr_format_wrong, "zarr_format is 3, expected 2"),
     "special file": (_fifo, "not a regular file"),
+    "name not UTF-8": (_not_utf8_name, r"0/0/0/bad\\xffname: its name is not UTF-8"),
 }
 
 

@@ -61,7 +61,9 @@ def test_the_listing_is_in_sorted_key_order_so_it_needs_no_sort_in_one_process_o
     assert _as_dict(parallel) == _as_dict(serial) and parallel.keys == serial.keys
 
 
-def test_worker_processes_list_symlinks_and_leave_out_what_dandi_cli_does_as_one_process_does(tmp_path: Path) -> None:
+def test_worker_processes_list_symlinks_odd_names_and_leave_out_what_dandi_cli_does_as_one_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keys = _tree(tmp_path)
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "f").write_bytes(b"linked")
@@ -70,11 +72,16 @@ def test_worker_processes_list_symlinks_and_leave_out_what_dandi_cli_does_as_one
     (tmp_path / "a" / "5" / ".git").mkdir()
     (tmp_path / "a" / "5" / ".git" / "HEAD").write_bytes(b"x")
     (tmp_path / "a" / "9" / ".gitattributes").write_bytes(b"x")
+    Path(os.fsdecode(bytes(tmp_path / "a" / "8") + b"/not-utf8-\xff")).write_bytes(b"x")  # for the uploader to refuse
 
     serial = list_tree(str(tmp_path))
+    shares_here: list[int] = []
+    list_share = walk._list_share
+    monkeypatch.setattr(walk, "_list_share", lambda share: shares_here.append(len(share)) or list_share(share))
     parallel = _in_processes(tmp_path)
+    assert len(shares_here) == 1, "a worker failed: its share was listed here"
 
-    assert set(serial.keys) == keys | {"outside/f", "a/3/linked/f", "a/7/also0"}
+    assert set(serial.keys) == keys | {"outside/f", "a/3/linked/f", "a/7/also0", os.fsdecode(b"a/8/not-utf8-\xff")}
     assert serial.columns[0][serial.keys.index("a/3/linked/f")] == len(b"linked")
     assert _as_dict(parallel) == _as_dict(serial) and parallel.keys == serial.keys
     assert sorted(parallel.excluded) == sorted(serial.excluded) == ["a/5/.git", "a/9/.gitattributes"]
@@ -140,7 +147,7 @@ def test_the_listing_is_shared_with_worker_processes_when_asked(tmp_path: Path, 
 
 @pytest.mark.parametrize("executable", ["/nonexistent/python", sys.executable + "-that-dies"], ids=["cannot start", "dies"])
 def test_a_worker_that_cannot_start_or_dies_leaves_its_share_to_this_process(
-    executable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    executable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "z"
     keys = _tree(root)
@@ -152,3 +159,4 @@ def test_a_worker_that_cannot_start_or_dies_leaves_its_share_to_this_process(
     monkeypatch.setattr(walk.sys, "executable", executable)
     tree = _in_processes(root)
     assert tree.keys == sorted(keys) and _as_dict(tree) == expected
+    assert caplog.text.count("this process lists its share") == 2  # one line for each of the 2 workers

@@ -219,13 +219,26 @@ class LocalListing:
             raise InvalidZarrError(str(exc)) from None
         stats, excluded = FileStats.from_columns(tree.keys, tree.columns), tree.excluded
         fingerprint = hashlib.blake2b(f"{len(stats)}\n".encode(), digest_size=20)  # the count fixes where keys end
-        for block in key_blocks(stats):
-            fingerprint.update(block)
+        try:
+            for block in key_blocks(stats):
+                fingerprint.update(block)
+        except UnicodeEncodeError:
+            bad = next(k for k in stats if not k.isascii() and _not_utf8(k))
+            shown = os.fsencode(bad).decode(errors="backslashreplace")
+            raise InvalidZarrError(f"{shown}: its name is not UTF-8, which Zarr keys must be; rename it") from None
         for column in stats.columns():
             fingerprint.update(column)
         if excluded:
             _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
         return cls(root, stats, fingerprint.hexdigest())
+
+
+def _not_utf8(key: str) -> bool:
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:

@@ -10,6 +10,7 @@ directories left. Standard library only: a worker runs this file as a script
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import pickle
@@ -25,6 +26,7 @@ EXCLUDED_NAMES = frozenset({".dandi", ".datalad", ".git", ".gitattributes", ".gi
 """Files and directories dandi-cli leaves out of a Zarr asset, at any depth."""
 COLUMN_TYPES = "qqQ"
 """The typecodes of :attr:`Tree.columns`: size, mtime in ns, inode."""
+_log = logging.getLogger("dandi_icechunk")
 _SERIAL_SECONDS = 0.25
 _DIRECTORIES_PER_WORKER = 8  # shares of several directories each even out their sizes
 _FIELDS = tuple(map(operator.attrgetter, ("st_size", "st_mtime_ns", "st_ino")))
@@ -148,8 +150,10 @@ def _start_worker(share: list[_Dir]) -> subprocess.Popen[bytes] | None:
     if getattr(sys, "frozen", False):  # a bundled application: its executable is no Python to run this with
         return None
     try:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    except OSError:  # no interpreter to start: this process lists the share
+        proc = subprocess.Popen([sys.executable, "-I", "-S", __file__],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        _log.warning("cannot start a listing process (%s); this process lists its share", exc)
         return None
     try:
         assert proc.stdin is not None
@@ -169,11 +173,13 @@ def _collect(proc: subprocess.Popen[bytes] | None) -> _Share | None:
     try:
         parts, refusal = pickle.load(proc.stdout)  # from our own worker: trusted
     except Exception:  # noqa: BLE001 (killed, or it died: its share is listed here instead)
-        return None
-    finally:
         proc.stdout.close()
-        proc.wait()
-    return [Tree(keys.decode().split("\0") if keys else [], columns, excluded) for keys, columns, excluded in parts], refusal
+        _log.warning("a listing process failed (exit code %s); this process lists its share", proc.wait())
+        return None
+    proc.stdout.close()
+    proc.wait()
+    return [Tree(keys.decode(errors="surrogateescape").split("\0") if keys else [], columns, excluded)
+            for keys, columns, excluded in parts], refusal
 
 
 def _list_dir(top: _Dir) -> Tree:
@@ -247,7 +253,8 @@ def _worker() -> None:
     """List the share of directories on stdin; their trees, or why one was refused, to stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the upload, which ends its workers
     trees, refusal = _list_share([_Dir(*d) for d in pickle.load(sys.stdin.buffer)])
-    parts = [("\0".join(t.keys).encode(), t.columns, t.excluded) for t in trees]  # one string a tree: faster
+    # one string a tree: faster; names that are not UTF-8 pass as they are, for the uploader to refuse
+    parts = [("\0".join(t.keys).encode(errors="surrogateescape"), t.columns, t.excluded) for t in trees]
     pickle.dump((parts, refusal), sys.stdout.buffer, protocol=5)
 
 
