@@ -161,7 +161,7 @@ def _start_worker(share: list[_Dir]) -> subprocess.Popen[bytes] | None:
             pickle.dump([tuple(d) for d in share], proc.stdin)
     except OSError:  # it is gone already
         proc.kill()
-        proc.wait()
+        _log.warning("a listing process failed (exit code %s); this process lists its share", proc.wait())
         return None
     return proc
 
