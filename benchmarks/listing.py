@@ -5,7 +5,8 @@ stat'ing the same files in one process (C, no Python: the floor of one process).
 The Zarr: Zarr v2 of 1 KiB chunks, ``--files-per-directory`` chunk files in each directory (as
 in ``scale.py``), generated once (or ``--path`` to an existing one; its page cache is warm after
 the first round). Each listing runs in its own process, the order rotating over rounds;
-reported: median seconds (min-max), peak RSS of the listing process and of its largest worker.
+reported: median seconds (min-max), peak RSS of the listing process and of its largest worker
+(sampled).
 Output: results/listing.{json,md,png}.
 
     python benchmarks/listing.py [--files 300000] [--files-per-directory 64] [--rounds 5]
@@ -18,13 +19,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (
@@ -50,11 +51,41 @@ def contenders(cores: int) -> dict[str, str]:
     return out
 
 
+class ChildrenPeak:
+    """The largest ``VmHWM`` of this process's child processes, sampled every 20 ms while
+    in use (``ru_maxrss`` of children counts the parent's pages they were started from)."""
+
+    def __enter__(self) -> Self:
+        self.mb = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        children = Path(f"/proc/{me}/task/{me}/children")  # of the main thread, which starts them
+        while not self._done.wait(0.02):
+            for pid in children.read_text().split():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.mb = max(self.mb, int(line.split()[1]) / 1024)
+
+
 def child(contender: str, path: str) -> dict[str, Any]:
-    """One listing in this process: seconds, files, peak RSS of this process and its largest worker."""
+    """One listing in this process: seconds, files, peak RSS of this process and its largest
+    worker (for ``find``: find's own)."""
     from dandi_icechunk.upload.local_zarr import LocalListing
 
-    with Timer() as t:
+    with Timer() as t, ChildrenPeak() as children:
         if contender == "find":
             with subprocess.Popen(["find", path, "-type", "f", "-printf", "%P %s %T@ %i\n"], stdout=subprocess.PIPE) as find:
                 stream = find.stdout
@@ -63,16 +94,16 @@ def child(contender: str, path: str) -> dict[str, Any]:
         else:
             workers = 1 if contender == "one" else int(contender.split("-")[1])
             files = len(LocalListing.of(path, workers=workers).stats)
-    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"s": t.seconds, "files": files, "peak_rss_MB": peak_rss_mb(),
-            "workers_peak_rss_MB": workers_peak if contender != "find" else None}
+    if contender == "find":
+        return {"s": t.seconds, "files": files, "peak_rss_MB": children.mb}
+    return {"s": t.seconds, "files": files, "peak_rss_MB": peak_rss_mb(), "workers_peak_rss_MB": children.mb}
 
 
 def table(results: dict[str, Any]) -> str:
     labels, summary = results["contenders"], results["summary"]
     one = summary["one"].get("s")
-    lines = [(f"Listing {results['files']:,} files ({results['files_per_directory']} a directory), "
-             f"{results['rounds']} rounds, {results['cores']} cores"),
+    layout = results["path"] or f"{results['files_per_directory']} a directory"
+    lines = [f"Listing {results['files']:,} files ({layout}), {results['rounds']} rounds, {results['cores']} cores",
              "", "| contender | s (min-max) | files/s | vs 1 process | peak RSS MB | largest worker MB |",
              "|---|---|---|---|---|---|"]
     for key, label in labels.items():
@@ -135,7 +166,7 @@ def main() -> None:
         workers = [r["workers_peak_rss_MB"] for r in key_runs if r.get("workers_peak_rss_MB")]
         if workers and "s" in summary[key]:
             summary[key]["workers_peak_rss_MB"] = max(workers)
-    results = {"files": files, "files_per_directory": args.files_per_directory, "rounds": args.rounds, "cores": cores,
+    results = {"files": files, "path": str(args.path) if args.path else None, "files_per_directory": args.files_per_directory, "rounds": args.rounds, "cores": cores,
                "machine": platform.platform(), "contenders": labels, "runs": runs, "summary": summary}
     write_results(OUT, "listing", results, table(results))
     plot(results)

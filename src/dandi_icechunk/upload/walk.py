@@ -114,6 +114,7 @@ def _list_in_parallel(pieces: list[_Piece], workers: int, tree: Tree) -> None:
     """List ``pieces`` into ``tree``: the ``g``-th directory by process ``g % workers``, this
     one being process 0."""
     dirs = [p for p in pieces if isinstance(p, _Dir)]
+    workers = min(workers, len(dirs))
     shares = [dirs[n::workers] for n in range(workers)]
     procs = [_start_worker(share) for share in shares[1:]]
     try:
