@@ -196,6 +196,18 @@ def pyplot() -> Any:
     return plt
 
 
+def median_bars(ax: Any, labels: dict[str, str], summary: dict[str, Any]) -> None:
+    """Horizontal bars on ``ax``: the median seconds of each contender of ``labels`` (key ->
+    label) that succeeded in ``summary`` (as :func:`summarize_runs` gives), min-max as error bars."""
+    keys = [k for k in labels if "s" in summary[k]]
+    medians = [summary[k]["s"] for k in keys]
+    spread = [[m - summary[k]["min_s"] for k, m in zip(keys, medians, strict=True)],
+              [summary[k]["max_s"] - m for k, m in zip(keys, medians, strict=True)]]
+    ax.barh([labels[k] for k in keys], medians, xerr=spread, capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (median; bars: min-max)")
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set since it started (``VmHWM``: unlike ``ru_maxrss``, not
     carried over from the parent it was forked from)."""

@@ -32,6 +32,7 @@ from common import (
     Timer,
     child_payload,
     make_chunked_v2,
+    median_bars,
     peak_rss_mb,
     pyplot,
     rotated,
@@ -121,15 +122,8 @@ def plot(results: dict[str, Any]) -> None:
     plt = pyplot()
     if plt is None:
         return
-    keys = [k for k in results["contenders"] if "s" in results["summary"][k]]
-    by = results["summary"]
-    medians = [by[k]["s"] for k in keys]
-    spread = [[m - by[k]["min_s"] for k, m in zip(keys, medians, strict=True)],
-              [by[k]["max_s"] - m for k, m in zip(keys, medians, strict=True)]]
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.barh([results["contenders"][k] for k in keys], medians, xerr=spread, capsize=3)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds (median; bars: min-max)")
+    median_bars(ax, results["contenders"], results["summary"])
     ax.set_title(f"listing {results['files']:,} files", fontsize=10)
     fig.tight_layout()
     fig.savefig(OUT / "listing.png", dpi=110)

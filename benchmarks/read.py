@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     child_payload,
     get_files,
     make_chunked_v2,
+    median_bars,
     peak_rss_mb,
     publish_sample,
     pyplot,
@@ -174,14 +175,7 @@ def plot(results: dict[str, Any]) -> None:
         return
     fig, axes = plt.subplots(1, len(PATTERNS), figsize=(12, 4.5))
     for ax, (pattern, label) in zip(axes, PATTERNS.items(), strict=True):
-        by = results["summary"][pattern]
-        keys = [k for k in READERS if "s" in by[k]]
-        medians = [by[k]["s"] for k in keys]
-        spread = [[m - by[k]["min_s"] for k, m in zip(keys, medians, strict=True)],
-                  [by[k]["max_s"] - m for k, m in zip(keys, medians, strict=True)]]
-        ax.barh([READERS[k] for k in keys], medians, xerr=spread, capsize=3)
-        ax.invert_yaxis()
-        ax.set_xlabel("seconds (median; bars: min-max)")
+        median_bars(ax, READERS, results["summary"][pattern])
         ax.set_title(label, fontsize=10)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()

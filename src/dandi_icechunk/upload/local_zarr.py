@@ -2,8 +2,9 @@
 
 Everything here happens before anything is written to a repository, so bad input is refused
 with nothing changed. Every regular file is part of the asset and of its checksum, as in DANDI
-today, except what dandi-cli itself leaves out (:data:`.walk.EXCLUDED_NAMES`). Files Icechunk cannot
-hold (zero-byte chunks, files that belong to no array) are kept verbatim in the digest index.
+today, except what dandi-cli itself leaves out (:data:`.walk.EXCLUDED_NAMES`). Files Icechunk
+cannot hold (zero-byte chunks, files that belong to no array) are kept verbatim in the digest
+index.
 """
 
 from __future__ import annotations
