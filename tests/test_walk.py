@@ -109,10 +109,10 @@ def test_worker_processes_refuse_the_first_bad_entry_in_key_order_as_one_process
     """Two bad entries in directories of different processes' shares: the one first in key
     order is named, whichever process met it."""
     _tree(tmp_path)
-    # in key order a/10 is the 3rd directory of a, a/11 the 4th: with 3 processes, a worker
-    # lists a/10 and this process a/11
+    # 3 processes, a's 40 directories in 20 blocks of 2 in key order (0 1, 10 11, 12 13, 14 15,
+    # ...), block b listed by process b % 3: a worker lists a/10, this process a/14
     first = breaker(tmp_path, "a/10/sub")
-    breaker(tmp_path, "a/11/sub")
+    breaker(tmp_path, "a/14/sub")
     with pytest.raises(Refused) as serial:
         list_tree(str(tmp_path))
     with pytest.raises(Refused) as parallel:

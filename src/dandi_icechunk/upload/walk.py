@@ -28,7 +28,7 @@ COLUMN_TYPES = "qqQ"
 """The typecodes of :attr:`Tree.columns`: size, mtime in ns, inode."""
 _log = logging.getLogger("dandi_icechunk")
 _SERIAL_SECONDS = 0.25
-_DIRECTORIES_PER_WORKER = 8  # shares of several directories each even out their sizes
+_DIRECTORIES_PER_WORKER = 8  # shares of several blocks of directories each even out their sizes
 _FIELDS = tuple(map(operator.attrgetter, ("st_size", "st_mtime_ns", "st_ino")))
 _first = operator.itemgetter(0)
 
@@ -73,7 +73,7 @@ class _Dir(NamedTuple):
 
 
 _Piece = _Dir | tuple[list[str], list[os.stat_result]]  # a directory, or a run of files in it
-_Share = tuple[list[Tree], str | None]  # the trees of a share's first directories, and why the next was refused
+_Share = tuple[list[Tree], str | None]  # the trees of a share's first blocks, and why the next was refused
 
 
 def list_tree(root: str, workers: int = 1, serial_seconds: float = _SERIAL_SECONDS) -> Tree:
@@ -101,7 +101,7 @@ def list_tree(root: str, workers: int = 1, serial_seconds: float = _SERIAL_SECON
             _list_in_parallel(pieces[i:], workers, tree)
             break
         else:
-            tree._take(_list_dir(piece))
+            _list_dir(piece, tree)
             dirs_left -= 1
     return tree
 
@@ -111,11 +111,12 @@ def _count_dirs(pieces: list[_Piece]) -> int:
 
 
 def _list_in_parallel(pieces: list[_Piece], workers: int, tree: Tree) -> None:
-    """List ``pieces`` into ``tree``: the ``g``-th directory by process ``g % workers``, this
-    one being process 0."""
-    dirs = [p for p in pieces if isinstance(p, _Dir)]
-    workers = min(workers, len(dirs))
-    shares = [dirs[n::workers] for n in range(workers)]
+    """List ``pieces`` into ``tree``: cut into blocks of consecutive pieces, the ``b``-th block
+    listed by process ``b % workers``, this one being process 0. A process sends back a tree a
+    block, not one a directory: a Zarr may hold a directory a file."""
+    blocks = _blocks(pieces, _DIRECTORIES_PER_WORKER * workers)
+    workers = min(workers, len(blocks))
+    shares = [blocks[n::workers] for n in range(workers)]
     procs = [_start_worker(share) for share in shares[1:]]
     try:
         listed = [_list_share(shares[0]), *map(_collect, procs)]
@@ -128,26 +129,41 @@ def _list_in_parallel(pieces: list[_Piece], workers: int, tree: Tree) -> None:
     refusals = [(len(trees) * workers + n, refusal) for n, (trees, refusal) in enumerate(done) if refusal is not None]
     if refusals:
         raise Refused(min(refusals)[1])
-    g = 0
+    for b in range(len(blocks)):
+        tree._take(done[b % workers][0][b // workers])
+
+
+def _blocks(pieces: list[_Piece], count: int) -> list[list[_Piece]]:
+    """``pieces`` cut into at most ``count`` runs, each of about as many directories."""
+    per_block = -(-_count_dirs(pieces) // count)
+    blocks: list[list[_Piece]] = [[]]
+    dirs = 0
     for piece in pieces:
-        if isinstance(piece, _Dir):
-            tree._take(done[g % workers][0][g // workers])
-            g += 1
-        else:
-            tree._add_files(*piece)
+        if dirs == per_block:
+            blocks.append([])
+            dirs = 0
+        blocks[-1].append(piece)
+        dirs += isinstance(piece, _Dir)
+    return blocks
 
 
-def _list_share(share: list[_Dir]) -> _Share:
+def _list_share(share: list[list[_Piece]]) -> _Share:
     trees: list[Tree] = []
-    for directory in share:
+    for block in share:
+        tree = Tree()
         try:
-            trees.append(_list_dir(directory))
+            for piece in block:
+                if isinstance(piece, _Dir):
+                    _list_dir(piece, tree)
+                else:
+                    tree._add_files(*piece)
         except Refused as exc:
             return trees, str(exc)
+        trees.append(tree)
     return trees, None
 
 
-def _start_worker(share: list[_Dir]) -> subprocess.Popen[bytes] | None:
+def _start_worker(share: list[list[_Piece]]) -> subprocess.Popen[bytes] | None:
     if getattr(sys, "frozen", False):  # a bundled application: its executable is no Python to run this with
         return None
     try:
@@ -159,7 +175,7 @@ def _start_worker(share: list[_Dir]) -> subprocess.Popen[bytes] | None:
     try:
         assert proc.stdin is not None
         with proc.stdin:
-            pickle.dump([tuple(d) for d in share], proc.stdin)
+            pickle.dump([[tuple(p) for p in block] for block in share], proc.stdin)  # no _Dir there to unpickle
     except OSError:  # it is gone already
         proc.kill()
         _log.warning("a listing process failed (exit code %s); this process lists its share", proc.wait())
@@ -183,9 +199,8 @@ def _collect(proc: subprocess.Popen[bytes] | None) -> _Share | None:
             for keys, columns, excluded in parts], refusal
 
 
-def _list_dir(top: _Dir) -> Tree:
-    """Every file under ``top``, in sorted key order."""
-    tree = Tree()
+def _list_dir(top: _Dir, tree: Tree) -> None:
+    """Add every file under ``top`` to ``tree``, in sorted key order."""
     stack = [iter(_pieces(*top, tree.excluded))]
     while stack:
         for piece in stack[-1]:
@@ -195,7 +210,6 @@ def _list_dir(top: _Dir) -> Tree:
             tree._add_files(*piece)
         else:
             stack.pop()
-    return tree
 
 
 def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str]) -> list[_Piece]:
@@ -253,7 +267,8 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
 def _worker() -> None:
     """List the share of directories on stdin; their trees, or why one was refused, to stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the upload, which ends its workers
-    trees, refusal = _list_share([_Dir(*d) for d in pickle.load(sys.stdin.buffer)])
+    share = pickle.load(sys.stdin.buffer)
+    trees, refusal = _list_share([[_Dir(*p) if len(p) == 3 else p for p in block] for block in share])
     # one string a tree: faster; names that are not UTF-8 pass as they are, for the uploader to refuse
     parts = [("\0".join(t.keys).encode(errors="surrogateescape"), t.columns, t.excluded) for t in trees]
     pickle.dump((parts, refusal), sys.stdout.buffer, protocol=5)
