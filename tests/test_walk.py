@@ -145,6 +145,28 @@ def test_the_listing_is_shared_with_worker_processes_when_asked(tmp_path: Path, 
     assert len(started) == 2 and all(args[-1].endswith("walk.py") for args in started)
 
 
+def test_a_worker_sends_back_a_tree_a_block_of_directories_not_one_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Zarr of one file a directory: a tree for each would cost more than listing it here."""
+    keys = {f"{i}/0" for i in range(200)}
+    for key in keys:
+        (tmp_path / key).parent.mkdir()
+        (tmp_path / key).write_bytes(b"x")
+    sent_back: list[int] = []
+    collect = walk._collect
+
+    def counted(proc: subprocess.Popen[bytes] | None) -> object:
+        out = collect(proc)
+        assert out is not None
+        sent_back.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(walk, "_collect", counted)
+    assert _in_processes(tmp_path, workers=2).keys == sorted(keys)
+    assert sent_back == [8]  # the worker's 8 of 16 blocks
+
+
 @pytest.mark.parametrize("executable", ["/nonexistent/python", sys.executable + "-that-dies"], ids=["cannot start", "dies"])
 def test_a_worker_that_cannot_start_or_dies_leaves_its_share_to_this_process(
     executable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

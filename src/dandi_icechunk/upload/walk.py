@@ -3,8 +3,8 @@ that starts every upload, a no-change one included.
 
 A ``stat`` per file is most of the work (a file edited in place changes no directory), and the
 GIL keeps threads from overlapping those calls (`docs/per-file-work.md`). So a tree still being
-listed after a moment is finished by worker processes, each listing an interleaved share of the
-directories left. Standard library only: a worker runs this file as a script
+listed after a moment is finished by worker processes, each listing an interleaved share of
+blocks of the directories left. Standard library only: a worker runs this file as a script
 (``python -I -S walk.py``), without the package or site-packages.
 """
 
