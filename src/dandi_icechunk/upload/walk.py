@@ -265,7 +265,7 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
 
 
 def _worker() -> None:
-    """List the share of directories on stdin; their trees, or why one was refused, to stdout."""
+    """List the share of blocks on stdin; their trees, or why one was refused, to stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the upload, which ends its workers
     share = pickle.load(sys.stdin.buffer)
     trees, refusal = _list_share([[_Dir(*p) if len(p) == 3 else p for p in block] for block in share])
