@@ -3,7 +3,9 @@
 A dict of one small object per file costs 150-300 bytes a file (200-400 MB at DANDI's
 1.3 M-file Zarr); keys in one sorted list with the integers in machine-integer arrays beside
 them cost the key and a few words (`docs/upload-memory.md`). Keys may be added in any order;
-the sort is done once, lazily, under a lock (a checksum thread may read while hashing adds).
+the sort is done once, lazily, under a lock (a checksum thread may read while hashing adds). Only
+the keys from the first one out of order on are sorted, then merged into those before: the few
+changed files of an update, added to its 1.3 M unchanged ones, cost a bisection each.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ class PackedMapping[V](Mapping[str, V]):
     """Key -> value, each value stored as one integer per column (``_typecodes``, one array
     typecode a column); read in sorted key order. Subclasses say how a value packs."""
 
-    __slots__ = ("_columns", "_keys", "_lock", "_sorted")
+    __slots__ = ("_columns", "_keys", "_lock", "_unsorted_from")
     _typecodes: ClassVar[str]
 
     def __init__(self, entries: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
         self._keys: list[str] = []
         self._columns = tuple(array(code) for code in self._typecodes)
-        self._sorted = True
+        self._unsorted_from: int | None = None  # the keys before it are sorted; None: all are
         self._lock = threading.Lock()
         self._add(entries)
 
@@ -87,25 +89,40 @@ class PackedMapping[V](Mapping[str, V]):
     def _note_order(self, first: str, increasing: bool) -> None:
         """Before keys starting at ``first`` (``increasing``: each greater than the one before)
         are appended, under the lock: still sorted only if they come after the last key."""
-        if self._sorted and not (increasing and (not self._keys or self._keys[-1] < first)):
-            self._sorted = False
+        if self._unsorted_from is None and not (increasing and (not self._keys or self._keys[-1] < first)):
+            self._unsorted_from = len(self._keys)
 
     def _in_order(self) -> list[str]:
         with self._lock:
-            if not self._sorted:
-                order = sorted(range(len(self._keys)), key=self._keys.__getitem__)
-                self._take(order)
-                self._sorted = True
-                if any(map(operator.eq, self._keys, itertools.islice(self._keys, 1, None))):
-                    raise ValueError("a key was added twice")
+            if self._unsorted_from is not None:
+                self._merge_rest(self._unsorted_from)
+                self._unsorted_from = None
             return self._keys
 
-    def _take(self, rows: list[int]) -> None:
-        """Keep ``rows`` (positions), in that order."""
-        self._keys = list(map(self._keys.__getitem__, rows))
-        at = np.array(rows, dtype=np.intp)
+    def _merge_rest(self, sorted_up_to: int) -> None:
+        """Sort the keys from ``sorted_up_to`` on and put each in its place among those before
+        it (sorted already), found by bisection: copies of runs, no comparison of those keys."""
+        keys = self._keys
+        rest = sorted(range(sorted_up_to, len(keys)), key=keys.__getitem__)
+        rest_keys = list(map(keys.__getitem__, rest))
+        places = [bisect.bisect_left(keys, key, 0, sorted_up_to) for key in rest_keys]
+        if any(map(operator.eq, rest_keys, rest_keys[1:])) or any(
+            place < sorted_up_to and keys[place] == key for place, key in zip(places, rest_keys, strict=True)
+        ):
+            raise ValueError("a key was added twice")
+        merged: list[str] = []
+        done = 0
+        for place, key in zip(places, rest_keys, strict=True):
+            merged += keys[done:place]
+            merged.append(key)
+            done = place
+        merged += keys[done:sorted_up_to]
+        self._keys = merged
+        at = np.array(rest, dtype=np.intp)
         self._columns = tuple(
-            array(column.typecode, np.frombuffer(column, column.typecode)[at].tobytes()) for column in self._columns
+            array(column.typecode, np.insert(values[:sorted_up_to], places, values[at]).tobytes())
+            for column in self._columns
+            for values in (np.frombuffer(column, column.typecode),)
         )
 
     def _position(self, key: object) -> int:

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,7 +194,7 @@ def upload_zarr(
                 staged = _write_changes(writer, session, branch, cleanup, local, _NodeChanges.of(hierarchy, None, []),
                                         list(local.stats), jobs, progress, hashed=chunk_digests, dask=dask)
             new_index = local.index_of(chunk_digests, digest_cache)
-            checksum_job = _in_background(new_index.zarr_checksum)
+            known = None
             base_index = DigestIndex(base.zarr_format, {}, {})
             delta = base_index.delta_to(new_index)
         else:
@@ -208,10 +207,9 @@ def upload_zarr(
             # Only the index shards whose content differs are read and compared.
             base_index, changed = differing_parts(base, new_index)
             delta = base_index.delta_to(changed)
-            # Unchanged content has the checksum recorded at its commit; else it is CPU work the writes hide.
+            # Unchanged content has the checksum recorded at its commit.
             recorded = None if delta or looked_up else writer.commit_info(base_sid)
             known = looked_up or (recorded.zarr_checksum if recorded else None)
-            checksum_job = _done(known) if known else _in_background(new_index.zarr_checksum)
             written_chunks = [k for k in delta.written if k not in new_index.documents]
             # Chunks that leave Icechunk: removed, or now kept in the index (a chunk emptied to 0 bytes).
             dropped_chunks = sorted(
@@ -230,7 +228,10 @@ def upload_zarr(
         root, fingerprint = listing.root, listing.fingerprint
         del listing, local
         release_free_memory()
-        checksum = checksum_job.result()
+        # Not in a thread beside the writes: small chunks are read and sent by Python code, which
+        # then waits for the GIL after each read (a 1 % change of 1.3 M files: 7.44 s so, 7.29 s
+        # computed alone; medians of 3, `docs/per-file-work.md`).
+        checksum = known or new_index.zarr_checksum()
         result = UploadResult(
             zarr_id=zarr_id,
             repository=writer.url,
@@ -353,20 +354,6 @@ def _index_table(repository: ZarrRepository, snapshot_id: str) -> list[list[Any]
     """The shard table of the snapshot's digest index: those shards are stored, not written again."""
     info = repository.commit_info(snapshot_id)
     return IndexReader.load(repository.objects, info.index_id).table if info else []
-
-
-def _done[T](value: T) -> Future[T]:
-    done: Future[T] = Future()
-    done.set_result(value)
-    return done
-
-
-def _in_background[T](work: Callable[[], T]) -> Future[T]:
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(work)
-    finally:
-        pool.shutdown(wait=False)  # the thread ends with the work
 
 
 @contextlib.contextmanager
