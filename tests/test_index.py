@@ -214,7 +214,10 @@ def test_left_join_pairs_sorted_keys_in_one_walk_and_never_pairs_a_wrong_value(
     assert all(b is None or b == right[k] for k, _, b in left_join(in_order, shuffled))
 
 
-@pytest.mark.parametrize("added", [["a"], ["0", "0"], ["c", "0", "c"]], ids=["a key in order", "two out of order", "one in order, one out"])
+@pytest.mark.parametrize(
+    "added", [["a"], ["0", "0"], ["c", "0", "c"], ["0", "1", "a"]],
+    ids=["a key in order", "two out of order", "one in order, one out", "most out of order"],
+)
 def test_file_digests_refuse_a_key_added_twice(added: list[str]) -> None:
     packed = FileDigests([("a", FileDigest("0" * 32, 1)), ("b", FileDigest("1" * 32, 2))])
     for key in added:

@@ -229,8 +229,7 @@ def upload_zarr(
         del listing, local
         release_free_memory()
         # Not in a thread beside the writes: small chunks are read and sent by Python code, which
-        # then waits for the GIL after each read (a 1 % change of 1.3 M files: 7.44 s so, 7.29 s
-        # computed alone; medians of 3, `docs/per-file-work.md`).
+        # then waits for the GIL after each read (`docs/per-file-work.md`).
         checksum = known or new_index.zarr_checksum()
         result = UploadResult(
             zarr_id=zarr_id,
