@@ -3,9 +3,9 @@
 A dict of one small object per file costs 150-300 bytes a file (200-400 MB at DANDI's
 1.3 M-file Zarr); keys in one sorted list with the integers in machine-integer arrays beside
 them cost the key and a few words (`docs/upload-memory.md`). Keys may be added in any order;
-the sort is done once, lazily, under a lock (a checksum thread may read while hashing adds). Only
-the keys from the first one out of order on are sorted, then merged into those before: the few
-changed files of an update, added to its 1.3 M unchanged ones, cost a bisection each.
+the sort is done once, lazily, under a lock (threads may add and read at once). Only the keys
+from the first one out of order on are sorted, then merged into those before: the few changed
+files of an update, added to its 1.3 M unchanged ones, cost a bisection each.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class PackedMapping[V](Mapping[str, V]):
 
     def _merge_rest(self, sorted_up_to: int) -> None:
         """Sort the keys from ``sorted_up_to`` on and put each in its place among those before
-        it (sorted already), found by bisection: copies of runs, no comparison of those keys.
-        When most keys are out of order, all are sorted and none merged."""
+        it (sorted already), found by bisection: the sorted keys are copied in runs, not
+        compared again. When most keys are out of order, all are sorted and none merged."""
         keys = self._keys
         if len(keys) - sorted_up_to > sorted_up_to:
             sorted_up_to = 0
