@@ -107,17 +107,18 @@ class PackedMapping[V](Mapping[str, V]):
         if len(keys) - sorted_up_to > sorted_up_to:
             sorted_up_to = 0
         rest = sorted(range(sorted_up_to, len(keys)), key=keys.__getitem__)
-        merged = list(map(keys.__getitem__, rest))
+        rest_keys = list(map(keys.__getitem__, rest))
         at = np.array(rest, dtype=np.intp)
         del rest  # an int object a key: the peak of a sort of 1.3 M keys
-        if any(map(operator.eq, merged, itertools.islice(merged, 1, None))):
+        if any(map(operator.eq, rest_keys, itertools.islice(rest_keys, 1, None))):
             raise ValueError("a key was added twice")
         places: list[int] = []
+        merged = rest_keys
         if sorted_up_to:
-            places = [bisect.bisect_left(keys, key, 0, sorted_up_to) for key in merged]
-            if any(place < sorted_up_to and keys[place] == key for place, key in zip(places, merged, strict=True)):
+            places = [bisect.bisect_left(keys, key, 0, sorted_up_to) for key in rest_keys]
+            if any(place < sorted_up_to and keys[place] == key for place, key in zip(places, rest_keys, strict=True)):
                 raise ValueError("a key was added twice")
-            rest_keys, merged, done = merged, [], 0
+            merged, done = [], 0
             for place, key in zip(places, rest_keys, strict=True):
                 merged += keys[done:place]
                 merged.append(key)
