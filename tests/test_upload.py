@@ -320,6 +320,7 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
 
 @pytest.mark.parametrize("listing", ["the same files", "files added and removed"])
 def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchanged(tmp_path: Path, listing: str) -> None:
+    from dandi_icechunk.checksum import DirectoryDigests
     from dandi_icechunk.index import FileDigest, FileDigests
     from dandi_icechunk.upload.digest_cache import DigestCache
 
@@ -328,7 +329,8 @@ def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchang
     names = ["".join(map(chr, rng.integers(0x4E00, 0x9FFF, 6))) for _ in range(3000)]  # keys beyond ASCII
     stats = {f"données/{name}/ß": (i + 1, 10**18 + i, 2**63 + 7 * i) for i, name in enumerate(names)}
     md5s = {key: rng.bytes(16).hex() for key in stats}
-    cache.save(root, FileStats(stats.items()), FileDigests((k, FileDigest(md5s[k], st[0])) for k, st in stats.items()))
+    saved = cache.save(root, FileStats(stats.items()), FileDigests((k, FileDigest(md5s[k], st[0])) for k, st in stats.items()))
+    cache.save_directories(root, saved, DirectoryDigests.of([]), ["zarr.json"])
     keys = sorted(stats)
     changed = {keys[5]: (6, 0, 35), keys[-1]: (stats[keys[-1]][0], 0, stats[keys[-1]][2])}  # size; mtime
     now = {**stats, **changed}
@@ -337,7 +339,10 @@ def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchang
         now |= {"données/new": (1, 1, 1), "a-first": (2, 2, 2), keys[200] + "0": (3, 3, 3)}
     found = cache.unchanged(root, FileStats(now.items()))
     expected = {k: FileDigest(md5s[k], st[0]) for k, st in now.items() if k in stats and k not in changed}
-    assert dict(found.items()) == expected and len(expected) >= len(stats) - 4
+    assert dict(found.files.items()) == expected and len(expected) >= len(stats) - 4
+    # the directory digests saved with them need computing again above the files gone and the documents
+    gone = [keys[0], keys[100]] if listing == "files added and removed" else []
+    assert found.directories is not None and found.stale == [*gone, "zarr.json"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a cache", "a byte changed"])
@@ -388,6 +393,70 @@ def test_an_upload_of_a_directory_listed_as_at_its_last_upload_ends_after_the_li
     assert again.snapshot_id is None and again.files_written == again.files_deleted == 0
     assert again.parent_snapshot_id == first.snapshot_id
     assert (again.zarr_checksum, again.file_count, again.size) == (first.zarr_checksum, first.file_count, first.size)
+
+
+@pytest.mark.parametrize("edit", ["a chunk edited", "a chunk removed", "an empty chunk removed", "a stray file added",
+                                  "an array's attributes edited", "an array's attributes removed", "an array added"])
+def test_an_update_computes_its_checksum_again_only_in_the_directories_that_changed(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    from dandi_icechunk.checksum import DirectoryDigests
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    last = src / "0" / "1" / "1" / "1"  # its directory holds one other chunk, and no document
+    if edit == "an empty chunk removed":
+        last.write_bytes(b"")  # kept in the index, as a document
+    upload_zarr(src, location, zarr_id, digest_cache=cache)
+    if edit == "a chunk edited":
+        _edit_a_chunk(src)
+    elif edit in ("a chunk removed", "an empty chunk removed"):
+        last.unlink()
+    elif edit == "a stray file added":  # no chunk of the array: kept in the index, as a document
+        (last.parent / "notes.txt").write_text("beside the chunks")
+    elif edit == "an array's attributes edited":
+        (src / "0" / ".zattrs").write_text('{"edited": true}')
+    elif edit == "an array's attributes removed":
+        (src / "0" / ".zattrs").unlink()
+    else:
+        shutil.copytree(src / "1", src / "2")
+    whole: list[object] = []
+    of = DirectoryDigests.of
+    monkeypatch.setattr(DirectoryDigests, "of", classmethod(lambda cls, files: whole.append(files) or of(files)))
+
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert result.snapshot_id is not None and result.zarr_checksum == reference_checksum(src)
+    assert not whole
+
+
+@pytest.mark.parametrize("why", ["the digests were saved again without them", "a byte of them changed"])
+def test_directory_digests_not_of_the_cached_digests_are_computed_again_never_used(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, why: str
+) -> None:
+    from dandi_icechunk.index import FileDigests
+    from dandi_icechunk.upload import local_zarr
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    upload_zarr(src, location, zarr_id, digest_cache=cache)
+    _edit_a_chunk(src)  # under 0/: the directories of 1/ come last in the file, unchanged
+    if why == "the digests were saved again without them":  # by another process, say: the edit is in them
+        local = local_zarr.scan_local_zarr(src)
+        cache.save(src, local.stats, FileDigests(
+            (k, local_zarr.hash_file(local.path(k), k, st[0])) for k, st in local.stats.items()
+        ))
+    else:
+        (saved,) = (tmp_path / "cache").glob("*.directories")
+        data = saved.read_bytes()
+        damaged = bytearray(data)
+        for i in range(3):  # the count of the last three directories: 1/0/0, 1/1 (read) and 1/1/0
+            damaged[-24 - 8 * i] ^= 1
+        saved.write_bytes(bytes(damaged))
+
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert result.zarr_checksum == reference_checksum(src)
 
 
 def _edit_a_chunk(src: Path) -> None:

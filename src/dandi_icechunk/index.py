@@ -144,6 +144,7 @@ class DigestIndex:
     zarr_format: Literal[2, 3] | None
     files: Mapping[str, FileDigest]
     documents: Mapping[str, bytes] = field(default_factory=dict)
+    checksum: str | None = field(default=None, compare=False)  # of ``files``, when computed already
 
     @classmethod
     def empty(cls) -> DigestIndex:
@@ -164,7 +165,7 @@ class DigestIndex:
 
     def zarr_checksum(self) -> str:
         """The ``dandi-zarr-checksum`` of these files."""
-        return dandi_zarr_checksum(_sorted_rows(self.files))
+        return self.checksum or dandi_zarr_checksum(_sorted_rows(self.files))
 
     def delta_to(self, newer: DigestIndex) -> IndexDelta:
         """The keys to write and remove to turn this index's files into ``newer``'s."""

@@ -58,6 +58,10 @@ class PackedMapping[V](Mapping[str, V]):
         self._in_order()
         return self._columns
 
+    def sorted_keys(self) -> list[str]:
+        """The keys in sorted order, as held: a bulk read by position (do not change it)."""
+        return self._in_order()
+
     @staticmethod
     @abstractmethod
     def _pack(value: V) -> tuple[int, ...]: ...

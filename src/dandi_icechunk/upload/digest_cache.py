@@ -31,6 +31,7 @@ from typing import IO
 import numpy as np
 import platformdirs
 
+from ..checksum import DirectoryDigests
 from ..index import FileDigests
 from ..packed import key_blocks, left_join
 from ..records import JsonRecord
@@ -38,7 +39,17 @@ from .file_stats import FileStats
 
 # the integers are the machine's: a cache is read by the machine that wrote it, or dropped
 _MAGIC = f"dandi-icechunk digest cache 2 {sys.byteorder}\n".encode()
+_DIRECTORIES_MAGIC = f"dandi-icechunk directory digests 1 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
+
+
+@dataclass(frozen=True)
+class CachedDigests:
+    """What the cache knows of a listing's files."""
+
+    files: FileDigests  # the MD5 of each listed file whose stat is the one it had when hashed
+    directories: DirectoryDigests | None  # of the files when the cache was saved, when kept
+    stale: list[str]  # keys ``directories`` counted that ``files`` lacks: files gone, documents then
 
 
 @dataclass(frozen=True)
@@ -65,20 +76,24 @@ class DigestCache:
         name = hashlib.sha256(str(root.resolve()).encode()).hexdigest()
         return self.directory / f"{name}{suffix}"
 
-    def unchanged(self, root: Path, stats: FileStats) -> FileDigests:
+    def unchanged(self, root: Path, stats: FileStats) -> CachedDigests:
         """The digest of each file of ``stats`` (key -> stat as listed) whose stat is the one it had
         when it was hashed; none when the cache of the Zarr at ``root`` is missing or damaged."""
         try:
-            cached_keys, cached = _read(self._file(root))
+            cached_keys, cached, check = _read(self._file(root))
         except (OSError, ValueError, struct.error):
-            return FileDigests()
+            return CachedDigests(FileDigests(), None, [])
         keys = list(stats)
+        gone: list[str] = []
         if _same_keys(cached_keys, stats):  # the same files, in the same rows
             positions = np.arange(len(keys))
         else:  # each listed file's row in the cache, or -1: one walk of both sorted key lists
             rows = cached_keys.decode().split("\0") if cached_keys else []
             joined = left_join(zip(keys, keys), zip(rows, range(len(rows))))
             positions = np.fromiter((-1 if row is None else row for _, _, row in joined), np.int64, len(keys))
+            kept = np.zeros(len(rows), bool)
+            kept[positions[positions >= 0]] = True
+            gone = list(map(rows.__getitem__, np.flatnonzero(~kept).tolist()))
         listed = np.flatnonzero(positions >= 0)
         at = positions[listed]
         stat = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
@@ -86,14 +101,20 @@ class DigestCache:
         for now, then in zip(stat, cached[:3], strict=True):
             same &= now[listed] == then[at]
         listed, at = listed[same], at[same]
-        return FileDigests.from_columns(
+        files = FileDigests.from_columns(
             list(map(keys.__getitem__, listed.tolist())),
             [cached[3][at].tobytes(), cached[4][at].tobytes(), stat[0][listed].tobytes()],
         )
+        try:
+            directories, documents = _read_directories(self._file(root, ".directories"), check)
+        except (OSError, ValueError, struct.error):
+            return CachedDigests(files, None, [])
+        return CachedDigests(files, directories, gone + documents)
 
-    def save(self, root: Path, stats: FileStats, digests: FileDigests) -> None:
+    def save(self, root: Path, stats: FileStats, digests: FileDigests) -> bytes:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
-        listing it was hashed from): ``digests`` has the same keys."""
+        listing it was hashed from): ``digests`` has the same keys. What the directory digests
+        of these files are saved with (:meth:`save_directories`)."""
         if len(digests) != len(stats) or not all(map(operator.eq, stats, digests)):
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
@@ -107,6 +128,23 @@ class DigestCache:
                 f.write(part)
             f.write(check.digest())
         self._file(root, ".tsv.gz").unlink(missing_ok=True)  # the text format before 2026-11
+        return check.digest()
+
+    def save_directories(self, root: Path, saved: bytes, directories: DirectoryDigests, documents: Iterable[str]) -> None:
+        """Keep the digest of every directory of the Zarr at ``root``, of its files cached by the
+        :meth:`save` that returned ``saved`` and its ``documents`` (the files not in that
+        listing): read back only with those digests, by :meth:`unchanged`."""
+        document_keys = sorted(documents)
+        check = hashlib.blake2b(saved, digest_size=16)
+        with self._replacing(self._file(root, ".directories")) as f:
+            header = [_DIRECTORIES_MAGIC, saved, struct.pack("<QQ", len(directories), len(document_keys))]
+            blocks = [b"".join(key_blocks(directories)), b"".join(key_blocks(document_keys))]
+            sizes = struct.pack("<QQ", *map(len, blocks))
+            parts: Iterable[Buffer] = itertools.chain(header, [sizes], blocks, directories.columns())
+            for part in parts:
+                check.update(part)
+                f.write(part)
+            f.write(check.digest())
 
     def last_upload(self, root: Path, target: str) -> UploadRecord | None:
         """The last upload of the Zarr at ``root`` to ``target`` (a repository and branch)."""
@@ -151,9 +189,10 @@ def _same_keys(cached: bytes, keys: Iterable[str]) -> bool:
     return at == len(cached)
 
 
-def _read(file: Path) -> tuple[bytes, list[np.ndarray]]:
+def _read(file: Path) -> tuple[bytes, list[np.ndarray], bytes]:
     """The keys (``\\0``-separated) and the five columns (size, mtime, inode, MD5 high and
-    low 64 bits) of the cache ``file``; :class:`ValueError` if it is damaged or cut short."""
+    low 64 bits) of the cache ``file``, and its check value; :class:`ValueError` if it is
+    damaged or cut short."""
     check = hashlib.blake2b(digest_size=16)
     with file.open("rb") as f:
 
@@ -171,4 +210,33 @@ def _read(file: Path) -> tuple[bytes, list[np.ndarray]]:
         columns = [np.frombuffer(read(8 * rows), dtype) for dtype in (*_STAT_TYPES, np.uint64, np.uint64)]
         if f.read() != check.digest():
             raise ValueError(f"{file} is damaged")
-    return keys, columns
+    return keys, columns, check.digest()
+
+
+def _read_directories(file: Path, saved: bytes) -> tuple[DirectoryDigests, list[str]]:
+    """The directory digests and document keys of ``file``, if it was saved with the digests
+    whose check value is ``saved``; :class:`ValueError` if not, or if it is damaged."""
+    data = file.read_bytes()
+    body, stored = data[:-16], data[-16:]
+    if hashlib.blake2b(saved + body, digest_size=16).digest() != stored:
+        raise ValueError(f"{file} is damaged, or of other cached digests")
+    at = len(_DIRECTORIES_MAGIC)
+    if body[:at] != _DIRECTORIES_MAGIC or body[at : at + 16] != saved:
+        raise ValueError(f"{file} is of other cached digests")
+    directory_count, document_count, directory_bytes, document_bytes = struct.unpack_from("<QQQQ", body, at + 16)
+    at += 48
+    directory_keys = _split_keys(body[at : at + directory_bytes], directory_count)
+    at += directory_bytes
+    documents = _split_keys(body[at : at + document_bytes], document_count)
+    at += document_bytes
+    columns = [body[at + 8 * directory_count * i : at + 8 * directory_count * (i + 1)] for i in range(4)]
+    if at + 32 * directory_count != len(body):
+        raise ValueError(f"{file} is cut short")
+    return DirectoryDigests.from_columns(directory_keys, columns), documents
+
+
+def _split_keys(block: bytes, count: int) -> list[str]:
+    keys = block.decode().split("\0") if count else []
+    if len(keys) != count:
+        raise ValueError("a key list of the wrong length")
+    return keys

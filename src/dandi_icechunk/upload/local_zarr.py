@@ -21,17 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..checksum import DirectoryDigests
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_keys, documents_among
 from ..index import DigestIndex, FileDigest, FileDigests
 from ..packed import key_blocks, left_join
-from .digest_cache import DigestCache
+from .digest_cache import CachedDigests, DigestCache
 from .file_stats import FileStats
 from .walk import Refused, list_tree
 
 EXTRAS_MAX_BYTES = 64 * 1024 * 1024
 """Most bytes of non-Zarr files kept in the digest index (read on every upload and export)."""
 _log = logging.getLogger("dandi_icechunk")
+_first = operator.itemgetter(0)
 _READ_BLOCK = 8 * 1024 * 1024
 _HASH_BATCH = 256
 _THREADED_MIN_FILE_SIZE = 16 * 1024
@@ -79,7 +81,8 @@ class LocalZarr:
         ``map_batches``, the batches run there instead: on a Dask cluster, say
         (:mod:`.distributed`).
         """
-        files = cache.unchanged(self.root, self.stats) if cache else FileDigests()
+        cached = cache.unchanged(self.root, self.stats) if cache else CachedDigests(FileDigests(), None, [])
+        files = cached.files
         if progress:
             progress(len(files) + len(self.documents), files.total_size() + sum(map(len, self.documents.values())))
         sizes = self.stats.columns()[0]
@@ -93,16 +96,32 @@ class LocalZarr:
                 files.update(digests)
                 if progress:
                     progress(len(digests), sum(d.size for _, d in digests))
-        return self.index_of(files, cache)
+        changed = itertools.chain(map(_first, to_hash), cached.stale)
+        return self.index_of(files, cache, (cached.directories, changed) if cached.directories else None)
 
-    def index_of(self, chunk_digests: FileDigests, cache: DigestCache | None = None) -> DigestIndex:
+    def index_of(
+        self,
+        chunk_digests: FileDigests,
+        cache: DigestCache | None = None,
+        before: tuple[DirectoryDigests, Iterable[str]] | None = None,
+    ) -> DigestIndex:
         """The digest index of this Zarr given every chunk's digest (the documents are hashed
-        here); the chunks' digests are saved in ``cache`` for the next upload. ``chunk_digests``
-        is taken over, not copied: the documents' digests are added to it."""
-        if cache:
-            cache.save(self.root, self.stats, chunk_digests)
+        here); the chunks' digests are saved in ``cache`` for the next upload, with the digest
+        of every directory, from which the next upload computes its checksum again only where
+        files changed. ``before``: the directory digests the cache held, and every key whose
+        digest may differ from what they counted but for the documents (:meth:`DigestCache.unchanged`).
+        ``chunk_digests`` is taken over, not copied: the documents' digests are added to it."""
+        saved = cache.save(self.root, self.stats, chunk_digests) if cache else None
         chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
-        return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
+        if cache is None or saved is None:  # the checksum is computed when it is asked for
+            return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
+        if before is None:
+            directories = DirectoryDigests.of(chunk_digests.rows())
+        else:
+            earlier, changed = before
+            directories = earlier.updated(chunk_digests, itertools.chain(changed, self.documents))
+        cache.save_directories(self.root, saved, directories, self.documents)
+        return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents), directories.checksum)
 
     def chunks(self, keys: Sequence[str], sizes: Sequence[int]) -> list[ChunkFile]:
         """What sending each chunk of ``keys`` (array by array, as
