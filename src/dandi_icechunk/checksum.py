@@ -18,10 +18,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .packed import PackedMapping
+import numpy as np
+
+from .packed import PackedMapping, joined_md5, md5s_in_hex, split_md5
 
 _Entry = tuple[str, str, int, int]  # name, digest, size, file count
-_LOW_64 = (1 << 64) - 1
 
 
 class SortedFiles(Protocol):
@@ -60,13 +61,12 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
 
     @staticmethod
     def _pack(value: DirectoryDigest) -> tuple[int, int, int, int]:
-        md5 = int(value.md5, 16)
-        return md5 >> 64, md5 & _LOW_64, value.size, value.count
+        return *split_md5(value.md5), value.size, value.count
 
     @staticmethod
     def _unpack(row: tuple[int, ...]) -> DirectoryDigest:
         high, low, size, count = row
-        return DirectoryDigest(((high << 64) | low).to_bytes(16).hex(), size, count)
+        return DirectoryDigest(joined_md5(high, low), size, count)
 
     @classmethod
     def of(cls, files: Iterable[tuple[str, str, int]]) -> DirectoryDigests:
@@ -114,16 +114,17 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
         at = bisect.bisect_left(keys, prefix) if directory else 0
         stop = bisect.bisect_left(keys, f"{directory}0") if directory else len(keys)  # "0" follows "/"
         subdirectories: list[_Entry] = []
+        unchanged: list[str] = []  # the names of the subdirectories whose digests are taken as they were
         own: list[_Entry] = []
         cut = len(prefix)
         while at < stop:
             name, slash, _ = keys[at][cut:].partition("/")
             if slash:
                 child = prefix + name
-                digest = fresh[child] if child in fresh else self.get(child)
-                if digest is None:
-                    raise ValueError(f"{child}/ is new, yet none of its keys was given as changed")
-                subdirectories.append((name, str(digest), digest.size, digest.count))
+                if (digest := fresh.get(child)) is not None:
+                    subdirectories.append((name, str(digest), digest.size, digest.count))
+                else:
+                    unchanged.append(name)
                 at = bisect.bisect_left(keys, f"{child}0", at, stop)
                 continue
             end = at + 1
@@ -131,9 +132,22 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
                 end += 1
             own += [(key[cut:], md5, size, 1) for key, md5, size in files.rows(at, end)]
             at = end
+        subdirectories += self._entries(prefix, unchanged)
         if directory and not (own or subdirectories):
             return None
         return _directory_digest(subdirectories, own)
+
+    def _entries(self, prefix: str, names: list[str]) -> list[_Entry]:
+        """The entry in their parent's listing of the directories ``prefix + name``, looked up
+        together: a directory of 20,000 subdirectories makes no digest object for each."""
+        paths = self.sorted_keys()
+        rows = [bisect.bisect_left(paths, prefix + name) for name in names]
+        for row, name in zip(rows, names, strict=True):
+            if row == len(paths) or paths[row] != prefix + name:
+                raise ValueError(f"{prefix}{name}/ is new, yet none of its keys was given as changed")
+        high, low, sizes, counts = (np.frombuffer(column, column.typecode)[rows].tolist() for column in self.columns())
+        md5s = md5s_in_hex(high, low)
+        return [(n, f"{m}-{c}--{s}", s, c) for n, m, s, c in zip(names, md5s, sizes, counts, strict=True)]
 
 
 def dandi_zarr_checksum(files: Iterable[tuple[str, str, int]]) -> str:

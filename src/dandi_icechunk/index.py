@@ -38,7 +38,7 @@ from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
 from .hierarchy import is_document
 from .objects import RepositoryObjects
-from .packed import PackedMapping
+from .packed import PackedMapping, joined_md5, md5s_in_hex, split_md5
 
 INDEX_PREFIX = "dandi/index/"
 SHARD_PREFIX = f"{INDEX_PREFIX}shards/"
@@ -49,7 +49,6 @@ SHARD_TARGET = 1024
 _SHARD_MAX = 4 * SHARD_TARGET
 _READ_SHARDS = 16
 _ID, _CONTENT = 2, 5  # columns of a shard's row in the root's table
-_LOW_64 = (1 << 64) - 1
 _HEX_BLOCK = 4096  # MD5s turned to hex at once
 _CACHED_SHARDS = 16  # a reader's memory: ~16 k files' digests, whatever the Zarr's size
 
@@ -82,15 +81,12 @@ class FileDigests(PackedMapping[FileDigest]):
 
     @staticmethod
     def _pack(value: FileDigest) -> tuple[int, int, int]:
-        if len(value.md5) != 32:
-            raise ValueError(f"not an MD5: {value.md5!r}")
-        md5 = int(value.md5, 16)
-        return md5 >> 64, md5 & _LOW_64, value.size
+        return *split_md5(value.md5), value.size
 
     @staticmethod
     def _unpack(row: tuple[int, ...]) -> FileDigest:
         high, low, size = row
-        return FileDigest(((high << 64) | low).to_bytes(16).hex(), size)
+        return FileDigest(joined_md5(high, low), size)
 
     def __setitem__(self, key: str, digest: FileDigest) -> None:
         self._append(key, digest)
@@ -107,10 +103,7 @@ class FileDigests(PackedMapping[FileDigest]):
         stop = len(keys) if stop is None else stop
         for first in range(start, stop, _HEX_BLOCK):
             end = min(first + _HEX_BLOCK, stop)
-            md5s = np.empty((end - first, 2), ">u8")  # big-endian: the MD5's bytes in order
-            md5s[:, 0], md5s[:, 1] = high[first:end], low[first:end]
-            text = md5s.tobytes().hex()
-            yield from zip(keys[first:end], (text[i : i + 32] for i in range(0, len(text), 32)), sizes[first:end])
+            yield from zip(keys[first:end], md5s_in_hex(high[first:end], low[first:end]), sizes[first:end])
 
     def position(self, key: str) -> int:
         """Where ``key`` comes in key order (-1: not here)."""

@@ -16,12 +16,22 @@ import operator
 import threading
 from abc import abstractmethod
 from array import array
-from collections.abc import Buffer, Collection, ItemsView, Iterable, Iterator, Mapping, ValuesView
+from collections.abc import (
+    Buffer,
+    Collection,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from typing import ClassVar, Self
 
 import numpy as np
 
 _BATCH = 4096
+_LOW_64 = (1 << 64) - 1
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
@@ -185,6 +195,28 @@ def _joined(column: array, spans: list[tuple[int, int]]) -> array:
     for a, b in spans:
         kept.extend(column[a + 1 : b])
     return kept
+
+
+def split_md5(md5: str) -> tuple[int, int]:
+    """An MD5 in hex as the two 64-bit integers a packed mapping keeps: high, low."""
+    if len(md5) != 32:
+        raise ValueError(f"not an MD5: {md5!r}")
+    number = int(md5, 16)
+    return number >> 64, number & _LOW_64
+
+
+def joined_md5(high: int, low: int) -> str:
+    """The MD5 in hex of the integers :func:`split_md5` gave."""
+    return ((high << 64) | low).to_bytes(16).hex()
+
+
+def md5s_in_hex(high: np.ndarray | Sequence[int], low: np.ndarray | Sequence[int]) -> list[str]:
+    """The MD5 in hex of each pair of integers of the columns ``high`` and ``low``, all at once
+    (a block of a packed mapping's columns): no integer object made for either half."""
+    md5s = np.empty((len(high), 2), ">u8")  # big-endian: the MD5's bytes in order
+    md5s[:, 0], md5s[:, 1] = high, low
+    text = md5s.tobytes().hex()
+    return [text[i : i + 32] for i in range(0, len(text), 32)]
 
 
 def key_blocks(keys: Iterable[str]) -> Iterator[bytes]:

@@ -6,7 +6,11 @@ the sorted keys, then one column of machine integers per field (size, mtime, ino
 a checksum of it all. It is read and compared column by column in numpy, never an object per
 file: at DANDI's 1.3 M-file Zarr it is ~75 MB, a line of text per file took ~15 µs to parse.
 
-Beside it, the last upload of the directory to each branch (:class:`UploadRecord`): when the
+Beside it, the digest of every directory of the files it was saved with (the file digests' check
+value heads them): the next upload computes the ``dandi-zarr-checksum`` again only above the
+files that changed (:meth:`~dandi_icechunk.checksum.DirectoryDigests.updated`).
+
+And the last upload of the directory to each branch (:class:`UploadRecord`): when the
 directory lists the same files with the same stats and the branch is still at the snapshot
 that upload made, nothing changed, and the upload is over before any file is hashed or any
 digest loaded.
@@ -78,7 +82,8 @@ class DigestCache:
 
     def unchanged(self, root: Path, stats: FileStats) -> CachedDigests:
         """The digest of each file of ``stats`` (key -> stat as listed) whose stat is the one it had
-        when it was hashed; none when the cache of the Zarr at ``root`` is missing or damaged."""
+        when it was hashed; none when the cache of the Zarr at ``root`` is missing or damaged.
+        With them the directory digests saved with them, if those are whole."""
         try:
             cached_keys, cached, check = _read(self._file(root))
         except (OSError, ValueError, struct.error):
