@@ -340,6 +340,8 @@ def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchang
     found = cache.unchanged(root, FileStats(now.items()))
     expected = {k: FileDigest(md5s[k], st[0]) for k, st in now.items() if k in stats and k not in changed}
     assert dict(found.files.items()) == expected and len(expected) >= len(stats) - 4
+    listed = sorted(now)
+    assert [listed[row] for row in found.unknown] == [k for k in listed if k not in expected]
     # the directory digests saved with them need computing again above the files gone and the documents
     gone = [keys[0], keys[100]] if listing == "files added and removed" else []
     assert found.directories is not None and found.stale == [*gone, "zarr.json"]

@@ -52,8 +52,14 @@ class CachedDigests:
     """What the cache knows of a listing's files."""
 
     files: FileDigests  # the MD5 of each listed file whose stat is the one it had when hashed
+    unknown: np.ndarray  # the others: their rows in the listing
     directories: DirectoryDigests | None  # of the files when the cache was saved, when kept
     stale: list[str]  # keys ``directories`` counted that ``files`` lacks: files gone, documents then
+
+    @classmethod
+    def none(cls, stats: FileStats) -> CachedDigests:
+        """Nothing known of the files of ``stats``."""
+        return cls(FileDigests(), np.arange(len(stats)), None, [])
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,8 @@ class DigestCache:
         try:
             cached_keys, cached, check = _read(self._file(root))
         except (OSError, ValueError, struct.error):
-            return CachedDigests(FileDigests(), None, [])
-        keys = list(stats)
+            return CachedDigests.none(stats)
+        keys = stats.sorted_keys()
         gone: list[str] = []
         if _same_keys(cached_keys, stats):  # the same files, in the same rows
             positions = np.arange(len(keys))
@@ -106,6 +112,8 @@ class DigestCache:
         for now, then in zip(stat, cached[:3], strict=True):
             same &= now[listed] == then[at]
         listed, at = listed[same], at[same]
+        unknown = np.ones(len(keys), bool)
+        unknown[listed] = False
         files = FileDigests.from_columns(
             list(map(keys.__getitem__, listed.tolist())),
             [cached[3][at].tobytes(), cached[4][at].tobytes(), stat[0][listed].tobytes()],
@@ -113,8 +121,8 @@ class DigestCache:
         try:
             directories, documents = _read_directories(self._file(root, ".directories"), check)
         except (OSError, ValueError, struct.error):
-            return CachedDigests(files, None, [])
-        return CachedDigests(files, directories, gone + documents)
+            return CachedDigests(files, np.flatnonzero(unknown), None, [])
+        return CachedDigests(files, np.flatnonzero(unknown), directories, gone + documents)
 
     def save(self, root: Path, stats: FileStats, digests: FileDigests) -> bytes:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the

@@ -25,7 +25,7 @@ from ..checksum import DirectoryDigests
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_keys, documents_among
 from ..index import DigestIndex, FileDigest, FileDigests
-from ..packed import key_blocks, left_join
+from ..packed import key_blocks
 from .digest_cache import CachedDigests, DigestCache
 from .file_stats import FileStats
 from .walk import Refused, list_tree
@@ -81,12 +81,12 @@ class LocalZarr:
         ``map_batches``, the batches run there instead: on a Dask cluster, say
         (:mod:`.distributed`).
         """
-        cached = cache.unchanged(self.root, self.stats) if cache else CachedDigests(FileDigests(), None, [])
+        cached = cache.unchanged(self.root, self.stats) if cache else CachedDigests.none(self.stats)
         files = cached.files
         if progress:
             progress(len(files) + len(self.documents), files.total_size() + sum(map(len, self.documents.values())))
-        sizes = self.stats.columns()[0]
-        to_hash = [(k, size) for k, size, known in left_join(zip(self.stats, sizes), zip(files, files)) if known is None]
+        keys, sizes, rows = self.stats.sorted_keys(), self.stats.columns()[0], cached.unknown.tolist()
+        to_hash = list(zip(map(keys.__getitem__, rows), map(sizes.__getitem__, rows), strict=True))
         small = self.size < _THREADED_MIN_FILE_SIZE * max(len(to_hash), 1)
         batches = _batches((k, self.path(k), size) for k, size in to_hash)
         with contextlib.ExitStack() as stack:
