@@ -39,6 +39,9 @@ from dandi_icechunk.testing import S3Server, draft_zarr_asset, make_zarr_v3
 from dandi_icechunk.testing.model import ArchiveModel, check_invariants
 from dandi_icechunk.testing.strategies import CHUNKS, SHAPE, Edit, dandisets, edits
 from dandi_icechunk.upload import upload_zarr
+from dandi_icechunk.upload.digest_cache import DigestCache
+
+from .conftest import reference_checksum
 
 OWNER = "000101"
 
@@ -52,6 +55,7 @@ class SharedZarrMachine(RuleBasedStateMachine):
         self.zarr_id = str(uuid.uuid4())
         self.work = Path(tempfile.mkdtemp())
         self.versions = 0
+        self.cache = DigestCache(self.work / "cache")
 
     def teardown(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -59,7 +63,7 @@ class SharedZarrMachine(RuleBasedStateMachine):
     @initialize(embargoed=st.booleans())
     def first_upload(self, embargoed: bool) -> None:
         src = make_zarr_v3(self.work / OWNER, shape=SHAPE, chunks=CHUNKS, seed=uuid.UUID(self.zarr_id).int % 1009)
-        upload_zarr(src, self.location, self.zarr_id, embargoed=embargoed, dedup=False)
+        upload_zarr(src, self.location, self.zarr_id, embargoed=embargoed, dedup=False, digest_cache=self.cache)
         finalize_upload(self.zarr_id, location=self.location, dandiset_id=OWNER)
         self.model.embargoed = embargoed
         self.model.drafts[OWNER] = np.asarray(zarr.open_group(str(src), mode="r")["data"][:])
@@ -77,7 +81,11 @@ class SharedZarrMachine(RuleBasedStateMachine):
         zarr.open_group(str(src), mode="r+")["data"][:] = data
         repo = ZarrRepository.open(self.location, self.zarr_id)
         branch = draft_branch(repo, dandiset, recorded_drafts(self.location, self.zarr_id))
-        upload_zarr(src, self.location, self.zarr_id, branch=branch, dandiset=dandiset, dedup=False)
+        # each Dandiset's directory re-uploaded with its digest cache: the checksum computed again
+        # only above the chunks that changed (a chunk edited to the fill value is a file removed)
+        result = upload_zarr(src, self.location, self.zarr_id, branch=branch, dandiset=dandiset, dedup=False,
+                             digest_cache=self.cache)
+        assert result.zarr_checksum == reference_checksum(src)
         finalize_upload(self.zarr_id, location=self.location, dandiset_id=dandiset)
         self.model.drafts[dandiset] = data
 
