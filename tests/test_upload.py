@@ -461,6 +461,82 @@ def test_directory_digests_not_of_the_cached_digests_are_computed_again_never_us
     assert result.zarr_checksum == reference_checksum(src)
 
 
+def _scanned(local: object) -> tuple[object, ...]:
+    from dandi_icechunk.upload.local_zarr import LocalZarr
+
+    assert isinstance(local, LocalZarr)
+    return local.hierarchy, local.documents, local.size, dict(local.stats.items()), local.scan
+
+
+@pytest.mark.parametrize("since", ["nothing", "a chunk edited", "an array shrunk: chunks beyond it", "a bad key added"])
+def test_a_scan_of_the_keys_scanned_before_finds_what_a_whole_scan_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: str
+) -> None:
+    """Keys checked, documents named and strays found once are not found again for the same keys
+    (and, for strays, the same documents); whatever changed, the result is a whole scan's."""
+    import json
+
+    from dandi_icechunk import hierarchy
+    from dandi_icechunk.upload import local_zarr
+
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    before = local_zarr.scan_local_zarr(src).scan
+    if since == "a chunk edited":
+        _edit_a_chunk(src)
+    elif since == "an array shrunk: chunks beyond it":
+        zarray = json.loads((src / "0" / ".zarray").read_text())
+        zarray["shape"] = [zarray["chunks"][0], *zarray["shape"][1:]]
+        (src / "0" / ".zarray").write_text(json.dumps(zarray))
+    elif since == "a bad key added":
+        (src / "0" / "__notes").write_text("refused")
+    whole_scan: list[str] = []
+    for name in ("check_keys", "documents_among"):
+        real = getattr(local_zarr, name)
+        monkeypatch.setattr(local_zarr, name, lambda keys, real=real, name=name: whole_scan.append(name) or real(keys))
+    real_strays = hierarchy.Hierarchy.strays
+    monkeypatch.setattr(hierarchy.Hierarchy, "strays", lambda self, keys: whole_scan.append("strays") or real_strays(self, keys))
+
+    if since == "a bad key added":
+        with pytest.raises(InvalidZarrError, match="__notes"):
+            local_zarr.scan_local_zarr(src, known=before)
+        return
+    again = local_zarr.scan_local_zarr(src, known=before)
+    assert whole_scan == (["strays"] if since == "an array shrunk: chunks beyond it" else [])
+    whole_scan.clear()
+    assert _scanned(again) == _scanned(local_zarr.scan_local_zarr(src))
+    assert whole_scan == ["check_keys", "documents_among", "strays"]
+    if since == "an array shrunk: chunks beyond it":
+        assert again.scan.strays and all(k.startswith("0/1/") for k in again.scan.strays)
+
+
+def test_an_upload_remembers_the_scan_of_its_keys_for_the_next(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from dandi_icechunk.upload import local_zarr
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    upload_zarr(src, location, zarr_id, digest_cache=cache)
+    _edit_a_chunk(src)
+
+    def no_check(_: object) -> None:
+        raise AssertionError("the keys were checked again")
+
+    monkeypatch.setattr(local_zarr, "check_keys", no_check)
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert result.files_written == 1 and result.zarr_checksum == reference_checksum(src)
+
+    (record,) = (tmp_path / "cache").glob("*.scan.json")
+    record.write_text(json.dumps({**json.loads(record.read_text()), "named_documents": ".zattrs"}))
+    monkeypatch.undo()
+    _edit_a_chunk(src)  # a damaged record is a scan done whole, never a refusal
+    again = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert again.files_written == 1 and again.zarr_checksum == reference_checksum(src)
+
+
 def _edit_a_chunk(src: Path) -> None:
     chunk = next(p for p in sorted((src / "0").rglob("*")) if p.is_file() and not p.name.startswith("."))
     chunk.write_bytes(os.urandom(chunk.stat().st_size))

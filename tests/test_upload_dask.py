@@ -129,8 +129,8 @@ def test_a_file_removed_after_the_scan_fails_a_first_dask_upload_with_one_line_a
     victim = src / "0" / "0" / "0" / "0"
     real_scan = commit.scan_local_zarr
 
-    def scan_then_remove(path):  # type: ignore[no-untyped-def]
-        local = real_scan(path)
+    def scan_then_remove(path, **options):  # type: ignore[no-untyped-def]
+        local = real_scan(path, **options)
         victim.unlink()
         return local
 

@@ -63,6 +63,19 @@ class CachedDigests:
 
 
 @dataclass(frozen=True)
+class KeyScan(JsonRecord):
+    """What scanning a listing's keys found, kept to skip it when the keys come back the same.
+
+    The keys' checks and the metadata documents among them follow from the keys alone; the
+    files that belong to no array follow from the keys and the documents' bytes."""
+
+    keys_digest: str  # :attr:`~.local_zarr.LocalListing.keys_digest` of the keys scanned
+    named_documents: list[str]  # the keys named as metadata documents
+    documents_digest: str  # of every file kept in the index but the strays: keys and bytes
+    strays: list[str]  # the files that belong to no array
+
+
+@dataclass(frozen=True)
 class UploadRecord(JsonRecord):
     """What one upload of a local Zarr to one branch left behind."""
 
@@ -171,6 +184,22 @@ class DigestCache:
         uploads = {**self._uploads(root), target: record.to_json()}
         with self._replacing(self._file(root, ".uploads.json")) as f:
             f.write(json.dumps(uploads).encode())
+
+    def last_scan(self, root: Path) -> KeyScan | None:
+        """What scanning the keys of the Zarr at ``root`` found last time."""
+        try:
+            scan = KeyScan(**json.loads(self._file(root, ".scan.json").read_bytes()))
+        except (OSError, ValueError, TypeError):
+            return None
+        lists = (scan.named_documents, scan.strays)
+        if all(isinstance(keys, list) and all(isinstance(k, str) for k in keys) for keys in lists):
+            return scan
+        return None
+
+    def record_scan(self, root: Path, scan: KeyScan) -> None:
+        """Remember ``scan`` as the last scan of the keys of the Zarr at ``root``."""
+        with self._replacing(self._file(root, ".scan.json")) as f:
+            f.write(json.dumps(scan.to_json()).encode())
 
     def _uploads(self, root: Path) -> dict[str, dict]:
         try:

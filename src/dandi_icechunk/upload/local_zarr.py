@@ -10,6 +10,7 @@ index.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -21,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from ..checksum import DirectoryDigests
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_keys, documents_among
 from ..index import DigestIndex, FileDigest, FileDigests
 from ..packed import key_blocks
-from .digest_cache import CachedDigests, DigestCache
+from .digest_cache import CachedDigests, DigestCache, KeyScan
 from .file_stats import FileStats
 from .walk import Refused, list_tree
 
@@ -56,6 +59,7 @@ class LocalZarr:
     documents: dict[str, bytes]  # metadata documents, and files kept in the digest index
     size: int  # total bytes of all files, as listed
     stats: FileStats  # of the chunk files, when listed
+    scan: KeyScan  # what scanning the listing found
 
     @property
     def file_count(self) -> int:
@@ -224,6 +228,7 @@ class LocalListing:
     root: Path
     stats: FileStats  # the file of a key is root/key
     fingerprint: str  # changes whenever a file is added, removed, or its stat changes
+    keys_digest: str  # changes whenever a file is added or removed
 
     @classmethod
     def of(cls, path: str | Path, workers: int = 1) -> LocalListing:
@@ -246,11 +251,12 @@ class LocalListing:
             bad = next(k for k in stats if not k.isascii() and _not_utf8(k))
             shown = os.fsencode(bad).decode(errors="backslashreplace")
             raise InvalidZarrError(f"{shown}: its name is not UTF-8, which Zarr keys must be; rename it") from None
+        keys_digest = fingerprint.hexdigest()
         for column in stats.columns():
             fingerprint.update(column)
         if excluded:
             _log.warning("%s: left out as dandi-cli does: %s", root, _shown(sorted(excluded)))
-        return cls(root, stats, fingerprint.hexdigest())
+        return cls(root, stats, fingerprint.hexdigest(), keys_digest)
 
 
 def _not_utf8(key: str) -> bool:
@@ -261,9 +267,10 @@ def _not_utf8(key: str) -> bool:
     return False
 
 
-def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
+def scan_local_zarr(path: str | Path | LocalListing, known: KeyScan | None = None) -> LocalZarr:
     """Find and validate every file of the Zarr directory ``path`` (or of a listing of it,
-    whose stats the result takes over).
+    whose stats the result takes over). ``known``: the scan of a listing before
+    (:attr:`LocalZarr.scan`); what follows from the same keys and documents is not found again.
 
     Raises :class:`InvalidZarrError` for anything that cannot be uploaded as it is: not a
     directory, no or broken metadata, mixed v2/v3, symlink loops, special files, invalid keys,
@@ -271,18 +278,29 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
     """
     listing = path if isinstance(path, LocalListing) else LocalListing.of(path)
     root, stats = listing.root, listing.stats
-    check_keys(stats)
-    documents = {key: read_file(root / key, key) for key in documents_among(stats)}
-    sizes = stats.columns()[0]
-    for key in itertools.compress(stats, map(operator.not_, sizes)):  # Icechunk refuses empty chunks
-        documents[key] = read_file(root / key, key)
-    size = sum(sizes)
+    same_keys = known is not None and known.keys_digest == listing.keys_digest
+    if not same_keys:
+        check_keys(stats)
+    named = known.named_documents if known is not None and same_keys else documents_among(stats)
+    documents = {key: read_file(root / key, key) for key in named}
+    keys, sizes = stats.sorted_keys(), np.frombuffer(stats.columns()[0], np.int64)
+    for row in np.flatnonzero(sizes == 0).tolist():  # Icechunk refuses empty chunks
+        documents[keys[row]] = read_file(root / keys[row], keys[row])
+    size = int(sizes.sum())
     stats.remove(documents.keys())
     try:
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
-    stray = hierarchy.strays(list(stats))
+    documents_digest = hashlib.blake2b(digest_size=20)
+    for key in sorted(documents):
+        documents_digest.update(f"{key}\0{len(documents[key])}\0".encode())
+        documents_digest.update(documents[key])
+    scan = KeyScan(listing.keys_digest, list(named), documents_digest.hexdigest(), [])
+    if known is not None and same_keys and known.documents_digest == scan.documents_digest:
+        stray = known.strays
+    else:
+        stray = hierarchy.strays(stats.sorted_keys())
     if stray:
         extra_bytes = sum(stats[k][0] for k in stray)
         if extra_bytes > EXTRAS_MAX_BYTES:
@@ -298,7 +316,7 @@ def scan_local_zarr(path: str | Path | LocalListing) -> LocalZarr:
         for key in stray:
             documents[key] = read_file(root / key, key)
         stats.remove(set(stray))
-    return LocalZarr(root, hierarchy, documents, size, stats)
+    return LocalZarr(root, hierarchy, documents, size, stats, dataclasses.replace(scan, strays=list(stray)))
 
 
 def _shown(keys: list[str]) -> str:
