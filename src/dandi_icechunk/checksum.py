@@ -98,12 +98,8 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
             fresh[directory] = self._computed(directory, files, keys, fresh)
         new = DirectoryDigests.from_columns(list(self.sorted_keys()), self.columns())
         new._remove([d for d in stale if d in self])
-        new.update((d, digest) for d, digest in sorted(fresh.items()) if digest is not None)
+        new._add((d, digest) for d, digest in sorted(fresh.items()) if digest is not None)
         return new
-
-    def update(self, entries: Iterable[tuple[str, DirectoryDigest]]) -> None:
-        """Add every (path, digest) of ``entries``."""
-        self._add(entries)
 
     def _computed(
         self, directory: str, files: SortedFiles, keys: Sequence[str], fresh: dict[str, DirectoryDigest | None]
@@ -138,8 +134,9 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
         return _directory_digest(subdirectories, own)
 
     def _entries(self, prefix: str, names: list[str]) -> list[_Entry]:
-        """The entry in their parent's listing of the directories ``prefix + name``, looked up
-        together: a directory of 20,000 subdirectories makes no digest object for each."""
+        """The entries of the directories ``prefix + name`` (each of ``names``) in their parent's
+        listing, looked up together: a directory of 20,000 subdirectories makes no digest object
+        for each."""
         paths = self.sorted_keys()
         rows = [bisect.bisect_left(paths, prefix + name) for name in names]
         for row, name in zip(rows, names, strict=True):

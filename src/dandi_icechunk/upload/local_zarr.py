@@ -10,7 +10,6 @@ index.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import logging
@@ -278,10 +277,11 @@ def scan_local_zarr(path: str | Path | LocalListing, known: KeyScan | None = Non
     """
     listing = path if isinstance(path, LocalListing) else LocalListing.of(path)
     root, stats = listing.root, listing.stats
-    same_keys = known is not None and known.keys_digest == listing.keys_digest
-    if not same_keys:
+    if known is not None and known.keys_digest != listing.keys_digest:
+        known = None
+    if known is None:
         check_keys(stats)
-    named = known.named_documents if known is not None and same_keys else documents_among(stats)
+    named = known.named_documents if known is not None else documents_among(stats)
     documents = {key: read_file(root / key, key) for key in named}
     keys, sizes = stats.sorted_keys(), np.frombuffer(stats.columns()[0], np.int64)
     for row in np.flatnonzero(sizes == 0).tolist():  # Icechunk refuses empty chunks
@@ -292,12 +292,12 @@ def scan_local_zarr(path: str | Path | LocalListing, known: KeyScan | None = Non
         hierarchy = Hierarchy.from_documents(documents)
     except InvalidZarrError as exc:
         raise InvalidZarrError(f"{root}: {exc}") from None
-    documents_digest = hashlib.blake2b(digest_size=20)
+    digest = hashlib.blake2b(digest_size=20)
     for key in sorted(documents):
-        documents_digest.update(f"{key}\0{len(documents[key])}\0".encode())
-        documents_digest.update(documents[key])
-    scan = KeyScan(listing.keys_digest, list(named), documents_digest.hexdigest(), [])
-    if known is not None and same_keys and known.documents_digest == scan.documents_digest:
+        digest.update(f"{key}\0{len(documents[key])}\0".encode())
+        digest.update(documents[key])
+    documents_digest = digest.hexdigest()
+    if known is not None and known.documents_digest == documents_digest:
         stray = known.strays
     else:
         stray = hierarchy.strays(stats.sorted_keys())
@@ -316,7 +316,8 @@ def scan_local_zarr(path: str | Path | LocalListing, known: KeyScan | None = Non
         for key in stray:
             documents[key] = read_file(root / key, key)
         stats.remove(set(stray))
-    return LocalZarr(root, hierarchy, documents, size, stats, dataclasses.replace(scan, strays=list(stray)))
+    scan = KeyScan(listing.keys_digest, list(named), documents_digest, list(stray))
+    return LocalZarr(root, hierarchy, documents, size, stats, scan)
 
 
 def _shown(keys: list[str]) -> str:
