@@ -8,7 +8,8 @@ file: at DANDI's 1.3 M-file Zarr it is ~75 MB, a line of text per file took ~15 
 
 Beside it, the digest of every directory of the files it was saved with (the file digests' check
 value heads them): the next upload computes the ``dandi-zarr-checksum`` again only above the
-files that changed (:meth:`~dandi_icechunk.checksum.DirectoryDigests.updated`).
+files that changed (:meth:`~dandi_icechunk.checksum.DirectoryDigests.updated`). What the last
+scan of its keys found (:class:`KeyScan`), not looked for again while the keys stay the same.
 
 And the last upload of the directory to each branch (:class:`UploadRecord`): when the
 directory lists the same files with the same stats and the branch is still at the snapshot
