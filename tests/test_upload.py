@@ -347,6 +347,18 @@ def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchang
     assert found.directories is not None and found.stale == [*gone, "zarr.json"]
 
 
+def test_the_digest_cache_refuses_to_save_digests_of_other_files_than_the_listing(tmp_path: Path) -> None:
+    from dandi_icechunk.index import FileDigest, FileDigests
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    stats = FileStats([("0/0", (1, 1, 1)), ("0/1", (1, 1, 2))])
+    for keys in (["0/0"], ["0/0", "0/2"], ["0/0", "0/1", "0/2"]):
+        with pytest.raises(ValueError, match="other files than the listing"):
+            cache.save(root, stats, FileDigests((k, FileDigest("0" * 32, 1)) for k in keys))
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.digests"))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not a cache", "a byte changed"])
 def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
     location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str

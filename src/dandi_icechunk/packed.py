@@ -26,7 +26,7 @@ from collections.abc import (
     Sequence,
     ValuesView,
 )
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -50,11 +50,15 @@ class PackedMapping[V](Mapping[str, V]):
         self._add(entries)
 
     @classmethod
-    def from_columns(cls, keys: list[str], columns: Iterable[Buffer]) -> Self:
+    def from_columns(
+        cls, keys: list[str], columns: Iterable[Buffer], *, taken_from: PackedMapping[Any] | None = None
+    ) -> Self:
         """The mapping whose sorted ``keys`` (each once) have the native-order integers of
-        ``columns`` (one buffer a column, as :meth:`columns` gives them): a bulk load."""
+        ``columns`` (one buffer a column, as :meth:`columns` gives them): a bulk load.
+        ``taken_from``: a mapping whose keys ``keys`` were taken from, in order; they are then not
+        compared again (0.1 s at 1.3 M keys)."""
         packed = cls()
-        if not all(map(operator.lt, keys, keys[1:])):
+        if taken_from is None and not all(map(operator.lt, keys, keys[1:])):
             raise ValueError("keys are not sorted, or one is there twice")
         packed._keys = keys
         for column, data in zip(packed._columns, columns, strict=True):

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import operator
 import os
 import struct
 import sys
@@ -131,6 +130,7 @@ class DigestCache:
         files = FileDigests.from_columns(
             list(map(keys.__getitem__, listed.tolist())),
             [cached[3][at].tobytes(), cached[4][at].tobytes(), stat[0][listed].tobytes()],
+            taken_from=stats,
         )
         try:
             directories, documents = _read_directories(self._file(root, ".directories"), check)
@@ -142,7 +142,7 @@ class DigestCache:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
         listing it was hashed from): ``digests`` has the same keys. What the directory digests
         of these files are saved with (:meth:`save_directories`)."""
-        if len(digests) != len(stats) or not all(map(operator.eq, stats, digests)):
+        if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
         key_bytes = sum(map(len, key_blocks(stats)))
