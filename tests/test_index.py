@@ -23,7 +23,7 @@ from dandi_icechunk.index import (
     FileDigests,
     IndexReader,
     Shard,
-    _is_boundary,
+    _boundaries,
     index_shard_ids,
     load_index,
     store_index,
@@ -236,8 +236,18 @@ def test_runs_are_bounded_and_cut_where_keys_say_so_so_an_insert_changes_one_run
     assert [k for run in runs.values() for k in run] == sorted(files)
     for run in runs.values():
         assert len(run) <= _SHARD_MAX
-        assert not any(map(_is_boundary, run[:-1]))
-    added = data.draw(st.integers(0, max(2 * n - 1, 0)).map(lambda i: f"{i | 1:07d}").filter(lambda k: not _is_boundary(k)))
+        assert not _boundaries(run[:-1])
+    added = data.draw(st.integers(0, max(2 * n - 1, 0)).map(lambda i: f"{i | 1:07d}").filter(lambda k: not _boundaries([k])))
     longer = DigestIndex(2, FileDigests({**files, added: FileDigest("f" * 32, 1)})).runs
     if all(len(run) < _SHARD_MAX for run in longer.values()):
         assert len(set(runs) - set(longer)) <= 1 and len(set(longer) - set(runs)) == 1
+
+
+@given(st.lists(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12), max_size=3000))
+def test_runs_may_end_after_exactly_the_keys_whose_crc32_the_stored_format_names(keys: list[str]) -> None:
+    """Indexes stored before keep their runs only while the rule is the same: a key's CRC-32 of
+    its UTF-8, modulo the shard target."""
+    import zlib
+
+    expected = [i for i, k in enumerate(keys) if zlib.crc32(k.encode()) % SHARD_TARGET == 0]
+    assert _boundaries(keys) == expected
