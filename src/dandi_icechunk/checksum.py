@@ -42,7 +42,11 @@ class DirectoryDigest:
     count: int
 
     def __str__(self) -> str:
-        return f"{self.md5}-{self.count}--{self.size}"
+        return _written(self.md5, self.size, self.count)
+
+    def entry(self, name: str) -> _Entry:
+        """This directory's entry in its parent's listing, as ``name``."""
+        return name, str(self), self.size, self.count
 
 
 class DirectoryDigests(PackedMapping[DirectoryDigest]):
@@ -96,7 +100,7 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
         fresh: dict[str, DirectoryDigest | None] = {}
         for directory in sorted(stale, key=_depth, reverse=True):  # each after its subdirectories
             fresh[directory] = self._computed(directory, files, keys, fresh)
-        new = DirectoryDigests.from_columns(list(self.sorted_keys()), self.columns())
+        new = DirectoryDigests.from_columns(list(self.sorted_keys()), self.columns(), taken_from=self)
         new._remove([d for d in stale if d in self])
         new._add((d, digest) for d, digest in sorted(fresh.items()) if digest is not None)
         return new
@@ -118,7 +122,7 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
             if slash:
                 child = prefix + name
                 if (digest := fresh.get(child)) is not None:
-                    subdirectories.append((name, str(digest), digest.size, digest.count))
+                    subdirectories.append(digest.entry(name))
                 else:
                     unchanged.append(name)
                 at = bisect.bisect_left(keys, f"{child}0", at, stop)
@@ -144,7 +148,7 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
                 raise ValueError(f"{prefix}{name}/ is new, yet none of its keys was given as changed")
         high, low, sizes, counts = (np.frombuffer(column, column.typecode)[rows].tolist() for column in self.columns())
         md5s = md5s_in_hex(high, low)
-        return [(n, f"{m}-{c}--{s}", s, c) for n, m, s, c in zip(names, md5s, sizes, counts, strict=True)]
+        return [(n, _written(m, s, c), s, c) for n, m, s, c in zip(names, md5s, sizes, counts, strict=True)]
 
 
 def dandi_zarr_checksum(files: Iterable[tuple[str, str, int]]) -> str:
@@ -182,7 +186,7 @@ def _close(open_dirs: list[tuple[str, list[_Entry], list[_Entry]]]) -> tuple[str
     """Sum up the innermost open directory into its parent's entries."""
     path, directories, files = open_dirs.pop()
     digest = _directory_digest(directories, files)
-    open_dirs[-1][1].append((path.rpartition("/")[2], str(digest), digest.size, digest.count))
+    open_dirs[-1][1].append(digest.entry(path.rpartition("/")[2]))
     return path, digest
 
 
@@ -195,6 +199,11 @@ def _directory_digest(directories: list[_Entry], files: list[_Entry]) -> Directo
     size = sum(e[2] for e in directories) + sum(e[2] for e in files)
     count = sum(e[3] for e in directories) + len(files)
     return DirectoryDigest(hashlib.md5(body.encode()).hexdigest(), size, count)
+
+
+def _written(md5: str, size: int, count: int) -> str:
+    """A directory's digest as the checksum writes it."""
+    return f"{md5}-{count}--{size}"
 
 
 def _depth(directory: str) -> int:
