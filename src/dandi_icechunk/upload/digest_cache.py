@@ -162,7 +162,7 @@ class DigestCache:
         :meth:`save` that returned ``saved`` and its ``documents`` (the files not in that
         listing): read back only with those digests, by :meth:`unchanged`."""
         document_keys = sorted(documents)
-        check = hashlib.blake2b(saved, digest_size=16)
+        check = hashlib.blake2b(digest_size=16)
         with self._replacing(self._file(root, ".directories")) as f:
             header = [_DIRECTORIES_MAGIC, saved, struct.pack("<QQ", len(directories), len(document_keys))]
             blocks = [b"".join(key_blocks(directories)), b"".join(key_blocks(document_keys))]
@@ -261,8 +261,8 @@ def _read_directories(file: Path, saved: bytes) -> tuple[DirectoryDigests, list[
     whose check value is ``saved``; :class:`ValueError` if not, or if it is damaged."""
     data = file.read_bytes()
     body, stored = data[:-16], data[-16:]
-    if hashlib.blake2b(saved + body, digest_size=16).digest() != stored:
-        raise ValueError(f"{file} is damaged, or of other cached digests")
+    if hashlib.blake2b(body, digest_size=16).digest() != stored:
+        raise ValueError(f"{file} is damaged")
     at = len(_DIRECTORIES_MAGIC)
     if body[:at] != _DIRECTORIES_MAGIC or body[at : at + 16] != saved:
         raise ValueError(f"{file} is of other cached digests")
