@@ -143,8 +143,9 @@ def upload_zarr(
         listing, location, zarr_id, branch, digest_cache, delete_missing=delete_missing, dedup=dedup,
     )) is not None:
         return unchanged
-    local = scan_local_zarr(listing, known=digest_cache.last_scan(listing.root) if digest_cache else None)
-    if digest_cache is not None:
+    last_scan = digest_cache.last_scan(listing.root) if digest_cache else None
+    local = scan_local_zarr(listing, known=last_scan)
+    if digest_cache is not None and local.scan != last_scan:
         digest_cache.record_scan(listing.root, local.scan)
     # On Dask, the workers' sessions come back to this process whole: inline chunks would too.
     inline_max = inline_chunk_max(local.hierarchy) if dask is None else ICECHUNK_INLINE_MAX
