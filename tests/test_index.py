@@ -19,6 +19,7 @@ from dandi_icechunk.index import (
     SHARD_PREFIX,
     SHARD_TARGET,
     DigestIndex,
+    EarlierRuns,
     FileDigest,
     FileDigests,
     IndexReader,
@@ -251,3 +252,59 @@ def test_runs_may_end_after_exactly_the_keys_whose_crc32_the_stored_format_names
 
     expected = [i for i, k in enumerate(keys) if zlib.crc32(k.encode()) % SHARD_TARGET == 0]
     assert _boundaries(keys) == expected
+
+
+def _earlier_runs(index: DigestIndex) -> list[tuple[str, str, int, str]]:
+    return [(keys[0], keys[-1], len(keys), content) for content, keys in index.runs.items()]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5 * _SHARD_MAX), st.data())
+def test_runs_taken_from_an_earlier_index_are_the_runs_computed_whole(n: int, data: st.DataObject) -> None:
+    """Keys edited, removed (boundary keys and the keys of runs cut at _SHARD_MAX among them)
+    and added, each named as changed: the runs given the earlier index's are those computed
+    from scratch, content hashes included (and, with the same keys, where they end)."""
+    files = {f"{i:07d}": FileDigest(f"{i:032x}", i) for i in range(0, 2 * n, 2)}
+    earlier = DigestIndex(2, FileDigests(files))
+    keys = sorted(files)
+    edited = data.draw(st.lists(st.sampled_from(keys), max_size=4, unique=True))
+    ends = [run[-1] for run in earlier.runs.values()]
+    removed = data.draw(st.lists(st.sampled_from(keys + ends), max_size=4, unique=True))
+    added = data.draw(st.lists(st.integers(0, 2 * n).map(lambda i: f"{i | 1:07d}"), max_size=4, unique=True))
+    now = dict(files)
+    for key in edited:
+        now[key] = FileDigest("e" * 32, now[key].size)
+    for key in removed:
+        now.pop(key, None)
+    now |= {key: FileDigest("a" * 32, 1) for key in added}
+    given = EarlierRuns.of(_earlier_runs(earlier), [*edited, *removed, *added], same_keys=now.keys() == files.keys())
+    taken = DigestIndex(2, FileDigests(now), earlier_runs=given)
+    assert taken.runs == DigestIndex(2, FileDigests(now)).runs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_only_the_runs_holding_a_changed_key_are_hashed_again(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit hashes its own run again and takes every other from the earlier index, and with
+    the same keys no key is looked at for where runs end; an edit not named as changed is not
+    seen (which is why every changed key must be named)."""
+    import types
+
+    from dandi_icechunk import index as index_module
+
+    rng = Random(seed)
+    files = {f"0/{i // 100}/{i % 100}": FileDigest(hashlib.md5(str(i).encode()).hexdigest(), i) for i in range(20 * SHARD_TARGET)}
+    earlier = DigestIndex(3, FileDigests(files))
+    edited, unnamed = rng.sample(sorted(files), 2)
+    now = {**files, edited: FileDigest("e" * 32, 1), unnamed: FileDigest("f" * 32, 1)}
+    given = EarlierRuns.of(_earlier_runs(earlier), [edited], same_keys=True)
+    hashed: list[bytes] = []
+    counting = types.SimpleNamespace(sha256=lambda data: hashed.append(data) or hashlib.sha256(data))
+    with monkeypatch.context() as patch:
+        patch.setattr(index_module, "hashlib", counting)
+        patch.setattr(index_module, "_boundaries", None)  # not called
+        taken = DigestIndex(3, FileDigests(now), earlier_runs=given).runs
+    whole = DigestIndex(3, FileDigests(now)).runs
+    ((content, run),) = [(c, run) for c, run in whole.items() if edited in run]
+    assert taken[content] == run and len(hashed) == 1 < len(whole)
+    (stale,) = [c for c, run in taken.items() if unnamed in run]
+    assert (stale in whole) == (unnamed in run) and (stale in earlier.runs) == (unnamed not in run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,7 +323,7 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
 def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchanged(tmp_path: Path, listing: str) -> None:
     from dandi_icechunk.checksum import DirectoryDigests
     from dandi_icechunk.index import FileDigest, FileDigests
-    from dandi_icechunk.upload.digest_cache import DigestCache
+    from dandi_icechunk.upload.digest_cache import Derived, DigestCache
 
     cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
     rng = np.random.default_rng(3)
@@ -330,7 +331,8 @@ def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchang
     stats = {f"données/{name}/ß": (i + 1, 10**18 + i, 2**63 + 7 * i) for i, name in enumerate(names)}
     md5s = {key: rng.bytes(16).hex() for key in stats}
     saved = cache.save(root, FileStats(stats.items()), FileDigests((k, FileDigest(md5s[k], st[0])) for k, st in stats.items()))
-    cache.save_directories(root, saved, DirectoryDigests.of([]), ["zarr.json"])
+    runs = [("données/a", "données/b", 2, "ab" * 32)]
+    cache.save_derived(root, saved, Derived(DirectoryDigests.of([]), runs, ["zarr.json"]))
     keys = sorted(stats)
     changed = {keys[5]: (6, 0, 35), keys[-1]: (stats[keys[-1]][0], 0, stats[keys[-1]][2])}  # size; mtime
     now = {**stats, **changed}
@@ -342,9 +344,17 @@ def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchang
     assert dict(found.files.items()) == expected and len(expected) >= len(stats) - 4
     listed = sorted(now)
     assert [listed[row] for row in found.unknown] == [k for k in listed if k not in expected]
-    # the directory digests saved with them need computing again above the files gone and the documents
+    # what was derived from them needs computing again where the files gone and the documents are
     gone = [keys[0], keys[100]] if listing == "files added and removed" else []
-    assert found.directories is not None and found.stale == [*gone, "zarr.json"]
+    assert found.derived is not None and found.derived.runs == runs and found.stale == [*gone, "zarr.json"]
+    assert (found.stored_keys is not None) == (listing == "the same files")
+    if found.stored_keys is not None:  # saved again with the keys as read: the same file as encoding them
+        digests = FileDigests((k, FileDigest(md5s[k], st[0])) for k, st in now.items())
+        cache.save(root, FileStats(now.items()), digests, found.stored_keys)
+        (cached,) = (tmp_path / "cache").glob("*.digests")
+        with_keys_read = cached.read_bytes()
+        cache.save(root, FileStats(now.items()), digests)
+        assert cached.read_bytes() == with_keys_read
 
 
 def test_the_digest_cache_refuses_to_save_digests_of_other_files_than_the_listing(tmp_path: Path) -> None:
@@ -409,6 +419,40 @@ def test_an_upload_of_a_directory_listed_as_at_its_last_upload_ends_after_the_li
     assert (again.zarr_checksum, again.file_count, again.size) == (first.zarr_checksum, first.file_count, first.size)
 
 
+@pytest.mark.parametrize("edit", ["a chunk edited", "a chunk edited, one removed, a document edited"])
+def test_an_update_hashes_again_only_the_index_runs_of_changed_files_and_stores_the_index_computed_whole(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    from dandi_icechunk import index
+    from dandi_icechunk.index import EarlierRuns, IndexReader, load_index, store_index
+    from dandi_icechunk.objects import prefix_objects
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    cache = DigestCache(tmp_path / "cache")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr", shape=(16, 512, 512), chunks=(1, 32, 32))  # 5,120 chunks
+    upload_zarr(src, location, zarr_id, digest_cache=cache, dedup=False)
+    _edit_a_chunk(src)
+    if edit != "a chunk edited":
+        (src / "1" / "0" / "0" / "0").unlink()
+        (src / ".zattrs").write_text((src / ".zattrs").read_text().replace("{", '{"edited": true, ', 1))
+    taken: list[str | None] = []
+    content = EarlierRuns.content
+    monkeypatch.setattr(EarlierRuns, "content", lambda self, run: taken.append(found := content(self, run)) or found)
+    boundaries = index._boundaries
+    looked: list[int] = []
+    monkeypatch.setattr(index, "_boundaries", lambda keys: looked.append(len(keys)) or boundaries(keys))
+
+    result = upload_zarr(src, location, zarr_id, digest_cache=cache, dedup=False)
+    repo = ZarrRepository.open(location, zarr_id)
+    info = repo.commit_info(result.snapshot_id)
+    assert info is not None and len(IndexReader.load(repo.objects, info.index_id).table) >= 4
+    assert len(taken) == len(IndexReader.load(repo.objects, info.index_id).table) and taken.count(None) <= 3
+    assert bool(looked) == (edit != "a chunk edited")  # the same keys: the runs end where they did
+    whole = load_index(repo.objects, info.index_id)  # its runs computed from scratch
+    assert store_index(prefix_objects(StorageLocation(kind="file", bucket=str(tmp_path / "scratch")), "r"), whole) == info.index_id
+    assert {k: d.md5 for k, d in whole.files.items()} == {k: hashlib.md5(v).hexdigest() for k, v in tree_bytes(src).items()}
+
+
 @pytest.mark.parametrize("edit", ["a chunk edited", "a chunk removed", "an empty chunk removed", "a stray file added",
                                   "an array's attributes edited", "an array's attributes removed", "an array added"])
 def test_an_update_computes_its_checksum_again_only_in_the_directories_that_changed(
@@ -445,7 +489,7 @@ def test_an_update_computes_its_checksum_again_only_in_the_directories_that_chan
 
 
 @pytest.mark.parametrize("why", ["the digests were saved again without them", "a byte of them changed"])
-def test_directory_digests_not_of_the_cached_digests_are_computed_again_never_used(
+def test_what_was_derived_from_other_cached_digests_is_computed_again_never_used(
     location: StorageLocation, zarr_id: str, tmp_path: Path, why: str
 ) -> None:
     from dandi_icechunk.index import FileDigests
@@ -462,15 +506,18 @@ def test_directory_digests_not_of_the_cached_digests_are_computed_again_never_us
             (k, local_zarr.hash_file(local.path(k), k, st[0])) for k, st in local.stats.items()
         ))
     else:
-        (saved,) = (tmp_path / "cache").glob("*.directories")
+        (saved,) = (tmp_path / "cache").glob("*.derived")
         data = saved.read_bytes()
+        runs = struct.unpack_from("<Q", data, data.index(b"\n") + 1 + 16 + 16)[0]  # after the binding, 2 counts
         damaged = bytearray(data)
         for i in range(3):  # the count of the last three directories: 1/0/0, 1/1 (read) and 1/1/0
-            damaged[-24 - 8 * i] ^= 1
+            damaged[-16 - 40 * runs - 8 - 8 * i] ^= 1  # before the runs (8 + 32 bytes each) and the check
         saved.write_bytes(bytes(damaged))
 
     result = upload_zarr(src, location, zarr_id, digest_cache=cache)
     assert result.zarr_checksum == reference_checksum(src)
+    stored = ZarrRepository.open(location, zarr_id).index(result.snapshot_id).files
+    assert {k: d.md5 for k, d in stored.items()} == {k: hashlib.md5(v).hexdigest() for k, v in tree_bytes(src).items()}
 
 
 def _scanned(local: object) -> tuple[object, ...]:

@@ -21,6 +21,7 @@ import base64
 import bisect
 import gzip
 import hashlib
+import itertools
 import json
 import threading
 import zlib
@@ -137,6 +138,7 @@ class DigestIndex:
     files: Mapping[str, FileDigest]
     documents: Mapping[str, bytes] = field(default_factory=dict)
     checksum: str | None = field(default=None, compare=False)  # of ``files``, when computed already
+    earlier_runs: EarlierRuns | None = field(default=None, compare=False, repr=False)  # to take unchanged runs from
 
     @classmethod
     def empty(cls) -> DigestIndex:
@@ -195,18 +197,25 @@ class DigestIndex:
     def runs(self) -> dict[str, list[str]]:
         """The files in sorted runs, cut after each key whose hash is a boundary (or at
         ``_SHARD_MAX``): inserting or removing a key changes only its own run. Each by the hash
-        of its content (keys, MD5s, sizes), which tells an unchanged run without serialising it."""
+        of its content (keys, MD5s, sizes), which tells an unchanged run without serialising it;
+        a run :attr:`earlier_runs` knows unchanged is not hashed again."""
         files = self.files if isinstance(self.files, FileDigests) else FileDigests(self.files)
         keys = list(files)
         columns = [np.frombuffer(c, c.typecode).astype(f"<{c.typecode}", copy=False) for c in files.columns()]
         runs: dict[str, list[str]] = {}
+        earlier = self.earlier_runs
+        ends = earlier.ends if earlier is not None and earlier.ends and earlier.ends[-1] == len(keys) else None
         start = 0
-        for end in _run_ends(keys):
-            content = hashlib.sha256(f"{end - start}\n".encode())  # the count fixes where keys end
-            content.update("\0".join(keys[start:end]).encode())
-            for column in columns:
-                content.update(column[start:end].tobytes())
-            runs[content.hexdigest()] = keys[start:end]
+        for end in ends or _run_ends(keys):
+            run = keys[start:end]
+            known = earlier.content(run) if earlier is not None else None
+            if known is None:
+                content = hashlib.sha256(f"{end - start}\n".encode())  # the count fixes where keys end
+                content.update("\0".join(run).encode())
+                for column in columns:
+                    content.update(column[start:end].tobytes())
+                known = content.hexdigest()
+            runs[known] = run
             start = end
         return runs
 
@@ -214,6 +223,37 @@ class DigestIndex:
         """The run of content hash ``content`` as stored. Not kept: a first upload makes every
         shard once, and holding them all was ~40 MB at 1.3 M files."""
         return Shard.of(self.runs[content], self.files, content)
+
+
+@dataclass(frozen=True)
+class EarlierRuns:
+    """The runs of an earlier index (:attr:`DigestIndex.runs`), and every key whose digest may
+    differ from that index's (added, removed or changed since): a run with the first and last
+    key and the length of an earlier one, and none of those keys between them, holds the same
+    files with the same digests, so it has that run's content hash.
+
+    >>> EarlierRuns.of(earlier.runs, changed=["0/5"]).content(["0/0", "0/1"])
+    """
+
+    contents: Mapping[tuple[str, str, int], str]  # (first key, last key, files) -> content hash
+    changed: list[str]  # sorted
+    ends: list[int] | None = None  # where the runs end, when the keys are the earlier index's
+
+    @classmethod
+    def of(cls, runs: list[tuple[str, str, int, str]], changed: Iterable[str], *, same_keys: bool = False) -> EarlierRuns:
+        """From each earlier run's (first key, last key, files, content hash), in order.
+        ``same_keys``: the keys are those of the earlier index, so the runs end where they did."""
+        ends = list(itertools.accumulate(run[2] for run in runs)) if same_keys else None
+        return cls({(first, last, count): content for first, last, count, content in runs}, sorted(set(changed)), ends)
+
+    def content(self, run: list[str]) -> str | None:
+        """The content hash of ``run`` (sorted keys), when an earlier run had the same files and
+        digests; None when it must be hashed."""
+        found = self.contents.get((run[0], run[-1], len(run)))
+        if found is None:
+            return None
+        at = bisect.bisect_left(self.changed, run[0])
+        return found if at == len(self.changed) or self.changed[at] > run[-1] else None
 
 
 def _run_ends(keys: list[str]) -> Iterator[int]:

@@ -6,10 +6,12 @@ the sorted keys, then one column of machine integers per field (size, mtime, ino
 a checksum of it all. It is read and compared column by column in numpy, never an object per
 file: at DANDI's 1.3 M-file Zarr it is ~75 MB, a line of text per file took ~15 µs to parse.
 
-Beside it, the digest of every directory of the files it was saved with (the file digests' check
-value heads them): the next upload computes the ``dandi-zarr-checksum`` again only above the
-files that changed (:meth:`~dandi_icechunk.checksum.DirectoryDigests.updated`). What the last
-scan of its keys found (:class:`KeyScan`), not looked for again while the keys stay the same.
+Beside it, what the last upload derived from the files it was saved with (:class:`Derived`,
+headed by the file digests' check value): the digest of every directory, from which the next
+upload computes the ``dandi-zarr-checksum`` again only above the files that changed
+(:meth:`~dandi_icechunk.checksum.DirectoryDigests.updated`), and the runs of its digest index,
+whose unchanged ones are not hashed again (:class:`~dandi_icechunk.index.EarlierRuns`). What the
+last scan of its keys found (:class:`KeyScan`), not looked for again while the keys stay the same.
 
 And the last upload of the directory to each branch (:class:`UploadRecord`): when the
 directory lists the same files with the same stats and the branch is still at the snapshot
@@ -43,8 +45,17 @@ from .file_stats import FileStats
 
 # the integers are the machine's: a cache is read by the machine that wrote it, or dropped
 _MAGIC = f"dandi-icechunk digest cache 2 {sys.byteorder}\n".encode()
-_DIRECTORIES_MAGIC = f"dandi-icechunk directory digests 1 {sys.byteorder}\n".encode()
+_DERIVED_MAGIC = f"dandi-icechunk derived digests 1 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What an upload derived from its files' digests (the cached ones and its documents')."""
+
+    directories: DirectoryDigests  # the digest of every directory
+    runs: list[tuple[str, str, int, str]]  # its digest index's runs: first key, last key, files, content hash
+    documents: list[str]  # sorted: the keys of the files kept in the index, not in the cache
 
 
 @dataclass(frozen=True)
@@ -53,13 +64,14 @@ class CachedDigests:
 
     files: FileDigests  # the MD5 of each listed file whose stat is the one it had when hashed
     unknown: np.ndarray  # the others: their rows in the listing
-    directories: DirectoryDigests | None  # of the files when the cache was saved, when kept
-    stale: list[str]  # keys ``directories`` counted that ``files`` lacks: files gone, documents then
+    derived: Derived | None  # from the files when the cache was saved, when kept
+    stale: list[str]  # keys ``derived`` counted that ``files`` lacks: files gone, documents then
+    stored_keys: bytes | None  # the listing's keys as stored, when they are the cached ones (no file added or gone)
 
     @classmethod
     def none(cls, stats: FileStats) -> CachedDigests:
         """Nothing known of the files of ``stats``."""
-        return cls(FileDigests(), np.arange(len(stats)), None, [])
+        return cls(FileDigests(), np.arange(len(stats)), None, [], None)
 
 
 @dataclass(frozen=True)
@@ -102,15 +114,18 @@ class DigestCache:
     def unchanged(self, root: Path, stats: FileStats) -> CachedDigests:
         """The digest of each file of ``stats`` (key -> stat as listed) whose stat is the one it had
         when it was hashed; none when the cache of the Zarr at ``root`` is missing or damaged.
-        With them the directory digests saved with them, if those are whole."""
+        With them what was derived from them (:meth:`save_derived`), if that is whole."""
         try:
             cached_keys, cached, check = _read(self._file(root))
         except (OSError, ValueError, struct.error):
             return CachedDigests.none(stats)
         keys = stats.sorted_keys()
+        stat = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
         gone: list[str] = []
-        if _same_keys(cached_keys, stats):  # the same files, in the same rows
-            positions = np.arange(len(keys))
+        stored_keys = cached_keys if _same_keys(cached_keys, stats) else None
+        if stored_keys is not None:  # the same files, in the same rows: compared row for row
+            known = np.logical_and.reduce([now == then for now, then in zip(stat, cached[:3], strict=True)])
+            listed = at = np.flatnonzero(known)
         else:  # each listed file's row in the cache, or -1: one walk of both sorted key lists
             rows = cached_keys.decode().split("\0") if cached_keys else []
             joined = left_join(zip(keys, keys), zip(rows, range(len(rows))))
@@ -118,56 +133,58 @@ class DigestCache:
             kept = np.zeros(len(rows), bool)
             kept[positions[positions >= 0]] = True
             gone = list(map(rows.__getitem__, np.flatnonzero(~kept).tolist()))
-        listed = np.flatnonzero(positions >= 0)
-        at = positions[listed]
-        stat = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
-        same = np.ones(len(listed), bool)
-        for now, then in zip(stat, cached[:3], strict=True):
-            same &= now[listed] == then[at]
-        listed, at = listed[same], at[same]
-        unknown = np.ones(len(keys), bool)
-        unknown[listed] = False
+            listed = np.flatnonzero(positions >= 0)
+            at = positions[listed]
+            same = np.logical_and.reduce([now[listed] == then[at] for now, then in zip(stat, cached[:3], strict=True)])
+            listed, at = listed[same], at[same]
+            known = np.zeros(len(keys), bool)
+            known[listed] = True
         files = FileDigests.from_columns(
-            list(map(keys.__getitem__, listed.tolist())),
+            list(itertools.compress(keys, known.tolist())),
             [cached[3][at].tobytes(), cached[4][at].tobytes(), stat[0][listed].tobytes()],
             taken_from=stats,
         )
+        unknown = np.flatnonzero(~known)
         try:
-            directories, documents = _read_directories(self._file(root, ".directories"), check)
+            derived = _read_derived(self._file(root, ".derived"), check)
         except (OSError, ValueError, struct.error):
-            return CachedDigests(files, np.flatnonzero(unknown), None, [])
-        return CachedDigests(files, np.flatnonzero(unknown), directories, gone + documents)
+            return CachedDigests(files, unknown, None, [], stored_keys)
+        return CachedDigests(files, unknown, derived, gone + derived.documents, stored_keys)
 
-    def save(self, root: Path, stats: FileStats, digests: FileDigests) -> bytes:
+    def save(self, root: Path, stats: FileStats, digests: FileDigests, stored_keys: bytes | None = None) -> bytes:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
-        listing it was hashed from): ``digests`` has the same keys. What the directory digests
-        of these files are saved with (:meth:`save_directories`)."""
+        listing it was hashed from): ``digests`` has the same keys. ``stored_keys``: those keys
+        as the cache read them (:attr:`CachedDigests.stored_keys`), not encoded again. Returns
+        what binds to these digests what is derived from them (:meth:`save_derived`)."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
-        key_bytes = sum(map(len, key_blocks(stats)))
+        key_parts = [stored_keys] if stored_keys is not None else list(key_blocks(stats))
         check = hashlib.blake2b(digest_size=16)
         with self._replacing(self._file(root)) as f:
-            header = [_MAGIC, struct.pack("<QQ", len(stats), key_bytes)]
-            parts: Iterable[Buffer] = itertools.chain(header, key_blocks(stats), stats.columns(), (high, low))
+            header = [_MAGIC, struct.pack("<QQ", len(stats), sum(map(len, key_parts)))]
+            parts: Iterable[Buffer] = itertools.chain(header, key_parts, stats.columns(), (high, low))
             for part in parts:
                 check.update(part)
                 f.write(part)
             f.write(check.digest())
-        self._file(root, ".tsv.gz").unlink(missing_ok=True)  # the text format before 2026-11
+        for before in (".tsv.gz", ".directories"):  # the text format, the directory digests alone (2026-11)
+            self._file(root, before).unlink(missing_ok=True)
         return check.digest()
 
-    def save_directories(self, root: Path, saved: bytes, directories: DirectoryDigests, documents: Iterable[str]) -> None:
-        """Keep the digest of every directory of the Zarr at ``root``, of its files cached by the
-        :meth:`save` that returned ``saved`` and its ``documents`` (the files not in that
+    def save_derived(self, root: Path, saved: bytes, derived: Derived) -> None:
+        """Keep what was derived from the files of the Zarr at ``root`` cached by the
+        :meth:`save` that returned ``saved`` and its documents (the files not in that
         listing): read back only with those digests, by :meth:`unchanged`."""
-        document_keys = sorted(documents)
+        directories, runs, documents = derived.directories, derived.runs, derived.documents
         check = hashlib.blake2b(digest_size=16)
-        with self._replacing(self._file(root, ".directories")) as f:
-            header = [_DIRECTORIES_MAGIC, saved, struct.pack("<QQ", len(directories), len(document_keys))]
-            blocks = [b"".join(key_blocks(directories)), b"".join(key_blocks(document_keys))]
-            sizes = struct.pack("<QQ", *map(len, blocks))
-            parts: Iterable[Buffer] = itertools.chain(header, [sizes], blocks, directories.columns())
+        with self._replacing(self._file(root, ".derived")) as f:
+            header = [_DERIVED_MAGIC, saved, struct.pack("<QQQ", len(directories), len(documents), len(runs))]
+            key_lists = [directories, documents, [run[0] for run in runs], [run[1] for run in runs]]
+            blocks = [b"".join(key_blocks(keys)) for keys in key_lists]
+            sizes = struct.pack("<QQQQ", *map(len, blocks))
+            run_columns: list[Buffer] = [np.array([run[2] for run in runs], np.uint64), bytes.fromhex("".join(run[3] for run in runs))]
+            parts: Iterable[Buffer] = itertools.chain(header, [sizes], blocks, directories.columns(), run_columns)
             for part in parts:
                 check.update(part)
                 f.write(part)
@@ -256,26 +273,34 @@ def _read(file: Path) -> tuple[bytes, list[np.ndarray], bytes]:
     return keys, columns, check.digest()
 
 
-def _read_directories(file: Path, saved: bytes) -> tuple[DirectoryDigests, list[str]]:
-    """The directory digests and document keys of ``file``, if it was saved with the digests
-    whose check value is ``saved``; :class:`ValueError` if not, or if it is damaged."""
+def _read_derived(file: Path, saved: bytes) -> Derived:
+    """What ``file`` keeps derived, if it was saved with the digests whose check value is
+    ``saved``; :class:`ValueError` if not, or if it is damaged."""
     data = file.read_bytes()
     body, stored = data[:-16], data[-16:]
     if hashlib.blake2b(body, digest_size=16).digest() != stored:
         raise ValueError(f"{file} is damaged")
-    at = len(_DIRECTORIES_MAGIC)
-    if body[:at] != _DIRECTORIES_MAGIC or body[at : at + 16] != saved:
+    at = len(_DERIVED_MAGIC)
+    if body[:at] != _DERIVED_MAGIC or body[at : at + 16] != saved:
         raise ValueError(f"{file} is of other cached digests")
-    directory_count, document_count, directory_bytes, document_bytes = struct.unpack_from("<QQQQ", body, at + 16)
-    at += 48
-    directory_keys = _split_keys(body[at : at + directory_bytes], directory_count)
-    at += directory_bytes
-    documents = _split_keys(body[at : at + document_bytes], document_count)
-    at += document_bytes
+    counts = struct.unpack_from("<QQQ", body, at + 16)
+    sizes = struct.unpack_from("<QQQQ", body, at + 40)
+    at += 72
+    key_lists = []
+    for count, size in zip((*counts, counts[2]), sizes, strict=True):
+        key_lists.append(_split_keys(body[at : at + size], count))
+        at += size
+    directory_keys, documents, firsts, lasts = key_lists
+    directory_count, run_count = counts[0], counts[2]
     columns = [body[at + 8 * directory_count * i : at + 8 * directory_count * (i + 1)] for i in range(4)]
-    if at + 32 * directory_count != len(body):
+    at += 32 * directory_count
+    files = np.frombuffer(body, np.uint64, run_count, at).tolist()
+    contents = body[at + 8 * run_count :]
+    if len(contents) != 32 * run_count:
         raise ValueError(f"{file} is cut short")
-    return DirectoryDigests.from_columns(directory_keys, columns), documents
+    runs = [(first, last, count, contents[32 * i : 32 * (i + 1)].hex())
+            for i, (first, last, count) in enumerate(zip(firsts, lasts, files, strict=True))]
+    return Derived(DirectoryDigests.from_columns(directory_keys, columns), runs, documents)
 
 
 def _split_keys(block: bytes, count: int) -> list[str]:

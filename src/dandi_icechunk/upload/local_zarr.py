@@ -26,9 +26,9 @@ import numpy as np
 from ..checksum import DirectoryDigests
 from ..errors import InvalidZarrError
 from ..hierarchy import Hierarchy, check_keys, documents_among
-from ..index import DigestIndex, FileDigest, FileDigests
+from ..index import DigestIndex, EarlierRuns, FileDigest, FileDigests
 from ..packed import key_blocks
-from .digest_cache import CachedDigests, DigestCache, KeyScan
+from .digest_cache import CachedDigests, Derived, DigestCache, KeyScan
 from .file_stats import FileStats
 from .walk import Refused, list_tree
 
@@ -99,32 +99,41 @@ class LocalZarr:
                 files.update(digests)
                 if progress:
                     progress(len(digests), sum(d.size for _, d in digests))
-        changed = itertools.chain(map(_first, to_hash), cached.stale)
-        return self.index_of(files, cache, (cached.directories, changed) if cached.directories else None)
+        return self.index_of(files, cache, cached, list(map(_first, to_hash)))
 
     def index_of(
         self,
         chunk_digests: FileDigests,
         cache: DigestCache | None = None,
-        before: tuple[DirectoryDigests, Iterable[str]] | None = None,
+        cached: CachedDigests | None = None,
+        hashed: Iterable[str] = (),
     ) -> DigestIndex:
         """The digest index of this Zarr given every chunk's digest (the documents are hashed
-        here); the chunks' digests are saved in ``cache`` for the next upload, with the digest
-        of every directory, from which the next upload computes its checksum again only where
-        files changed. ``before``: the directory digests the cache held, and every key whose
-        digest may differ from what they counted but for the documents (:meth:`DigestCache.unchanged`).
+        here); the chunks' digests are saved in ``cache`` for the next upload, with what is
+        derived from them: the digest of every directory and the index's runs, which the next
+        upload computes again only where files changed. ``cached``: what the cache knew
+        (:meth:`DigestCache.unchanged`), and ``hashed`` the keys whose digests it did not know.
         ``chunk_digests`` is taken over, not copied: the documents' digests are added to it."""
-        saved = cache.save(self.root, self.stats, chunk_digests) if cache else None
+        saved = cache.save(self.root, self.stats, chunk_digests, cached.stored_keys if cached else None) if cache else None
         chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
         if cache is None or saved is None:  # the checksum is computed when it is asked for
             return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
-        if before is None:
+        documents = sorted(self.documents)
+        earlier_runs = None
+        if cached is None or cached.derived is None:
             directories = DirectoryDigests.of(chunk_digests.rows())
         else:
-            earlier, changed = before
-            directories = earlier.updated(chunk_digests, itertools.chain(changed, self.documents))
-        cache.save_directories(self.root, saved, directories, self.documents)
-        return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents), directories.checksum)
+            before = cached.derived
+            changed = [*hashed, *cached.stale, *documents]  # every key whose digest may differ
+            directories = before.directories.updated(chunk_digests, changed)
+            if len(changed) < len(chunk_digests) // 4:  # a change of most files hashes every run anyway
+                same_keys = cached.stored_keys is not None and before.documents == documents
+                earlier_runs = EarlierRuns.of(before.runs, changed, same_keys=same_keys)
+        index = DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents), directories.checksum,
+                            earlier_runs)
+        runs = [(keys[0], keys[-1], len(keys), content) for content, keys in index.runs.items()]
+        cache.save_derived(self.root, saved, Derived(directories, runs, documents))
+        return index
 
     def chunks(self, keys: Sequence[str], sizes: Sequence[int]) -> list[ChunkFile]:
         """What sending each chunk of ``keys`` (array by array, as
