@@ -31,6 +31,7 @@ _SERIAL_SECONDS = 0.25
 _DIRECTORIES_PER_WORKER = 8  # shares of several blocks of directories each even out their sizes
 _FIELDS = tuple(map(operator.attrgetter, ("st_size", "st_mtime_ns", "st_ino")))
 _first = operator.itemgetter(0)
+_BY_DESCRIPTOR = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
 
 
 class Refused(Exception):
@@ -220,37 +221,47 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
     identities of the directories above are looked up only when a symlink to a directory is met.
     """
     prefix = key + "/" if key else ""
+    below = (*above, directory)
+    kept: list[tuple[str, str, os.stat_result | None]] = []
     try:
-        with os.scandir(directory) as listing:
-            entries = list(listing)
+        # Listed by a descriptor where the platform can: each stat then looks up a name in the
+        # directory, not the whole path again (2.9-3.1 -> 2.4 µs a file, `docs/per-file-work.md`).
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if _BY_DESCRIPTOR else None
     except OSError as exc:
         raise Refused(f"cannot list {directory} ({exc.strerror or exc}); fix its permissions") from None
-    below = (*above, directory)
-    kept: list[tuple[str, os.DirEntry[str], os.stat_result | None]] = []
-    for entry in entries:
-        name = prefix + entry.name
-        if entry.name in EXCLUDED_NAMES:
-            excluded.append(name)
-        elif entry.is_dir(follow_symlinks=False):
-            kept.append((name + "/", entry, None))
-        else:
-            try:
-                st = entry.stat()
-            except OSError as exc:
-                raise Refused(f"cannot read {name} ({exc.strerror or exc}); a broken symlink? fix or remove it") from None
-            if stat.S_ISREG(st.st_mode):
-                kept.append((name, entry, st))
-            elif not stat.S_ISDIR(st.st_mode):
-                raise Refused(f"{name} is not a regular file (a FIFO, socket or device)")
-            elif (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, below)}:
-                raise Refused(f"symlink loop at {name} (it leads back to a directory above it); remove the link")
+    try:
+        try:
+            with os.scandir(directory if fd is None else fd) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            raise Refused(f"cannot list {directory} ({exc.strerror or exc}); fix its permissions") from None
+        for entry in entries:
+            name = prefix + entry.name
+            if entry.name in EXCLUDED_NAMES:
+                excluded.append(name)
+            elif entry.is_dir(follow_symlinks=False):
+                kept.append((name + "/", entry.name, None))
             else:
-                kept.append((name + "/", entry, None))
+                try:
+                    st = entry.stat()
+                except OSError as exc:
+                    raise Refused(f"cannot read {name} ({exc.strerror or exc}); a broken symlink? fix or remove it") from None
+                if stat.S_ISREG(st.st_mode):
+                    kept.append((name, entry.name, st))
+                elif not stat.S_ISDIR(st.st_mode):
+                    raise Refused(f"{name} is not a regular file (a FIFO, socket or device)")
+                elif (st.st_dev, st.st_ino) in {(a.st_dev, a.st_ino) for a in map(os.stat, below)}:
+                    raise Refused(f"symlink loop at {name} (it leads back to a directory above it); remove the link")
+                else:
+                    kept.append((name + "/", entry.name, None))
+    finally:
+        if fd is not None:
+            os.close(fd)
     kept.sort(key=_first)
     pieces: list[_Piece] = []
     keys: list[str] = []
     stats = []
-    for name, entry, file_stat in kept:
+    for name, base, file_stat in kept:
         if file_stat is not None:
             keys.append(name)
             stats.append(file_stat)
@@ -258,7 +269,7 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
         if keys:
             pieces.append((keys, stats))
             keys, stats = [], []
-        pieces.append(_Dir(name[:-1], entry.path, below))
+        pieces.append(_Dir(name[:-1], os.path.join(directory, base), below))
     if keys:
         pieces.append((keys, stats))
     return pieces
