@@ -182,3 +182,21 @@ def test_a_worker_that_cannot_start_or_dies_leaves_its_share_to_this_process(
     tree = _in_processes(root)
     assert tree.keys == sorted(keys) and _as_dict(tree) == expected
     assert caplog.text.count("this process lists its share") == 2  # one line for each of the 2 workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc")
+@pytest.mark.parametrize("breaker", [None, _fifo, _loop, _dangling], ids=["listed", "special file", "symlink loop", "dangling symlink"])
+def test_the_listing_leaves_no_directory_open_whether_it_ends_or_is_refused(
+    breaker: Callable[[Path, str], str] | None, tmp_path: Path
+) -> None:
+    keys = _tree(tmp_path)
+    if breaker is not None:
+        breaker(tmp_path, "a/10/sub")
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        if breaker is None:
+            assert set(list_tree(str(tmp_path)).keys) == keys
+        else:
+            with pytest.raises(Refused):
+                list_tree(str(tmp_path))
+    assert set(os.listdir("/proc/self/fd")) == before

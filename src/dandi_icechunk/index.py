@@ -232,7 +232,9 @@ class EarlierRuns:
     key and the length of an earlier one, and none of those keys between them, holds the same
     files with the same digests, so it has that run's content hash.
 
-    >>> EarlierRuns.of(earlier.runs, changed=["0/5"]).content(["0/0", "0/1"])
+    >>> earlier = EarlierRuns.of([("0/0", "0/1", 2, "ab" * 32)], changed=["0/5"])
+    >>> earlier.content(["0/0", "0/1"]) == "ab" * 32, earlier.content(["0/0", "0/5"])
+    (True, None)
     """
 
     contents: Mapping[tuple[str, str, int], str]  # (first key, last key, files) -> content hash

@@ -10,6 +10,7 @@ blocks of the directories left. Standard library only: a worker runs this file a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
@@ -223,14 +224,13 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
     prefix = key + "/" if key else ""
     below = (*above, directory)
     kept: list[tuple[str, str, os.stat_result | None]] = []
-    try:
-        # Listed by a descriptor where the platform can: each stat then looks up a name in the
-        # directory, not the whole path again (2.9-3.1 -> 2.4 µs a file, `docs/per-file-work.md`).
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if _BY_DESCRIPTOR else None
-    except OSError as exc:
-        raise Refused(f"cannot list {directory} ({exc.strerror or exc}); fix its permissions") from None
-    try:
+    with contextlib.ExitStack() as opened:
         try:
+            # Listed by a descriptor where the platform can: each stat then looks up a name in
+            # the directory, not the whole path again (2.9-3.1 -> 2.4 µs a file, `docs/per-file-work.md`).
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if _BY_DESCRIPTOR else None
+            if fd is not None:
+                opened.callback(os.close, fd)
             with os.scandir(directory if fd is None else fd) as listing:
                 entries = list(listing)
         except OSError as exc:
@@ -254,9 +254,6 @@ def _pieces(key: str, directory: str, above: tuple[str, ...], excluded: list[str
                     raise Refused(f"symlink loop at {name} (it leads back to a directory above it); remove the link")
                 else:
                     kept.append((name + "/", entry.name, None))
-    finally:
-        if fd is not None:
-            os.close(fd)
     kept.sort(key=_first)
     pieces: list[_Piece] = []
     keys: list[str] = []
