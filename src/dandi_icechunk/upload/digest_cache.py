@@ -155,7 +155,7 @@ class DigestCache:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
         listing it was hashed from): ``digests`` has the same keys. ``stored_keys``: those keys
         as the cache read them (:attr:`CachedDigests.stored_keys`), not encoded again. Returns
-        what binds to these digests what is derived from them (:meth:`save_derived`)."""
+        the check value that binds to these digests what is derived from them (:meth:`save_derived`)."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
