@@ -308,3 +308,15 @@ def test_only_the_runs_holding_a_changed_key_are_hashed_again(seed: int, monkeyp
     assert taken[content] == run and len(hashed) == 1 < len(whole)
     (stale,) = [c for c, run in taken.items() if unnamed in run]
     assert (stale in whole) == (unnamed in run) and (stale in earlier.runs) == (unnamed not in run)
+
+
+def test_runs_of_as_many_keys_as_before_but_others_end_where_their_keys_say() -> None:
+    """One key gone at the start and one added at the end: as many keys, every one moved by one
+    place; only the same keys let the runs end where they did."""
+    files = {f"{i:07d}": FileDigest(f"{i:032x}", i) for i in range(0, 8 * SHARD_TARGET, 2)}
+    earlier = DigestIndex(2, FileDigests(files))
+    first = min(files)
+    now = {**{k: d for k, d in files.items() if k != first}, "9999999": FileDigest("a" * 32, 1)}
+    given = EarlierRuns.of(_earlier_runs(earlier), [first, "9999999"])
+    whole = DigestIndex(2, FileDigests(now)).runs
+    assert DigestIndex(2, FileDigests(now), earlier_runs=given).runs == whole != earlier.runs

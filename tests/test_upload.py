@@ -419,10 +419,12 @@ def test_an_upload_of_a_directory_listed_as_at_its_last_upload_ends_after_the_li
     assert (again.zarr_checksum, again.file_count, again.size) == (first.zarr_checksum, first.file_count, first.size)
 
 
-@pytest.mark.parametrize("edit", ["a chunk edited", "a chunk edited, one removed, a document edited"])
+@pytest.mark.parametrize("edit", ["a chunk edited", "a chunk edited, one removed, a document edited",
+                                  "a chunk edited, a document gone, another added"])
 def test_an_update_hashes_again_only_the_index_runs_of_changed_files_and_stores_the_index_computed_whole(
-    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str
+    s3_location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str
 ) -> None:
+    location = s3_location  # the runs do not depend on where the repository is
     from dandi_icechunk import index
     from dandi_icechunk.index import EarlierRuns, IndexReader, load_index, store_index
     from dandi_icechunk.objects import prefix_objects
@@ -432,9 +434,12 @@ def test_an_update_hashes_again_only_the_index_runs_of_changed_files_and_stores_
     src = make_ome_zarr_v2(tmp_path / "a.ome.zarr", shape=(16, 512, 512), chunks=(1, 32, 32))  # 5,120 chunks
     upload_zarr(src, location, zarr_id, digest_cache=cache, dedup=False)
     _edit_a_chunk(src)
-    if edit != "a chunk edited":
+    if edit == "a chunk edited, one removed, a document edited":
         (src / "1" / "0" / "0" / "0").unlink()
         (src / ".zattrs").write_text((src / ".zattrs").read_text().replace("{", '{"edited": true, ', 1))
+    elif edit == "a chunk edited, a document gone, another added":  # as many files and the same chunks, not the same keys
+        (src / "0" / ".zattrs").unlink()
+        (src / "1" / "notes.txt").write_text("beside the chunks")
     taken: list[str | None] = []
     content = EarlierRuns.content
     monkeypatch.setattr(EarlierRuns, "content", lambda self, run: taken.append(found := content(self, run)) or found)
@@ -447,7 +452,7 @@ def test_an_update_hashes_again_only_the_index_runs_of_changed_files_and_stores_
     info = repo.commit_info(result.snapshot_id)
     assert info is not None and len(IndexReader.load(repo.objects, info.index_id).table) >= 4
     assert len(taken) == len(IndexReader.load(repo.objects, info.index_id).table) and taken.count(None) <= 3
-    assert bool(looked) == (edit != "a chunk edited")  # the same keys: the runs end where they did
+    assert bool(looked) == (edit != "a chunk edited")  # only the same keys let the runs end where they did
     whole = load_index(repo.objects, info.index_id)  # its runs computed from scratch
     assert store_index(prefix_objects(StorageLocation(kind="file", bucket=str(tmp_path / "scratch")), "r"), whole) == info.index_id
     assert {k: d.md5 for k, d in whole.files.items()} == {k: hashlib.md5(v).hexdigest() for k, v in tree_bytes(src).items()}
