@@ -160,35 +160,24 @@ class DigestCache:
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
         key_parts = [stored_keys] if stored_keys is not None else list(key_blocks(stats))
-        check = hashlib.blake2b(digest_size=16)
-        with self._replacing(self._file(root)) as f:
-            header = [_MAGIC, struct.pack("<QQ", len(stats), sum(map(len, key_parts)))]
-            parts: Iterable[Buffer] = itertools.chain(header, key_parts, stats.columns(), (high, low))
-            for part in parts:
-                check.update(part)
-                f.write(part)
-            f.write(check.digest())
+        header = [_MAGIC, struct.pack("<QQ", len(stats), sum(map(len, key_parts)))]
+        check = self._write_checked(self._file(root), itertools.chain(header, key_parts, stats.columns(), (high, low)))
         for before in (".tsv.gz", ".directories"):  # the text format, the directory digests alone (2026-11)
             self._file(root, before).unlink(missing_ok=True)
-        return check.digest()
+        return check
 
     def save_derived(self, root: Path, saved: bytes, derived: Derived) -> None:
         """Keep what was derived from the files of the Zarr at ``root`` cached by the
         :meth:`save` that returned ``saved`` and its documents (the files not in that
         listing): read back only with those digests, by :meth:`unchanged`."""
         directories, runs, documents = derived.directories, derived.runs, derived.documents
-        check = hashlib.blake2b(digest_size=16)
-        with self._replacing(self._file(root, ".derived")) as f:
-            header = [_DERIVED_MAGIC, saved, struct.pack("<QQQ", len(directories), len(documents), len(runs))]
-            key_lists = [directories, documents, [run[0] for run in runs], [run[1] for run in runs]]
-            blocks = [b"".join(key_blocks(keys)) for keys in key_lists]
-            sizes = struct.pack("<QQQQ", *map(len, blocks))
-            run_columns: list[Buffer] = [np.array([run[2] for run in runs], np.uint64), bytes.fromhex("".join(run[3] for run in runs))]
-            parts: Iterable[Buffer] = itertools.chain(header, [sizes], blocks, directories.columns(), run_columns)
-            for part in parts:
-                check.update(part)
-                f.write(part)
-            f.write(check.digest())
+        header = [_DERIVED_MAGIC, saved, struct.pack("<QQQ", len(directories), len(documents), len(runs))]
+        key_lists = [directories, documents, [run[0] for run in runs], [run[1] for run in runs]]
+        blocks = [b"".join(key_blocks(keys)) for keys in key_lists]
+        sizes = struct.pack("<QQQQ", *map(len, blocks))
+        run_columns: list[Buffer] = [np.array([run[2] for run in runs], np.uint64), bytes.fromhex("".join(run[3] for run in runs))]
+        self._write_checked(self._file(root, ".derived"),
+                            itertools.chain(header, [sizes], blocks, directories.columns(), run_columns))
 
     def last_upload(self, root: Path, target: str) -> UploadRecord | None:
         """The last upload of the Zarr at ``root`` to ``target`` (a repository and branch)."""
@@ -225,6 +214,16 @@ class DigestCache:
         except (OSError, ValueError):
             return {}
         return uploads if isinstance(uploads, dict) else {}
+
+    def _write_checked(self, file: Path, parts: Iterable[Buffer]) -> bytes:
+        """Replace ``file`` with ``parts`` followed by their BLAKE2b check value, which is returned."""
+        check = hashlib.blake2b(digest_size=16)
+        with self._replacing(file) as f:
+            for part in parts:
+                check.update(part)
+                f.write(part)
+            f.write(check.digest())
+        return check.digest()
 
     @contextlib.contextmanager
     def _replacing(self, file: Path) -> Iterator[IO[bytes]]:
