@@ -254,10 +254,6 @@ def test_runs_may_end_after_exactly_the_keys_whose_crc32_the_stored_format_names
     assert _boundaries(keys) == expected
 
 
-def _earlier_runs(index: DigestIndex) -> list[tuple[str, str, int, str]]:
-    return [(keys[0], keys[-1], len(keys), content) for content, keys in index.runs.items()]
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 5 * _SHARD_MAX), st.data())
 def test_runs_taken_from_an_earlier_index_are_the_runs_computed_whole(n: int, data: st.DataObject) -> None:
@@ -277,7 +273,7 @@ def test_runs_taken_from_an_earlier_index_are_the_runs_computed_whole(n: int, da
     for key in removed:
         now.pop(key, None)
     now |= {key: FileDigest("a" * 32, 1) for key in added}
-    given = EarlierRuns.of(_earlier_runs(earlier), [*edited, *removed, *added], same_keys=now.keys() == files.keys())
+    given = EarlierRuns.of(EarlierRuns.kept(earlier.runs), [*edited, *removed, *added], same_keys=now.keys() == files.keys())
     taken = DigestIndex(2, FileDigests(now), earlier_runs=given)
     assert taken.runs == DigestIndex(2, FileDigests(now)).runs
 
@@ -296,7 +292,7 @@ def test_only_the_runs_holding_a_changed_key_are_hashed_again(seed: int, monkeyp
     earlier = DigestIndex(3, FileDigests(files))
     edited, unnamed = rng.sample(sorted(files), 2)
     now = {**files, edited: FileDigest("e" * 32, 1), unnamed: FileDigest("f" * 32, 1)}
-    given = EarlierRuns.of(_earlier_runs(earlier), [edited], same_keys=True)
+    given = EarlierRuns.of(EarlierRuns.kept(earlier.runs), [edited], same_keys=True)
     hashed: list[bytes] = []
     counting = types.SimpleNamespace(sha256=lambda data: hashed.append(data) or hashlib.sha256(data))
     with monkeypatch.context() as patch:
@@ -317,6 +313,6 @@ def test_runs_of_as_many_keys_as_before_but_others_end_where_their_keys_say() ->
     earlier = DigestIndex(2, FileDigests(files))
     first = min(files)
     now = {**{k: d for k, d in files.items() if k != first}, "9999999": FileDigest("a" * 32, 1)}
-    given = EarlierRuns.of(_earlier_runs(earlier), [first, "9999999"])
+    given = EarlierRuns.of(EarlierRuns.kept(earlier.runs), [first, "9999999"])
     whole = DigestIndex(2, FileDigests(now)).runs
     assert DigestIndex(2, FileDigests(now), earlier_runs=given).runs == whole != earlier.runs

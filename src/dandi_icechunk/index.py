@@ -241,9 +241,15 @@ class EarlierRuns:
     changed: list[str]  # sorted
     ends: list[int] | None = None  # where the runs end, when the keys are the earlier index's
 
+    @staticmethod
+    def kept(runs: Mapping[str, list[str]]) -> list[tuple[str, str, int, str]]:
+        """What is kept of each of ``runs`` (:attr:`DigestIndex.runs`), in order, for :meth:`of`:
+        first key, last key, files, content hash."""
+        return [(keys[0], keys[-1], len(keys), content) for content, keys in runs.items()]
+
     @classmethod
     def of(cls, runs: list[tuple[str, str, int, str]], changed: Iterable[str], *, same_keys: bool = False) -> EarlierRuns:
-        """From each earlier run's (first key, last key, files, content hash), in order.
+        """From each earlier run's (first key, last key, files, content hash), in order (:meth:`kept`).
         ``same_keys``: the keys are those of the earlier index, so the runs end where they did."""
         ends = list(itertools.accumulate(run[2] for run in runs)) if same_keys else None
         return cls({(first, last, count): content for first, last, count, content in runs}, sorted(set(changed)), ends)

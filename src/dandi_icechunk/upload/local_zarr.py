@@ -131,8 +131,7 @@ class LocalZarr:
                 earlier_runs = EarlierRuns.of(before.runs, changed, same_keys=same_keys)
         index = DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents), directories.checksum,
                             earlier_runs)
-        runs = [(keys[0], keys[-1], len(keys), content) for content, keys in index.runs.items()]
-        cache.save_derived(self.root, saved, Derived(directories, runs, documents))
+        cache.save_derived(self.root, saved, Derived(directories, EarlierRuns.kept(index.runs), documents))
         return index
 
     def chunks(self, keys: Sequence[str], sizes: Sequence[int]) -> list[ChunkFile]:
