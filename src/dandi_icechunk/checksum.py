@@ -132,12 +132,12 @@ class DirectoryDigests(PackedMapping[DirectoryDigest]):
                 end += 1
             own += [(key[cut:], md5, size, 1) for key, md5, size in files.rows(at, end)]
             at = end
-        subdirectories += self._entries(prefix, unchanged)
+        subdirectories += self._entries_as_they_were(prefix, unchanged)
         if directory and not (own or subdirectories):
             return None
         return _directory_digest(subdirectories, own)
 
-    def _entries(self, prefix: str, names: list[str]) -> list[_Entry]:
+    def _entries_as_they_were(self, prefix: str, names: list[str]) -> list[_Entry]:
         """The entries of the directories ``prefix + name`` (each of ``names``) in their parent's
         listing, looked up together: a directory of 20,000 subdirectories makes no digest object
         for each."""
