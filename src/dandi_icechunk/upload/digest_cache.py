@@ -1,10 +1,13 @@
 """A local cache of file digests, so re-uploading a huge Zarr does not re-hash unchanged files.
 
 Like dandi-cli's digest cache: a file whose size, modification time (ns) and inode are those
-seen when it was last hashed keeps its MD5. One file per Zarr directory, replaced atomically:
-the sorted keys, then one column of machine integers per field (size, mtime, inode, MD5), then
-a checksum of it all. It is read and compared column by column in numpy, never an object per
-file: at DANDI's 1.3 M-file Zarr it is ~75 MB, a line of text per file took ~15 µs to parse.
+seen when it was last hashed keeps its MD5. Per Zarr directory, the files' rows in key order are
+cut into segments of about :data:`SEGMENT_ROWS` files, each a file named by the BLAKE2b of its
+content (the keys, then one column of machine integers per field: size, mtime, inode, MD5), and
+a small head file lists them and is replaced atomically. It is read and compared column by column
+in numpy, never an object per file (at DANDI's 1.3 M-file Zarr it is ~63 MB; a line of text per
+file took ~15 µs to parse); a save writes only the segments whose rows changed, and a segment
+keeps the bounds it had, so that a change in one region of the Zarr writes one or two of them.
 
 Beside it, what the last upload derived from the files it was saved with (:class:`Derived`,
 headed by the file digests' check value): the digest of every directory, from which the next
@@ -21,6 +24,7 @@ digest loaded.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import itertools
@@ -29,6 +33,7 @@ import os
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Buffer, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +48,12 @@ from ..packed import key_blocks, left_join
 from ..records import JsonRecord
 from .file_stats import FileStats
 
+SEGMENT_ROWS = 16_384
+"""Files a segment of the cache is cut to hold: the least a change rewrites (about 800 KB)."""
 # the integers are the machine's: a cache is read by the machine that wrote it, or dropped
-_MAGIC = f"dandi-icechunk digest cache 2 {sys.byteorder}\n".encode()
+_MAGIC = f"dandi-icechunk digest cache 3 {sys.byteorder}\n".encode()
+_SEGMENT = struct.Struct("<QQ16s")  # in the head: a segment's files, its keys' bytes, its ID
+_LEFTOVER_SECONDS = 3600  # a file of the segments' directory no head names, older than this, is a crash's leftover
 _DERIVED_MAGIC = f"dandi-icechunk derived digests 1 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
 
@@ -59,6 +68,26 @@ class Derived:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One segment of a cache, as its head lists it."""
+
+    files: int
+    key_bytes: int  # of its keys, ``\0``-separated and UTF-8 encoded
+    id: bytes  # the BLAKE2b (16 bytes) of its keys and columns: the name of its file
+
+
+@dataclass(frozen=True)
+class StoredDigests:
+    """A cache as read: its segments' keys (``\0``-separated) and columns joined."""
+
+    keys: bytes
+    columns: list[np.ndarray]  # size, mtime (ns), inode, MD5 high and low 64 bits
+    segments: list[Segment]  # those read, in key order
+    check: bytes  # of the head: what binds what was derived to these digests
+    whole: bool  # every segment the head lists was read
+
+
+@dataclass(frozen=True)
 class CachedDigests:
     """What the cache knows of a listing's files."""
 
@@ -66,7 +95,8 @@ class CachedDigests:
     unknown: np.ndarray  # the others: their rows in the listing
     derived: Derived | None  # from the files when the cache was saved, when kept
     stale: list[str]  # keys ``derived`` counted that ``files`` lacks: files gone, documents then
-    stored_keys: bytes | None  # the listing's keys as stored, when they are the cached ones (no file added or gone)
+    stored: StoredDigests | None  # the cache as read
+    same_keys: bool = False  # the listing's keys are the stored ones (no file added or gone)
 
     @classmethod
     def none(cls, stats: FileStats) -> CachedDigests:
@@ -116,14 +146,15 @@ class DigestCache:
         when it was hashed; none when the cache of the Zarr at ``root`` is missing or damaged.
         With them what was derived from them (:meth:`save_derived`), if that is whole."""
         try:
-            cached_keys, cached, check = _read(self._file(root))
+            stored = self._read(root)
         except (OSError, ValueError, struct.error):
             return CachedDigests.none(stats)
+        cached_keys, cached = stored.keys, stored.columns
         keys = stats.sorted_keys()
         stat = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
         gone: list[str] = []
-        stored_keys = cached_keys if _same_keys(cached_keys, stats) else None
-        if stored_keys is not None:  # the same files, in the same rows: compared row for row
+        same_keys = _same_keys(cached_keys, stats)
+        if same_keys:  # the same files, in the same rows: compared row for row
             known = np.logical_and.reduce([now == then for now, then in zip(stat, cached[:3], strict=True)])
             listed = at = np.flatnonzero(known)
         else:  # each listed file's row in the cache, or -1: one walk of both sorted key lists
@@ -146,25 +177,87 @@ class DigestCache:
         )
         unknown = np.flatnonzero(~known)
         try:
-            derived = _read_derived(self._file(root, ".derived"), check)
+            if not stored.whole:
+                raise ValueError("derived from digests of which a segment is lost")
+            derived = _read_derived(self._file(root, ".derived"), stored.check)
         except (OSError, ValueError, struct.error):
-            return CachedDigests(files, unknown, None, [], stored_keys)
-        return CachedDigests(files, unknown, derived, gone + derived.documents, stored_keys)
+            return CachedDigests(files, unknown, None, [], stored, same_keys)
+        return CachedDigests(files, unknown, derived, gone + derived.documents, stored, same_keys)
 
-    def save(self, root: Path, stats: FileStats, digests: FileDigests, stored_keys: bytes | None = None) -> bytes:
+    def save(self, root: Path, stats: FileStats, digests: FileDigests, cached: CachedDigests | None = None) -> bytes:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
-        listing it was hashed from): ``digests`` has the same keys. ``stored_keys``: those keys
-        as the cache read them (:attr:`CachedDigests.stored_keys`), not encoded again. Returns
-        the check value that binds to these digests what is derived from them (:meth:`save_derived`)."""
+        listing it was hashed from): ``digests`` has the same keys. ``cached``: what
+        :meth:`unchanged` read of the cache before, whose segments are kept where their files
+        are the same (and with the same keys, not even hashed again). Returns the check value
+        that binds to these digests what is derived from them (:meth:`save_derived`)."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
-        key_parts = [stored_keys] if stored_keys is not None else list(key_blocks(stats))
-        header = [_MAGIC, struct.pack("<QQ", len(stats), sum(map(len, key_parts)))]
-        check = self._write_checked(self._file(root), itertools.chain(header, key_parts, stats.columns(), (high, low)))
-        for before in (".tsv.gz", ".directories"):  # the text format, the directory digests alone (2026-11)
-            self._file(root, before).unlink(missing_ok=True)
+        columns = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
+        columns += [np.frombuffer(high, np.uint64), np.frombuffer(low, np.uint64)]
+        keys = stats.sorted_keys()
+        before = cached.stored if cached is not None else None
+        kept: dict[tuple[int, int], Segment] = {}  # the segments to keep if their rows are the same, by their rows
+        if before is not None and cached is not None and cached.same_keys:
+            ends = list(itertools.accumulate(segment.files for segment in before.segments))
+            kept = dict(zip(itertools.pairwise([0, *ends]), before.segments, strict=True))
+        else:
+            firsts = _first_keys(before) if before is not None else []
+            ends = [bisect.bisect_left(keys, first) for first in firsts[1:]] + [len(keys)]
+        folder = self._file(root, ".segments")
+        folder.mkdir(parents=True, exist_ok=True)
+        segments = []
+        for start, end in itertools.pairwise([0, *_segment_ends(ends)]):
+            rows = [column[start:end] for column in columns]
+            segment = kept.get((start, end))
+            if segment is None or before is None or not all(map(np.array_equal, rows, (c[start:end] for c in before.columns))):
+                segment = self._save_segment(folder, "\0".join(keys[start:end]).encode(), rows)
+            segments.append(segment)
+        head = [_MAGIC, struct.pack("<Q", len(segments)), *(_SEGMENT.pack(s.files, s.key_bytes, s.id) for s in segments)]
+        check = self._write_checked(self._file(root), head)
+        _remove_unnamed(folder, {segment.id.hex() for segment in segments}, before)
+        for earlier in (".tsv.gz", ".directories"):  # the text format, the directory digests alone (2026-11)
+            self._file(root, earlier).unlink(missing_ok=True)
         return check
+
+    def _save_segment(self, folder: Path, keys: bytes, columns: list[np.ndarray]) -> Segment:
+        """The segment of ``keys`` and ``columns``, its file written unless it is there."""
+        parts: list[Buffer] = [keys, *columns]
+        segment = Segment(len(columns[0]), len(keys), _content_id(parts))
+        file = folder / segment.id.hex()
+        if not file.exists():
+            with self._replacing(file) as f:
+                for part in parts:
+                    f.write(part)
+        return segment
+
+    def _read(self, root: Path) -> StoredDigests:
+        """The cache of the Zarr at ``root``: :class:`ValueError` if its head is damaged; a
+        segment lost or damaged is left out (its files are hashed again)."""
+        head = self._file(root).read_bytes()
+        body, check = head[:-16], head[-16:]
+        if hashlib.blake2b(body, digest_size=16).digest() != check or not body.startswith(_MAGIC):
+            raise ValueError(f"{self._file(root)} is damaged or no digest cache of this format")
+        (count,) = struct.unpack_from("<Q", body, len(_MAGIC))
+        listed = [Segment(*fields) for fields in _SEGMENT.iter_unpack(body[len(_MAGIC) + 8 :])]
+        if len(listed) != count:
+            raise ValueError(f"{self._file(root)} is cut short")
+        folder = self._file(root, ".segments")
+        segments, keys, columns = [], [], []
+        for segment in listed:
+            try:
+                data = (folder / segment.id.hex()).read_bytes()
+            except OSError:
+                continue
+            if len(data) != segment.key_bytes + 40 * segment.files or _content_id([data]) != segment.id:
+                continue
+            segments.append(segment)
+            keys.append(data[: segment.key_bytes])
+            columns.append([np.frombuffer(data, dtype, segment.files, segment.key_bytes + 8 * segment.files * i)
+                            for i, dtype in enumerate((*_STAT_TYPES, np.uint64, np.uint64))])
+        joined = [np.concatenate(column) for column in zip(*columns, strict=True)]
+        return StoredDigests(b"\0".join(keys), joined or [np.empty(0, t) for t in (*_STAT_TYPES, np.uint64, np.uint64)],
+                             segments, check, len(segments) == len(listed))
 
     def save_derived(self, root: Path, saved: bytes, derived: Derived) -> None:
         """Keep what was derived from the files of the Zarr at ``root`` cached by the
@@ -248,28 +341,53 @@ def _same_keys(cached: bytes, keys: Iterable[str]) -> bool:
     return at == len(cached)
 
 
-def _read(file: Path) -> tuple[bytes, list[np.ndarray], bytes]:
-    """The keys (``\\0``-separated) and the five columns (size, mtime, inode, MD5 high and
-    low 64 bits) of the cache ``file``, and its check value; :class:`ValueError` if it is
-    damaged or cut short."""
-    check = hashlib.blake2b(digest_size=16)
-    with file.open("rb") as f:
+def _content_id(parts: Iterable[Buffer]) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
 
-        def read(n: int) -> bytes:
-            data = f.read(n)
-            if len(data) != n:
-                raise ValueError(f"{file} is cut short")
-            check.update(data)
-            return data
 
-        if read(len(_MAGIC)) != _MAGIC:
-            raise ValueError(f"{file} is no digest cache of this format")
-        rows, key_bytes = struct.unpack("<QQ", read(16))
-        keys = read(key_bytes)
-        columns = [np.frombuffer(read(8 * rows), dtype) for dtype in (*_STAT_TYPES, np.uint64, np.uint64)]
-        if f.read() != check.digest():
-            raise ValueError(f"{file} is damaged")
-    return keys, columns, check.digest()
+def _first_keys(stored: StoredDigests) -> list[str]:
+    """The first key of each segment of ``stored``."""
+    firsts, at = [], 0
+    for segment in stored.segments:
+        end = stored.keys.find(b"\0", at, at + segment.key_bytes)
+        firsts.append(stored.keys[at : at + segment.key_bytes if end < 0 else end].decode())
+        at += segment.key_bytes + 1
+    return firsts
+
+
+def _segment_ends(ends: list[int]) -> list[int]:
+    """The rows where segments end, from those where they ended (``ends``, the last one the
+    number of rows): none empty; one of more than three times :data:`SEGMENT_ROWS` cut in
+    pieces of that many; one of less than a quarter of them joined to the one before, unless
+    that makes one too large to keep. The ends it gives, it gives back unchanged."""
+    out: list[int] = []
+    start = 0
+    for end in sorted(set(ends)):
+        if end == start:
+            continue
+        if end - start > 3 * SEGMENT_ROWS:
+            out += range(start + SEGMENT_ROWS, end - SEGMENT_ROWS, SEGMENT_ROWS)
+        if out and end - out[-1] < SEGMENT_ROWS // 4 and end - (out[-2] if len(out) > 1 else 0) <= 3 * SEGMENT_ROWS:
+            out[-1] = end
+        else:
+            out.append(end)
+        start = end
+    return out
+
+
+def _remove_unnamed(folder: Path, named: set[str], before: StoredDigests | None) -> None:
+    """Remove the segments of ``folder`` the head no longer names: those the last head named
+    (``before``) now, and others (what a crash left) once they are old."""
+    replaced = {segment.id.hex() for segment in before.segments} if before is not None else set()
+    for entry in os.scandir(folder):
+        if entry.name in named:
+            continue
+        with contextlib.suppress(OSError):
+            if entry.name in replaced or entry.stat().st_mtime < time.time() - _LEFTOVER_SECONDS:
+                os.unlink(entry.path)
 
 
 def _read_derived(file: Path, saved: bytes) -> Derived:

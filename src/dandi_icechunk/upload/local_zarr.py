@@ -114,7 +114,7 @@ class LocalZarr:
         upload computes again only where files changed. ``cached``: what the cache knew
         (:meth:`DigestCache.unchanged`), and ``hashed`` the keys whose digests it did not know.
         ``chunk_digests`` is taken over, not copied: the documents' digests are added to it."""
-        saved = cache.save(self.root, self.stats, chunk_digests, cached.stored_keys if cached else None) if cache else None
+        saved = cache.save(self.root, self.stats, chunk_digests, cached) if cache else None
         chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
         if cache is None or saved is None:  # the checksum is computed when it is asked for
             return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
@@ -127,7 +127,7 @@ class LocalZarr:
             changed = [*hashed, *cached.stale, *documents]  # every key whose digest may differ
             directories = before.directories.updated(chunk_digests, changed)
             if len(changed) < len(chunk_digests) // 4:  # a change of most files hashes every run anyway
-                same_keys = cached.stored_keys is not None and before.documents == documents
+                same_keys = cached.same_keys and before.documents == documents
                 earlier_runs = EarlierRuns.of(before.runs, changed, same_keys=same_keys)
         index = DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents), directories.checksum,
                             earlier_runs)

@@ -1,0 +1,143 @@
+"""The local digest cache cut in segments: a save writes only the segments whose files changed."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dandi_icechunk.checksum import DirectoryDigests
+from dandi_icechunk.index import FileDigest, FileDigests
+from dandi_icechunk.upload import digest_cache
+from dandi_icechunk.upload.digest_cache import CachedDigests, Derived, DigestCache, _segment_ends
+from dandi_icechunk.upload.file_stats import FileStats
+
+ROWS = 64  # SEGMENT_ROWS in these tests: 3,000 files make about 45 segments
+
+
+@pytest.fixture(autouse=True)
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest_cache, "SEGMENT_ROWS", ROWS)
+
+
+def _files(count: int, seed: int = 5) -> tuple[dict[str, tuple[int, int, int]], dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    stats = {f"0/{i // 100}/{i % 100}": (1000 + i, 10**18 + i, 2**63 + i) for i in range(count)}
+    return stats, {key: rng.bytes(16).hex() for key in stats}
+
+
+def _digests(stats: dict[str, tuple[int, int, int]], md5s: dict[str, str]) -> FileDigests:
+    return FileDigests((k, FileDigest(md5s[k], st[0])) for k, st in stats.items())
+
+
+def _segment_files(cache: DigestCache) -> set[str]:
+    return {p.name for p in cache.directory.glob("*.segments/*")}
+
+
+def _save_after_reading(cache: DigestCache, root: Path, stats: dict, md5s: dict) -> CachedDigests:
+    found = cache.unchanged(root, FileStats(stats.items()))
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s), found)
+    return found
+
+
+def _sizes(ends: list[int]) -> list[int]:
+    return [b - a for a, b in itertools.pairwise([0, *ends])]
+
+
+@given(st.lists(st.integers(0, 20 * ROWS), max_size=30), st.integers(0, 20 * ROWS))
+def test_segment_ends_cover_every_row_in_bounded_segments(cuts: list[int], extra: int) -> None:
+    total = max([*cuts, extra])
+    ends = _segment_ends([*cuts, total])
+    assert ends == sorted(set(ends)) and (ends[-1] if ends else 0) == total
+    sizes = _sizes(ends)
+    assert all(0 < size <= 3 * ROWS for size in sizes)
+    # a small segment stays only first, or where joining it to the one before would make one too large
+    assert all(size >= ROWS // 4 or before + size > 3 * ROWS for before, size in itertools.pairwise(sizes))
+    assert _segment_ends(ends) == ends
+
+
+@given(st.lists(st.integers(ROWS // 4, 3 * ROWS), max_size=30))
+def test_segments_within_bounds_keep_their_ends(sizes: list[int]) -> None:
+    ends = list(itertools.accumulate(sizes))
+    assert _segment_ends(ends or [0]) == ends
+
+
+@pytest.mark.parametrize("change", ["stats of a few files in one region", "a file added and one removed in one region"])
+def test_a_save_after_a_change_in_one_region_writes_only_the_segments_holding_it(tmp_path: Path, change: str) -> None:
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    stats, md5s = _files(3000)
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s))
+    before = _segment_files(cache)
+    assert len(before) >= 40
+    keys = sorted(stats)
+    region = keys[1500:1510]
+    for key in region[:3]:
+        stats[key], md5s[key] = (1, 2, 3), "f" * 32
+    if change == "a file added and one removed in one region":
+        del stats[region[5]]
+        stats[region[6] + "0"], md5s[region[6] + "0"] = (4, 5, 6), "e" * 32
+
+    found = _save_after_reading(cache, root, stats, md5s)
+    after = _segment_files(cache)
+    assert found.same_keys == (change == "stats of a few files in one region")
+    assert len(after - before) == 1 and len(before - after) == 1  # one segment written, the one it replaced removed
+    again = cache.unchanged(root, FileStats(stats.items()))
+    assert dict(again.files.items()) == dict(_digests(stats, md5s).items()) and not len(again.unknown)
+
+
+def test_a_save_with_the_same_keys_writes_what_a_save_comparing_every_segment_writes(tmp_path: Path) -> None:
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    stats, md5s = _files(3000)
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s))
+    for key in sorted(stats)[::97]:  # scattered
+        md5s[key] = "0" * 32
+    found = cache.unchanged(root, FileStats(stats.items()))
+    assert found.same_keys
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s), found)
+    (head,) = cache.directory.glob("*.digests")
+    kept_as_read = head.read_bytes(), _segment_files(cache)
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s),
+               CachedDigests(found.files, found.unknown, None, [], found.stored, same_keys=False))
+    assert (head.read_bytes(), _segment_files(cache)) == kept_as_read
+
+
+def test_a_lost_segment_costs_a_hash_of_its_files_only_and_what_was_derived(tmp_path: Path) -> None:
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    stats, md5s = _files(3000)
+    saved = cache.save(root, FileStats(stats.items()), _digests(stats, md5s))
+    cache.save_derived(root, saved, Derived(DirectoryDigests.of([]), [], []))
+    assert cache.unchanged(root, FileStats(stats.items())).derived is not None
+    lost = sorted(cache.directory.glob("*.segments/*"))[7]
+    first_lost = lost.read_bytes().split(b"\0", 1)[0].decode()
+
+    lost.unlink()
+    found = cache.unchanged(root, FileStats(stats.items()))
+    listed = sorted(stats)
+    unknown = [listed[row] for row in found.unknown]
+    assert first_lost in unknown and 0 < len(unknown) <= 3 * ROWS
+    assert dict(found.files.items()) == {k: d for k, d in _digests(stats, md5s).items() if k not in unknown}
+    assert found.derived is None and not found.same_keys
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s), found)
+    assert not len(cache.unchanged(root, FileStats(stats.items())).unknown)
+
+
+def test_segments_no_head_names_are_removed_by_the_next_save(tmp_path: Path) -> None:
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    stats, md5s = _files(1000)
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s))
+    folder = next(cache.directory.glob("*.segments"))
+    (folder / ("ab" * 16)).write_bytes(b"left by a crash")
+    (folder / ("cd" * 16)).write_bytes(b"left by a crash an hour ago")
+    hour_ago = (folder / ("cd" * 16)).stat().st_mtime - 3601
+    os.utime(folder / ("cd" * 16), (hour_ago, hour_ago))
+    for key in sorted(stats):
+        md5s[key] = "1" * 32  # every segment replaced
+    _save_after_reading(cache, root, stats, md5s)
+    named = cache.unchanged(root, FileStats(stats.items())).stored
+    assert named is not None
+    assert _segment_files(cache) == {s.id.hex() for s in named.segments} | {"ab" * 16}  # one a save may be writing
