@@ -77,10 +77,18 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class StoredDigests:
+class Segments:
+    """The segments of a cache as read (those lost left out), in key order, with their first keys."""
+
+    segments: list[Segment]
+    first_keys: list[str]
+
+
+@dataclass(frozen=True)
+class _Stored:
     """A cache as read: its segments' keys (``\0``-separated) and columns joined."""
 
-    keys: bytes
+    keys: bytes | bytearray
     columns: list[np.ndarray]  # size, mtime (ns), inode, MD5 high and low 64 bits
     segments: list[Segment]  # those read, in key order
     check: bytes  # of the head: what binds what was derived to these digests
@@ -95,8 +103,8 @@ class CachedDigests:
     unknown: np.ndarray  # the others: their rows in the listing
     derived: Derived | None  # from the files when the cache was saved, when kept
     stale: list[str]  # keys ``derived`` counted that ``files`` lacks: files gone, documents then
-    stored: StoredDigests | None  # the cache as read
-    same_keys: bool = False  # the listing's keys are the stored ones (no file added or gone)
+    segments: Segments | None  # of the cache as read
+    same_keys: bool = False  # the listing's keys are the cached ones (no file added or gone)
 
     @classmethod
     def none(cls, stats: FileStats) -> CachedDigests:
@@ -176,33 +184,36 @@ class DigestCache:
             taken_from=stats,
         )
         unknown = np.flatnonzero(~known)
+        segments = Segments(stored.segments, _first_keys(stored))
         try:
             if not stored.whole:
                 raise ValueError("derived from digests of which a segment is lost")
             derived = _read_derived(self._file(root, ".derived"), stored.check)
         except (OSError, ValueError, struct.error):
-            return CachedDigests(files, unknown, None, [], stored, same_keys)
-        return CachedDigests(files, unknown, derived, gone + derived.documents, stored, same_keys)
+            return CachedDigests(files, unknown, None, [], segments, same_keys)
+        return CachedDigests(files, unknown, derived, gone + derived.documents, segments, same_keys)
 
     def save(self, root: Path, stats: FileStats, digests: FileDigests, cached: CachedDigests | None = None) -> bytes:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
         listing it was hashed from): ``digests`` has the same keys. ``cached``: what
-        :meth:`unchanged` read of the cache before, whose segments are kept where their files
-        are the same (and with the same keys, not even hashed again). Returns the check value
-        that binds to these digests what is derived from them (:meth:`save_derived`)."""
+        :meth:`unchanged` found of these stats, whose segments keep their bounds and are kept
+        where their files are the same (with the same keys, where no file's stat changed: not
+        even hashed again). Returns the check value that binds to these digests what is derived
+        from them (:meth:`save_derived`)."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
         high, low, _ = digests.columns()
         columns = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
         columns += [np.frombuffer(high, np.uint64), np.frombuffer(low, np.uint64)]
         keys = stats.sorted_keys()
-        before = cached.stored if cached is not None else None
-        kept: dict[tuple[int, int], Segment] = {}  # the segments to keep if their rows are the same, by their rows
+        before = cached.segments if cached is not None else None
+        kept: dict[tuple[int, int], Segment] = {}  # by their rows: the segments kept where no stat changed
+        unknown = cached.unknown if cached is not None else np.empty(0, np.int64)
         if before is not None and cached is not None and cached.same_keys:
             ends = list(itertools.accumulate(segment.files for segment in before.segments))
             kept = dict(zip(itertools.pairwise([0, *ends]), before.segments, strict=True))
         else:
-            firsts = _first_keys(before) if before is not None else []
+            firsts = before.first_keys if before is not None else []
             ends = [bisect.bisect_left(keys, first) for first in firsts[1:]] + [len(keys)]
         folder = self._file(root, ".segments")
         folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +221,7 @@ class DigestCache:
         for start, end in itertools.pairwise([0, *_segment_ends(ends)]):
             rows = [column[start:end] for column in columns]
             segment = kept.get((start, end))
-            if segment is None or before is None or not all(map(np.array_equal, rows, (c[start:end] for c in before.columns))):
+            if segment is None or np.searchsorted(unknown, start) != np.searchsorted(unknown, end):
                 segment = self._save_segment(folder, "\0".join(keys[start:end]).encode(), rows)
             segments.append(segment)
         head = [_MAGIC, struct.pack("<Q", len(segments)), *(_SEGMENT.pack(s.files, s.key_bytes, s.id) for s in segments)]
@@ -231,7 +242,7 @@ class DigestCache:
                     f.write(part)
         return segment
 
-    def _read(self, root: Path) -> StoredDigests:
+    def _read(self, root: Path) -> _Stored:
         """The cache of the Zarr at ``root``: :class:`ValueError` if its head is damaged; a
         segment lost or damaged is left out (its files are hashed again)."""
         head = self._file(root).read_bytes()
@@ -243,21 +254,30 @@ class DigestCache:
         if len(listed) != count:
             raise ValueError(f"{self._file(root)} is cut short")
         folder = self._file(root, ".segments")
-        segments, keys, columns = [], [], []
-        for segment in listed:
+        types = (*_STAT_TYPES, np.uint64, np.uint64)
+        keys = bytearray(sum(segment.key_bytes + 1 for segment in listed))
+        columns = [np.empty(sum(segment.files for segment in listed), dtype) for dtype in types]
+        segments: list[Segment] = []
+        at = row = 0
+        for segment in listed:  # copied into place one at a time: never the segments and the columns held whole twice
             try:
                 data = (folder / segment.id.hex()).read_bytes()
             except OSError:
                 continue
-            if len(data) != segment.key_bytes + 40 * segment.files or _content_id([data]) != segment.id:
+            files = segment.files
+            if len(data) != segment.key_bytes + 40 * files or _content_id([data]) != segment.id:
                 continue
+            if segments:
+                keys[at] = 0
+                at += 1
+            keys[at : at + segment.key_bytes] = memoryview(data)[: segment.key_bytes]
+            at += segment.key_bytes
+            for i, (column, dtype) in enumerate(zip(columns, types, strict=True)):
+                column[row : row + files] = np.frombuffer(data, dtype, files, segment.key_bytes + 8 * files * i)
+            row += files
             segments.append(segment)
-            keys.append(data[: segment.key_bytes])
-            columns.append([np.frombuffer(data, dtype, segment.files, segment.key_bytes + 8 * segment.files * i)
-                            for i, dtype in enumerate((*_STAT_TYPES, np.uint64, np.uint64))])
-        joined = [np.concatenate(column) for column in zip(*columns, strict=True)]
-        return StoredDigests(b"\0".join(keys), joined or [np.empty(0, t) for t in (*_STAT_TYPES, np.uint64, np.uint64)],
-                             segments, check, len(segments) == len(listed))
+        del keys[at:]
+        return _Stored(keys, [column[:row] for column in columns], segments, check, len(segments) == len(listed))
 
     def save_derived(self, root: Path, saved: bytes, derived: Derived) -> None:
         """Keep what was derived from the files of the Zarr at ``root`` cached by the
@@ -332,13 +352,13 @@ class DigestCache:
             raise
 
 
-def _same_keys(cached: bytes, keys: Iterable[str]) -> bool:
+def _same_keys(cached: Buffer, keys: Iterable[str]) -> bool:
     view, at = memoryview(cached), 0
     for block in key_blocks(keys):
         if view[at : at + len(block)] != block:
             return False
         at += len(block)
-    return at == len(cached)
+    return at == len(view)
 
 
 def _content_id(parts: Iterable[Buffer]) -> bytes:
@@ -348,7 +368,7 @@ def _content_id(parts: Iterable[Buffer]) -> bytes:
     return digest.digest()
 
 
-def _first_keys(stored: StoredDigests) -> list[str]:
+def _first_keys(stored: _Stored) -> list[str]:
     """The first key of each segment of ``stored``."""
     firsts, at = [], 0
     for segment in stored.segments:
@@ -378,7 +398,7 @@ def _segment_ends(ends: list[int]) -> list[int]:
     return out
 
 
-def _remove_unnamed(folder: Path, named: set[str], before: StoredDigests | None) -> None:
+def _remove_unnamed(folder: Path, named: set[str], before: Segments | None) -> None:
     """Remove the segments of ``folder`` the head no longer names: those the last head named
     (``before``) now, and others (what a crash left) once they are old."""
     replaced = {segment.id.hex() for segment in before.segments} if before is not None else set()
