@@ -147,3 +147,25 @@ def test_segments_no_head_names_are_removed_by_the_next_save(tmp_path: Path) -> 
     named = cache.unchanged(root, FileStats(stats.items())).segments
     assert named is not None
     assert _segment_files(cache) == {s.id.hex() for s in named.segments} | {"ab" * 16}  # one a save may be writing
+
+
+def test_two_saves_from_the_same_reading_cost_at_most_a_hash_of_the_segment_one_removed(tmp_path: Path) -> None:
+    """Two uploads of one directory at once: each read the cache, then each saved. The second
+    head names a segment the first save removed as replaced: its files are hashed again, and
+    every digest the cache gives back is right."""
+    cache, root = DigestCache(tmp_path / "cache"), tmp_path / "a.zarr"
+    stats, md5s = _files(3000)
+    cache.save(root, FileStats(stats.items()), _digests(stats, md5s))
+    keys = sorted(stats)
+    ours, theirs = (dict(stats), dict(md5s)), (dict(stats), dict(md5s))
+    ours[0][keys[100]], ours[1][keys[100]] = (1, 1, 1), "a" * 32
+    theirs[0][keys[2900]], theirs[1][keys[2900]] = (2, 2, 2), "b" * 32
+    read = [cache.unchanged(root, FileStats(side[0].items())) for side in (ours, theirs)]
+    for side, found in zip((ours, theirs), read, strict=True):
+        cache.save(root, FileStats(side[0].items()), _digests(*side), found)
+
+    now = cache.unchanged(root, FileStats(theirs[0].items()))
+    listed = sorted(theirs[0])
+    unknown = {listed[row] for row in now.unknown}
+    assert keys[100] in unknown and keys[2900] not in unknown and len(unknown) <= 3 * ROWS
+    assert dict(now.files.items()) == {k: d for k, d in _digests(*theirs).items() if k not in unknown}
