@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from dandi_icechunk.checksum import DirectoryDigests
 from dandi_icechunk.index import FileDigest, FileDigests
@@ -169,3 +173,71 @@ def test_two_saves_from_the_same_reading_cost_at_most_a_hash_of_the_segment_one_
     unknown = {listed[row] for row in now.unknown}
     assert keys[100] in unknown and keys[2900] not in unknown and len(unknown) <= 3 * ROWS
     assert dict(now.files.items()) == {k: d for k, d in _digests(*theirs).items() if k not in unknown}
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """Random edits, additions and removals of a directory's files, uploads (read the cache,
+    hash what it does not know, save) and lost segments, against the files' true digests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.work = Path(tempfile.mkdtemp())
+        self.cache, self.root = DigestCache(self.work / "cache"), self.work / "a.zarr"
+        self.files: dict[str, tuple[tuple[int, int, int], str]] = {}  # key -> (stat, MD5) now
+        self.version = 0
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.work)
+
+    def _new_version(self) -> tuple[tuple[int, int, int], str]:
+        self.version += 1  # a file's stat changes whenever its bytes do
+        return (self.version, self.version, self.version), hashlib.md5(str(self.version).encode()).hexdigest()
+
+    @initialize(count=st.integers(0, 12 * ROWS))
+    def made(self, count: int) -> None:
+        for i in range(count):
+            self.files[f"0/{i // 50}/{i % 50}"] = self._new_version()
+
+    @rule(start=st.floats(0, 1), length=st.integers(1, 2 * ROWS))
+    def edit_a_region(self, start: float, length: int) -> None:
+        keys = sorted(self.files)
+        for key in keys[int(start * len(keys)) :][:length]:
+            self.files[key] = self._new_version()
+
+    @rule(data=st.data())
+    def add_and_remove(self, data: st.DataObject) -> None:
+        keys = sorted(self.files)
+        for key in data.draw(st.lists(st.sampled_from(keys), max_size=20, unique=True)) if keys else []:
+            del self.files[key]
+        for name in data.draw(st.lists(st.integers(0, 10**6), max_size=40, unique=True)):
+            self.files[f"1/{name % 97}/{name}"] = self._new_version()
+
+    @rule(pick=st.integers(0, 10**6))
+    def lose_a_segment(self, pick: int) -> None:
+        segments = sorted(self.cache.directory.glob("*.segments/*"))
+        if segments:
+            segments[pick % len(segments)].unlink()
+
+    @rule()
+    def upload(self) -> None:
+        stats = FileStats((k, stat) for k, (stat, _) in self.files.items())
+        found = self.cache.unchanged(self.root, stats)
+        assert all(digest.md5 == self.files[key][1] for key, digest in found.files.items())  # never a wrong digest
+        listed = stats.sorted_keys()
+        assert sorted([*found.files, *(listed[row] for row in found.unknown)]) == sorted(self.files)
+        self.cache.save(self.root, stats, FileDigests((k, FileDigest(md5, 1)) for k, (_, md5) in self.files.items()), found)
+        again = self.cache.unchanged(self.root, FileStats((k, stat) for k, (stat, _) in self.files.items()))
+        assert not len(again.unknown) and again.same_keys
+        assert again.segments is not None and _segment_files(self.cache) == {s.id.hex() for s in again.segments.segments}
+        assert all(0 < s.files <= 3 * ROWS for s in again.segments.segments)
+
+
+def test_random_uploads_of_a_changing_directory_never_get_a_wrong_digest_from_the_cache() -> None:
+    previous = digest_cache.SEGMENT_ROWS
+    digest_cache.SEGMENT_ROWS = ROWS
+    try:
+        run_state_machine_as_test(CacheMachine, settings=settings(
+            max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=list(HealthCheck),
+        ))
+    finally:
+        digest_cache.SEGMENT_ROWS = previous
