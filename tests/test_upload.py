@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import struct
@@ -396,6 +397,23 @@ def test_a_damaged_digest_cache_costs_a_rehash_never_a_wrong_digest(
     assert sorted(hashed) == chunks
     assert result.files_written == 1
     assert result.zarr_checksum == reference_checksum(src)
+
+
+def test_a_digest_cache_that_cannot_be_written_warns_once_and_never_stops_an_upload(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    (tmp_path / "home").write_text("a file where the cache directory would go (or a full disk, a read-only home)")
+    cache = DigestCache(tmp_path / "home" / "digests")
+    src = make_ome_zarr_v2(tmp_path / "a.ome.zarr")
+    with caplog.at_level(logging.WARNING, logger="dandi_icechunk"):
+        first = upload_zarr(src, location, zarr_id, digest_cache=cache)
+        _edit_a_chunk(src)
+        again = upload_zarr(src, location, zarr_id, digest_cache=cache)
+    assert first.zarr_checksum != again.zarr_checksum == reference_checksum(src) and again.files_written == 1
+    warned = [r.getMessage() for r in caplog.records if "digest cache" in r.getMessage()]
+    assert len(warned) == 1 and "cannot write the digest cache" in warned[0] and "Not a directory" in warned[0]
 
 
 def test_an_upload_of_a_directory_listed_as_at_its_last_upload_ends_after_the_listing(

@@ -29,11 +29,13 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
 import struct
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Buffer, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ SEGMENT_ROWS = 16_384
 _MAGIC = f"dandi-icechunk digest cache 3 {sys.byteorder}\n".encode()
 _SEGMENT = struct.Struct("<QQ16s")  # in the head: a segment's files, its keys' bytes, its ID
 _LEFTOVER_SECONDS = 3600  # a file of the segments' directory no head names, older than this, is a crash's leftover
+_log = logging.getLogger("dandi_icechunk")
 _DERIVED_MAGIC = f"dandi-icechunk derived digests 1 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
 
@@ -135,10 +138,14 @@ class UploadRecord(JsonRecord):
 
 
 class DigestCache:
-    """MD5s of local files by path, valid while their :data:`FileStat` is unchanged."""
+    """MD5s of local files by path, valid while their :data:`FileStat` is unchanged.
+
+    A cache that cannot be written (a read-only home, a full disk) never stops an upload: it
+    warns once, and the uploads that follow hash every file."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
+        self._warned = False
 
     @classmethod
     def default(cls) -> DigestCache:
@@ -193,15 +200,20 @@ class DigestCache:
             return CachedDigests(files, unknown, None, [], segments, same_keys)
         return CachedDigests(files, unknown, derived, gone + derived.documents, segments, same_keys)
 
-    def save(self, root: Path, stats: FileStats, digests: FileDigests, cached: CachedDigests | None = None) -> bytes:
+    def save(self, root: Path, stats: FileStats, digests: FileDigests, cached: CachedDigests | None = None) -> bytes | None:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
         listing it was hashed from): ``digests`` has the same keys. ``cached``: what
         :meth:`unchanged` found of these stats, whose segments keep their bounds and are kept
         where their files are the same (with the same keys, where no file's stat changed: not
         even hashed again). Returns the check value that binds to these digests what is derived
-        from them (:meth:`save_derived`)."""
+        from them (:meth:`save_derived`), or None if the cache cannot be written."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
+        with self._writing():
+            return self._save(root, stats, digests, cached)
+        return None
+
+    def _save(self, root: Path, stats: FileStats, digests: FileDigests, cached: CachedDigests | None) -> bytes:
         high, low, _ = digests.columns()
         columns = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
         columns += [np.frombuffer(high, np.uint64), np.frombuffer(low, np.uint64)]
@@ -283,6 +295,10 @@ class DigestCache:
         """Keep what was derived from the files of the Zarr at ``root`` cached by the
         :meth:`save` that returned ``saved`` and its documents (the files not in that
         listing): read back only with those digests, by :meth:`unchanged`."""
+        with self._writing():
+            self._save_derived(root, saved, derived)
+
+    def _save_derived(self, root: Path, saved: bytes, derived: Derived) -> None:
         directories, runs, documents = derived.directories, derived.runs, derived.documents
         header = [_DERIVED_MAGIC, saved, struct.pack("<QQQ", len(directories), len(documents), len(runs))]
         key_lists = [directories, documents, [run[0] for run in runs], [run[1] for run in runs]]
@@ -302,7 +318,7 @@ class DigestCache:
     def record_upload(self, root: Path, target: str, record: UploadRecord) -> None:
         """Remember ``record`` as the last upload of the Zarr at ``root`` to ``target``."""
         uploads = {**self._uploads(root), target: record.to_json()}
-        with self._replacing(self._file(root, ".uploads.json")) as f:
+        with self._writing(), self._replacing(self._file(root, ".uploads.json")) as f:
             f.write(json.dumps(uploads).encode())
 
     def last_scan(self, root: Path) -> KeyScan | None:
@@ -318,7 +334,7 @@ class DigestCache:
 
     def record_scan(self, root: Path, scan: KeyScan) -> None:
         """Remember ``scan`` as the last scan of the keys of the Zarr at ``root``."""
-        with self._replacing(self._file(root, ".scan.json")) as f:
+        with self._writing(), self._replacing(self._file(root, ".scan.json")) as f:
             f.write(json.dumps(scan.to_json()).encode())
 
     def _uploads(self, root: Path) -> dict[str, dict]:
@@ -337,6 +353,19 @@ class DigestCache:
                 f.write(part)
             f.write(check.digest())
         return check.digest()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writes to the cache, whose failure is warned of (once) and otherwise ignored."""
+        try:
+            yield
+        except OSError as exc:
+            traceback.clear_frames(exc.__traceback__)  # their views of the digests' columns, which then grow
+            if not self._warned:
+                self._warned = True
+                _log.warning("cannot write the digest cache in %s (%s); the upload goes on, and later ones hash "
+                             "every file again until it can be written: free space there or fix its permissions",
+                             self.directory, exc.strerror or exc)
 
     @contextlib.contextmanager
     def _replacing(self, file: Path) -> Iterator[IO[bytes]]:
