@@ -50,13 +50,13 @@ from ..packed import key_blocks, left_join
 from ..records import JsonRecord
 from .file_stats import FileStats
 
+_log = logging.getLogger("dandi_icechunk")
 SEGMENT_ROWS = 16_384
 """Files a segment of the cache is cut to hold: the least a change rewrites (about 800 KB)."""
 # the integers are the machine's: a cache is read by the machine that wrote it, or dropped
 _MAGIC = f"dandi-icechunk digest cache 3 {sys.byteorder}\n".encode()
 _SEGMENT = struct.Struct("<QQ16s")  # in the head: a segment's files, its keys' bytes, its ID
 _LEFTOVER_SECONDS = 3600  # a file of the segments' directory no head names, older than this, is a crash's leftover
-_log = logging.getLogger("dandi_icechunk")
 _DERIVED_MAGIC = f"dandi-icechunk derived digests 1 {sys.byteorder}\n".encode()
 _STAT_TYPES = (np.int64, np.int64, np.uint64)  # size, mtime (ns), inode: FileStats' columns
 
