@@ -81,10 +81,12 @@ class Segment:
 
 @dataclass(frozen=True)
 class Segments:
-    """The segments of a cache as read (those lost left out), in key order, with their first keys."""
+    """The segments of a cache as read (those lost left out), in key order, with their first keys
+    and, for each whose keys are exactly the listing's there, its rows in the listing."""
 
     segments: list[Segment]
     first_keys: list[str]
+    rows: list[tuple[int, int] | None]
 
 
 @dataclass(frozen=True)
@@ -164,21 +166,15 @@ class DigestCache:
             stored = self._read(root)
         except (OSError, ValueError, struct.error):
             return CachedDigests.none(stats)
-        cached_keys, cached = stored.keys, stored.columns
+        cached = stored.columns
         keys = stats.sorted_keys()
         stat = [np.frombuffer(column, dtype) for column, dtype in zip(stats.columns(), _STAT_TYPES, strict=True)]
-        gone: list[str] = []
-        same_keys = _same_keys(cached_keys, stats)
+        positions, gone, segments = _match(stored, keys)
+        same_keys = None not in segments.rows and sum(s.files for s in stored.segments) == len(keys)
         if same_keys:  # the same files, in the same rows: compared row for row
             known = np.logical_and.reduce([now == then for now, then in zip(stat, cached[:3], strict=True)])
             listed = at = np.flatnonzero(known)
-        else:  # each listed file's row in the cache, or -1: one walk of both sorted key lists
-            rows = cached_keys.decode().split("\0") if cached_keys else []
-            joined = left_join(zip(keys, keys), zip(rows, range(len(rows))))
-            positions = np.fromiter((-1 if row is None else row for _, _, row in joined), np.int64, len(keys))
-            kept = np.zeros(len(rows), bool)
-            kept[positions[positions >= 0]] = True
-            gone = list(map(rows.__getitem__, np.flatnonzero(~kept).tolist()))
+        else:
             listed = np.flatnonzero(positions >= 0)
             at = positions[listed]
             same = np.logical_and.reduce([now[listed] == then[at] for now, then in zip(stat, cached[:3], strict=True)])
@@ -191,7 +187,6 @@ class DigestCache:
             taken_from=stats,
         )
         unknown = np.flatnonzero(~known)
-        segments = Segments(stored.segments, _first_keys(stored))
         try:
             if not stored.whole:
                 raise ValueError("derived from digests of which a segment is lost")
@@ -204,8 +199,8 @@ class DigestCache:
         """Replace the cache of the Zarr at ``root`` with the MD5 of each file of ``stats`` (the
         listing it was hashed from): ``digests`` has the same keys. ``cached``: what
         :meth:`unchanged` found of these stats, whose segments keep their bounds and are kept
-        where their files are the same (with the same keys, where no file's stat changed: not
-        even hashed again). Returns the check value that binds to these digests what is derived
+        where their files are the same (where the keys are the listing's and no file's stat
+        changed: not even hashed again). Returns the check value that binds to these digests what is derived
         from them (:meth:`save_derived`), or None if the cache cannot be written."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
@@ -219,14 +214,12 @@ class DigestCache:
         columns += [np.frombuffer(high, np.uint64), np.frombuffer(low, np.uint64)]
         keys = stats.sorted_keys()
         before = cached.segments if cached is not None else None
-        kept: dict[tuple[int, int], Segment] = {}  # by their rows: the segments kept where no stat changed
         unknown = cached.unknown if cached is not None else np.empty(0, np.int64)
-        if before is not None and cached is not None and cached.same_keys:
-            ends = list(itertools.accumulate(segment.files for segment in before.segments))
-            kept = dict(zip(itertools.pairwise([0, *ends]), before.segments, strict=True))
-        else:
-            firsts = before.first_keys if before is not None else []
-            ends = [bisect.bisect_left(keys, first) for first in firsts[1:]] + [len(keys)]
+        kept: dict[tuple[int, int], Segment] = {}  # by their rows: those of the listing's keys, kept where no stat changed
+        ends = [len(keys)]
+        if before is not None:
+            kept = {rows: segment for rows, segment in zip(before.rows, before.segments, strict=True) if rows}
+            ends = [bisect.bisect_left(keys, first) for first in before.first_keys[1:]] + ends
         folder = self._file(root, ".segments")
         folder.mkdir(parents=True, exist_ok=True)
         segments = []
@@ -381,13 +374,38 @@ class DigestCache:
             raise
 
 
-def _same_keys(cached: Buffer, keys: Iterable[str]) -> bool:
-    view, at = memoryview(cached), 0
-    for block in key_blocks(keys):
-        if view[at : at + len(block)] != block:
-            return False
-        at += len(block)
-    return at == len(view)
+def _match(stored: _Stored, keys: list[str]) -> tuple[np.ndarray, list[str], Segments]:
+    """Each listed key's row in the cache ``stored`` (or -1), the cached keys not listed, and
+    the cache's segments with the listing's rows of each whose keys are exactly those there.
+
+    A segment holds the cached keys from its first key to the next segment's: its keys are
+    compared with the listing's in that range at once (their bytes), and walked key by key only
+    where they differ, so files added or removed in one region cost that region's walk."""
+    firsts = _first_keys(stored)
+    ends = [*(bisect.bisect_left(keys, first) for first in firsts[1:]), len(keys)] if firsts else []
+    starts = [bisect.bisect_left(keys, firsts[0]), *ends[:-1]] if firsts else []
+    positions = np.full(len(keys), -1, np.int64)
+    gone: list[str] = []
+    rows: list[tuple[int, int] | None] = []
+    at = row = 0
+    for segment, start, end in zip(stored.segments, starts, ends, strict=True):
+        block = stored.keys[at : at + segment.key_bytes]
+        if end - start == segment.files and "\0".join(keys[start:end]).encode() == block:
+            positions[start:end] = np.arange(row, row + segment.files)
+            rows.append((start, end))
+        else:
+            names = block.decode().split("\0")
+            listed = np.fromiter((-1 if cached is None else cached for _, _, cached in
+                                  left_join(zip(keys[start:end], keys[start:end]), zip(names, itertools.count()))),
+                                 np.int64, end - start)
+            still = np.zeros(len(names), bool)
+            still[listed[listed >= 0]] = True
+            gone += itertools.compress(names, (~still).tolist())
+            positions[start:end] = np.where(listed >= 0, listed + row, -1)
+            rows.append(None)
+        at += segment.key_bytes + 1
+        row += segment.files
+    return positions, gone, Segments(stored.segments, firsts, rows)
 
 
 def _content_id(parts: Iterable[Buffer]) -> bytes:
