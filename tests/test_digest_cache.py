@@ -18,7 +18,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 from dandi_icechunk.checksum import DirectoryDigests
 from dandi_icechunk.index import FileDigest, FileDigests
 from dandi_icechunk.upload import digest_cache
-from dandi_icechunk.upload.digest_cache import CachedDigests, Derived, DigestCache, Segments, _segment_ends
+from dandi_icechunk.upload.digest_cache import (
+    CachedDigests,
+    Derived,
+    DigestCache,
+    Segments,
+    _segment_ends,
+)
 from dandi_icechunk.upload.file_stats import FileStats
 
 ROWS = 64  # SEGMENT_ROWS in these tests: 3,000 files make about 45 segments
@@ -235,11 +241,6 @@ class CacheMachine(RuleBasedStateMachine):
 
 
 def test_random_uploads_of_a_changing_directory_never_get_a_wrong_digest_from_the_cache() -> None:
-    previous = digest_cache.SEGMENT_ROWS
-    digest_cache.SEGMENT_ROWS = ROWS
-    try:
-        run_state_machine_as_test(CacheMachine, settings=settings(
-            max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=list(HealthCheck),
-        ))
-    finally:
-        digest_cache.SEGMENT_ROWS = previous
+    run_state_machine_as_test(CacheMachine, settings=settings(
+        max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=list(HealthCheck),
+    ))
