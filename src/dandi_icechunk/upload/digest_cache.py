@@ -200,8 +200,8 @@ class DigestCache:
         listing it was hashed from): ``digests`` has the same keys. ``cached``: what
         :meth:`unchanged` found of these stats, whose segments keep their bounds and are kept
         where their files are the same (where the keys are the listing's and no file's stat
-        changed: not even hashed again). Returns the check value that binds to these digests what is derived
-        from them (:meth:`save_derived`), or None if the cache cannot be written."""
+        changed: not even hashed again). Returns the check value that binds to these digests
+        what is derived from them (:meth:`save_derived`), or None if the cache cannot be written."""
         if stats.sorted_keys() != digests.sorted_keys():
             raise ValueError("the digests to cache are of other files than the listing's")
         with self._writing():
