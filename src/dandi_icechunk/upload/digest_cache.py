@@ -250,12 +250,9 @@ class DigestCache:
     def _read(self, root: Path) -> _Stored:
         """The cache of the Zarr at ``root``: :class:`ValueError` if its head is damaged; a
         segment lost or damaged is left out (its files are hashed again)."""
-        head = self._file(root).read_bytes()
-        body, check = head[:-16], head[-16:]
-        if hashlib.blake2b(body, digest_size=16).digest() != check or not body.startswith(_MAGIC):
-            raise ValueError(f"{self._file(root)} is damaged or no digest cache of this format")
-        (count,) = struct.unpack_from("<Q", body, len(_MAGIC))
-        listed = [Segment(*fields) for fields in _SEGMENT.iter_unpack(body[len(_MAGIC) + 8 :])]
+        body, check = _read_checked(self._file(root), _MAGIC)
+        (count,) = struct.unpack_from("<Q", body)
+        listed = [Segment(*fields) for fields in _SEGMENT.iter_unpack(body[8:])]
         if len(listed) != count:
             raise ValueError(f"{self._file(root)} is cut short")
         folder = self._file(root, ".segments")
@@ -338,14 +335,15 @@ class DigestCache:
         return uploads if isinstance(uploads, dict) else {}
 
     def _write_checked(self, file: Path, parts: Iterable[Buffer]) -> bytes:
-        """Replace ``file`` with ``parts`` followed by their BLAKE2b check value, which is returned."""
-        check = hashlib.blake2b(digest_size=16)
+        """Replace ``file`` with ``parts`` followed by their BLAKE2b check value, which is returned
+        (read back by :func:`_read_checked`)."""
+        parts = list(parts)
+        check = _content_id(parts)
         with self._replacing(file) as f:
             for part in parts:
-                check.update(part)
                 f.write(part)
-            f.write(check.digest())
-        return check.digest()
+            f.write(check)
+        return check
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -457,19 +455,25 @@ def _remove_unnamed(folder: Path, named: set[str], before: Segments | None) -> N
                 os.unlink(entry.path)
 
 
+def _read_checked(file: Path, magic: bytes) -> tuple[bytes, bytes]:
+    """What :meth:`DigestCache._write_checked` wrote to ``file`` after ``magic``, and its check
+    value; :class:`ValueError` if it is damaged or of another format."""
+    data = file.read_bytes()
+    check = data[-16:]
+    if _content_id([memoryview(data)[:-16]]) != check or not data.startswith(magic) or len(data) < len(magic) + 16:
+        raise ValueError(f"{file} is damaged or of another format")
+    return data[len(magic) : -16], check
+
+
 def _read_derived(file: Path, saved: bytes) -> Derived:
     """What ``file`` keeps derived, if it was saved with the digests whose check value is
     ``saved``; :class:`ValueError` if not, or if it is damaged."""
-    data = file.read_bytes()
-    body, stored = data[:-16], data[-16:]
-    if hashlib.blake2b(body, digest_size=16).digest() != stored:
-        raise ValueError(f"{file} is damaged")
-    at = len(_DERIVED_MAGIC)
-    if body[:at] != _DERIVED_MAGIC or body[at : at + 16] != saved:
+    body, _ = _read_checked(file, _DERIVED_MAGIC)
+    if body[:16] != saved:
         raise ValueError(f"{file} is of other cached digests")
-    counts = struct.unpack_from("<QQQ", body, at + 16)
-    sizes = struct.unpack_from("<QQQQ", body, at + 40)
-    at += 72
+    counts = struct.unpack_from("<QQQ", body, 16)
+    sizes = struct.unpack_from("<QQQQ", body, 40)
+    at = 72
     key_lists = []
     for count, size in zip((*counts, counts[2]), sizes, strict=True):
         key_lists.append(_split_keys(body[at : at + size], count))
