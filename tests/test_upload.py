@@ -320,6 +320,38 @@ def test_digest_cache_hashes_only_files_changed_since_the_last_upload(
     assert result.zarr_checksum == reference_checksum(src)
 
 
+def test_files_are_hashed_in_threads_only_when_those_to_hash_are_big_not_when_the_zarr_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads pay off for big files only (small reads contend for the GIL): an update of a few
+    small files of a Zarr that is big overall hashes them in place."""
+    from dandi_icechunk.upload import local_zarr
+    from dandi_icechunk.upload.digest_cache import DigestCache
+
+    pools: list[int] = []
+    real_pool = local_zarr.ThreadPoolExecutor
+    monkeypatch.setattr(local_zarr, "ThreadPoolExecutor", lambda max_workers: pools.append(max_workers) or real_pool(max_workers))
+    src = tmp_path / "a.zarr"
+    group = zarr.open_group(str(src), mode="w", zarr_format=2)
+    big = group.create_array("big", shape=(2, 1 << 18), chunks=(1, 1 << 18), dtype="<u2", compressors=None)
+    big[:] = np.random.default_rng(1).integers(0, 65535, big.shape, dtype=np.uint16)  # two 512 KiB chunks
+    small = group.create_array("small", shape=(64, 256), chunks=(1, 256), dtype="<u2", compressors=None)
+    small[:] = 1  # 64 chunks of 512 B
+    cache = DigestCache(tmp_path / "cache")
+
+    def index() -> str:
+        return local_zarr.scan_local_zarr(src).digest_index(workers=2, cache=cache).zarr_checksum()
+
+    assert index() == reference_checksum(src)
+    assert pools == [2]  # the first time every file is hashed: 16 KiB on average
+    small[0:2] = 7
+    assert index() == reference_checksum(src)
+    assert pools == [2]  # two files of 512 B, in place
+    big[0] = 9
+    assert index() == reference_checksum(src)
+    assert pools == [2, 2]
+
+
 @pytest.mark.parametrize("listing", ["the same files", "files added and removed"])
 def test_the_digest_cache_gives_back_the_md5_of_every_file_whose_stat_is_unchanged(tmp_path: Path, listing: str) -> None:
     from dandi_icechunk.checksum import DirectoryDigests

@@ -90,10 +90,9 @@ class LocalZarr:
             progress(len(files) + len(self.documents), files.total_size() + sum(map(len, self.documents.values())))
         keys, sizes, rows = self.stats.sorted_keys(), self.stats.columns()[0], cached.unknown.tolist()
         to_hash = list(zip(map(keys.__getitem__, rows), map(sizes.__getitem__, rows), strict=True))
-        small = self.size < _THREADED_MIN_FILE_SIZE * max(len(to_hash), 1)
         batches = _batches((k, self.path(k), size) for k, size in to_hash)
         with contextlib.ExitStack() as stack:
-            if map_batches is None and not small and workers > 1:
+            if map_batches is None and workers > 1 and _in_threads([size for _, size in to_hash]):
                 map_batches = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map
             for digests in (map_batches or map)(hash_batch, batches):
                 files.update(digests)
@@ -143,6 +142,12 @@ class LocalZarr:
             run = keys[start:end]
             out += map(ChunkFile, run, map(self.path, run), grid.icechunk_keys(run), sizes[start:end])
         return out
+
+
+def _in_threads(sizes: Sequence[int]) -> bool:
+    """Whether files of ``sizes`` (those to hash, not the whole Zarr's: an update of a few small
+    files of a big Zarr hashes them in place) are hashed faster in threads than in place."""
+    return sum(sizes) >= _THREADED_MIN_FILE_SIZE * max(len(sizes), 1)
 
 
 def _batches(items: Iterator[tuple[str, str, int]]) -> Iterator[list[tuple[str, str, int]]]:
