@@ -271,7 +271,7 @@ def test_racing_uploads_touching_different_chunks_both_land(
 def test_racing_uploads_touching_the_same_chunk_second_fails_and_commits_nothing(
     s3_location: StorageLocation, zarr_id: str, tmp_path: Path
 ) -> None:
-    mine, theirs, race = _racing_uploads(s3_location, zarr_id, tmp_path, their_region=(slice(0, 4), slice(0, 16), slice(0, 16)))
+    _, theirs, race = _racing_uploads(s3_location, zarr_id, tmp_path, their_region=(slice(0, 4), slice(0, 16), slice(0, 16)))
     other: dict[str, object] = {}
     with pytest.raises(ConflictError, match="same"):
         race(other)
