@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dandi_icechunk.errors import IntegrityError
 from dandi_icechunk.index import (
     _SHARD_MAX,
     INDEX_PREFIX,
@@ -113,13 +114,13 @@ def test_an_upload_reads_only_the_index_shards_that_differ(
     first = upload_zarr(src, location, zarr_id, dedup=False, jobs=16)
     assert first.file_count > SHARD_TARGET
     read: list[int] = []
-    original = IndexReader.read_shard
+    original = IndexReader.raw_shard
 
-    def counting(self: IndexReader, number: int) -> dict[str, FileDigest]:
+    def counting(self: IndexReader, number: int) -> dict[str, list[object]]:
         read.append(number)
         return original(self, number)
 
-    monkeypatch.setattr(IndexReader, "read_shard", counting)
+    monkeypatch.setattr(IndexReader, "raw_shard", counting)
     array[50, 50] = 7
     second = upload_zarr(src, location, zarr_id, dedup=False)
     assert (second.files_written, second.files_deleted) == (1, 0)
@@ -168,7 +169,7 @@ def test_the_shards_an_update_compares_find_every_change_and_store_the_same_inde
 
     reader = IndexReader.load(objects, base_id)
     read: list[int] = []
-    reader.read_shard = lambda number: read.append(number) or IndexReader.read_shard(reader, number)  # type: ignore[method-assign]
+    reader.raw_shard = lambda number: read.append(number) or IndexReader.raw_shard(reader, number)  # type: ignore[method-assign]
     old_part, new_part = differing_parts(reader, new)
     assert old_part.delta_to(new_part) == base.delta_to(new)
     assert 0 < len(read) <= 6 + 1 < len(reader.table)  # each change's shard, and the next where a boundary went
@@ -200,6 +201,49 @@ def test_packed_file_digests_answer_as_the_dict_of_the_same_files_whatever_the_o
     assert "\0absent" not in packed and packed.get("\0absent") is None
     index = DigestIndex(2, packed)
     assert index.runs == DigestIndex(2, files).runs and index.zarr_checksum() == DigestIndex(2, files).zarr_checksum()
+
+
+_DIGESTS = st.dictionaries(
+    st.text(max_size=3), st.builds(FileDigest, st.sampled_from(["0" * 32, "f" * 32, "0123456789abcdef" * 2]), st.integers(0, 3)),
+    max_size=30,
+)
+
+
+@given(_DIGESTS, _DIGESTS, st.booleans())
+def test_packed_digests_compared_a_column_at_a_time_give_the_delta_of_a_key_by_key_comparison(
+    old: dict[str, FileDigest], new: dict[str, FileDigest], same_keys: bool
+) -> None:
+    if same_keys:  # the common case of an update: only digests changed
+        new = {k: new.get(k, d) for k, d in old.items()}
+    expected = DigestIndex(2, old).delta_to(DigestIndex(2, new))  # dicts: key by key
+    if old:
+        assert DigestIndex(2, FileDigests(old)).delta_to(DigestIndex(2, FileDigests(new))) == expected
+
+
+@given(_DIGESTS, st.data())
+def test_stretches_of_packed_digests_hold_exactly_the_files_at_those_positions(
+    files: dict[str, FileDigest], data: st.DataObject
+) -> None:
+    packed = FileDigests(files)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(files)), max_size=6)))
+    spans = list(zip(cuts[::2], cuts[1::2], strict=False))
+    keys = sorted(files)
+    picked = packed.stretches(spans)
+    assert dict(picked.items()) == {k: files[k] for a, b in spans for k in keys[a:b]}
+
+
+@given(_DIGESTS, st.integers(1, 4))
+def test_stored_shards_read_back_packed_as_the_files_they_hold(files: dict[str, FileDigest], parts: int) -> None:
+    keys = sorted(files)
+    bodies = [{k: [files[k].md5, files[k].size] for k in keys[len(keys) * i // parts : len(keys) * (i + 1) // parts]}
+              for i in range(parts)]  # shards follow each other in key order
+    assert dict(FileDigests.of_stored(bodies).items()) == files
+
+
+@pytest.mark.parametrize("md5", ["0" * 31, "0" * 33, "g" * 32])
+def test_a_stored_shard_with_a_bad_md5_is_refused_as_corrupt(md5: str) -> None:
+    with pytest.raises(IntegrityError, match="not 32 hex digits"):
+        FileDigests.of_stored([{"0/0": ["0" * 32, 1], "0/1": [md5, 1]}])
 
 
 @given(st.dictionaries(st.text(max_size=4), st.integers(), max_size=30), st.dictionaries(st.text(max_size=4), st.integers(), max_size=30),

@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import operator
 import threading
 import zlib
 from collections import OrderedDict
@@ -105,6 +106,45 @@ class FileDigests(PackedMapping[FileDigest]):
             end = min(first + _HEX_BLOCK, stop)
             yield from zip(keys[first:end], md5s_in_hex(high[first:end], low[first:end]), sizes[first:end])
 
+    @classmethod
+    def of_stored(cls, bodies: Iterable[Mapping[str, list[Any]]]) -> FileDigests:
+        """The files of stored index shards (``{key: [md5, size]}`` each, in key order, one
+        after the other): each shard's MD5s converted together, no :class:`FileDigest` made and
+        no shard held once converted."""
+        keys: list[str] = []
+        halves: list[np.ndarray] = []
+        sizes: list[np.ndarray] = []
+        for body in bodies:
+            keys += body.keys()
+            md5s = list(map(operator.itemgetter(0), body.values()))
+            try:
+                if any(len(md5) != 32 for md5 in md5s):
+                    raise ValueError
+                halves.append(np.frombuffer(bytes.fromhex("".join(md5s)), ">u8").reshape(-1, 2))
+            except ValueError:
+                raise IntegrityError("a digest index shard holds an MD5 that is not 32 hex digits") from None
+            sizes.append(np.fromiter(map(operator.itemgetter(1), body.values()), np.int64, len(md5s)))
+        both = np.concatenate(halves or [np.empty((0, 2), ">u8")]).astype(np.uint64)
+        return cls.from_columns(keys, [both[:, 0].copy(), both[:, 1].copy(), np.concatenate(sizes or [np.empty(0, np.int64)])])
+
+    def differing(self, newer: FileDigests) -> tuple[list[str], list[str]]:
+        """(the keys of ``newer`` that are not here or have another digest here, the keys here
+        that ``newer`` lacks), in key order: compared a column at a time, no digest unpacked."""
+        keys, newer_keys = self.sorted_keys(), newer.sorted_keys()
+        removed: list[str] = []
+        if keys == newer_keys:
+            at = np.arange(len(keys))
+        else:
+            at = np.fromiter(_positions(keys, newer_keys), np.intp, len(newer_keys))
+            kept = np.zeros(len(keys), bool)
+            kept[at[at >= 0]] = True
+            removed = [keys[i] for i in np.flatnonzero(~kept).tolist()]
+        found = at >= 0
+        differ = ~found
+        for mine, theirs in zip(self.columns(), newer.columns(), strict=True):
+            differ[found] |= np.frombuffer(mine, mine.typecode)[at[found]] != np.frombuffer(theirs, theirs.typecode)[found]
+        return [newer_keys[i] for i in np.flatnonzero(differ).tolist()], removed
+
     def position(self, key: str) -> int:
         """Where ``key`` comes in key order (-1: not here)."""
         return self._position(key)
@@ -112,6 +152,16 @@ class FileDigests(PackedMapping[FileDigest]):
     def total_size(self) -> int:
         """The sum of the sizes."""
         return sum(self._columns[2])
+
+
+def _positions(keys: list[str], among: list[str]) -> Iterator[int]:
+    """The position in ``keys`` of each key of ``among`` (-1: not there), both sorted: one walk,
+    no table of either (a dict of 1.3 M keys is ~100 MB)."""
+    at, end = 0, len(keys)
+    for key in among:
+        while at < end and keys[at] < key:
+            at += 1
+        yield at if at < end and keys[at] == key else -1
 
 
 @dataclass(frozen=True)
@@ -165,6 +215,9 @@ class DigestIndex:
         """The keys to write and remove to turn this index's files into ``newer``'s."""
         if not self.files:  # a first upload: no digest of newer's to look at
             return IndexDelta(written=frozenset(newer.files), removed=frozenset())
+        if isinstance(self.files, FileDigests) and isinstance(newer.files, FileDigests):
+            differing, gone = self.files.differing(newer.files)
+            return IndexDelta(written=frozenset(differing), removed=frozenset(gone))
         written = frozenset(k for k, d in newer.files.items() if self.files.get(k) != d)
         removed = frozenset(self.files.keys() - newer.files.keys())
         return IndexDelta(written=written, removed=removed)
@@ -363,27 +416,34 @@ def differing_parts(base: IndexReader, new: DigestIndex) -> tuple[DigestIndex, D
         base.learn_contents({name: content for content, name in ours.items()})
     theirs, named = {row[column] for row in base.table}, set(ours.values())
     reading = [n for n, row in enumerate(base.table) if row[column] not in named]
-    old_files = FileDigests()  # packed: a scattered change reads every shard
-    with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
-        for part in pool.map(base.read_shard, reading):
-            old_files.update(part.items())
+    with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:  # a scattered change reads every shard
+        old_files = FileDigests.of_stored(pool.map(base.raw_shard, reading))
     differing = [content for content, name in ours.items() if name not in theirs]
-    new_files = new.files if len(differing) == len(ours) else FileDigests(
-        (k, new.files[k]) for content in differing for k in new.runs[content]
-    )
+    new_files = new.files if len(differing) == len(ours) else _runs_of(new, differing)
     return (DigestIndex(base.zarr_format, old_files, base.documents),
             DigestIndex(new.zarr_format, new_files, new.documents))
+
+
+def _runs_of(index: DigestIndex, contents: list[str]) -> FileDigests:
+    """The files of the runs ``contents`` of ``index`` (in key order, as :attr:`DigestIndex.runs`
+    gives them): each run a stretch of its packed rows when ``index`` holds them packed."""
+    files = index.files
+    if not isinstance(files, FileDigests):
+        return FileDigests((k, files[k]) for content in contents for k in index.runs[content])
+    spans = []
+    for content in contents:
+        run = index.runs[content]
+        start = files.position(run[0])
+        spans.append((start, start + len(run)))
+    return files.stretches(spans)
 
 
 def load_index_files(reader: IndexReader) -> FileDigests:
     """Every file of a stored index, its shards read in parallel (a few at a time in memory)."""
     if reader.inline is not None:
         return FileDigests(reader.inline.items())
-    files = FileDigests()
     with ThreadPoolExecutor(max_workers=_READ_SHARDS) as pool:
-        for part in pool.map(reader.read_shard, range(len(reader.table))):
-            files.update(part.items())
-    return files
+        return FileDigests.of_stored(pool.map(reader.raw_shard, range(len(reader.table))))
 
 
 def store_index(objects: RepositoryObjects, index: DigestIndex, *, stored: Iterable[list[Any]] = ()) -> str:
@@ -487,11 +547,8 @@ class IndexReader:
             return sum(d.size for d in self.inline.values())
         return sum(row[4] for row in self.table)
 
-    def read_shard(self, number: int) -> dict[str, FileDigest]:
-        """Shard ``number`` of the table, read from storage and checked."""
-        return _files(self._raw_shard(number))
-
-    def _raw_shard(self, number: int) -> dict[str, list[Any]]:
+    def raw_shard(self, number: int) -> dict[str, list[Any]]:
+        """Shard ``number`` as stored (``{key: [md5, size]}``), read from storage and checked."""
         assert self.objects is not None  # only indexes loaded from storage have shards
         shard_id = self.table[number][2]
         data = _get_checked(self.objects, f"{SHARD_PREFIX}{shard_id}.json.gz", shard_id, "digest index shard")
@@ -503,7 +560,7 @@ class IndexReader:
             if number in self._cache:
                 self._cache.move_to_end(number)
                 return self._cache[number]
-        files = self._raw_shard(number)
+        files = self.raw_shard(number)
         loaded = (list(files), files)
         with self._lock:
             self._cache[number] = loaded

@@ -72,6 +72,19 @@ class PackedMapping[V](Mapping[str, V]):
         self._in_order()
         return self._columns
 
+    def stretches(self, spans: Iterable[tuple[int, int]]) -> Self:
+        """The mapping of the rows from ``start`` to ``stop`` (positions in key order) of each of
+        ``spans``, these in order and apart: copied a stretch at a time, no value unpacked."""
+        spans = list(spans)
+        keys = self._in_order()
+        picked = list(itertools.chain.from_iterable(keys[start:stop] for start, stop in spans))
+        columns = [
+            np.concatenate([values[start:stop] for start, stop in spans] or [values[:0]])
+            for column in self._columns
+            for values in (np.frombuffer(column, column.typecode),)
+        ]
+        return type(self).from_columns(picked, columns, taken_from=self)
+
     def sorted_keys(self) -> list[str]:
         """The keys in sorted order, as held: a bulk read by position (do not change it)."""
         return self._in_order()
