@@ -26,6 +26,7 @@ from dandi_icechunk.index import (
     IndexReader,
     Shard,
     _boundaries,
+    _files_json,
     index_shard_ids,
     load_index,
     store_index,
@@ -75,6 +76,29 @@ def test_an_update_of_one_file_writes_one_shard_and_a_root(tmp_path: Path) -> No
     assert len(after - before) == 1
     assert len(set(index_shard_ids(objects, first_id)) ^ set(index_shard_ids(objects, second_id))) == 2
     assert load_index(objects, second_id) == changed
+
+
+def test_a_shard_that_cannot_be_written_stops_the_index_before_its_root_and_a_rerun_stores_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards are written several at a time: a failed one is raised, no root names a missing shard."""
+    objects = _objects(tmp_path)
+    index = _index(40 * SHARD_TARGET)
+    real_put = type(objects).put_if_absent
+    puts: list[str] = []
+
+    def failing(self: object, key: str, data: bytes) -> bool:
+        puts.append(key)
+        if len(puts) == 5:
+            raise OSError("the disk is full")
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(type(objects), "put_if_absent", failing)
+    with pytest.raises(OSError, match="the disk is full"):
+        store_index(objects, index)
+    assert not [k for k, _, _ in objects.list_with_times(INDEX_PREFIX) if not k.startswith(SHARD_PREFIX)]
+    monkeypatch.setattr(type(objects), "put_if_absent", real_put)
+    assert load_index(objects, store_index(objects, index)) == index
 
 
 def test_a_small_index_keeps_its_files_in_its_root(tmp_path: Path) -> None:
@@ -238,6 +262,15 @@ def test_stored_shards_read_back_packed_as_the_files_they_hold(files: dict[str, 
     bodies = [{k: [files[k].md5, files[k].size] for k in keys[len(keys) * i // parts : len(keys) * (i + 1) // parts]}
               for i in range(parts)]  # shards follow each other in key order
     assert dict(FileDigests.of_stored(bodies).items()) == files
+
+
+@given(st.lists(st.tuples(st.text(), st.sampled_from(["0" * 32, "0123456789abcdef" * 2]), st.integers(0, 2**62)),
+                unique_by=lambda e: e[0], max_size=20))
+def test_a_shard_is_written_byte_for_byte_as_the_json_of_its_files_so_stored_shard_ids_stay(
+    rows: list[tuple[str, str, int]]
+) -> None:
+    rows.sort()
+    assert _files_json(rows) == json.dumps({k: [m, s] for k, m, s in rows}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @pytest.mark.parametrize("md5", ["0" * 31, "0" * 33, "g" * 32])
