@@ -26,6 +26,7 @@ import json
 import operator
 import threading
 import zlib
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -110,23 +111,23 @@ class FileDigests(PackedMapping[FileDigest]):
     @classmethod
     def of_stored(cls, bodies: Iterable[Mapping[str, list[Any]]]) -> FileDigests:
         """The files of stored index shards (``{key: [md5, size]}`` each, in key order, one
-        after the other): each shard's MD5s converted together, no :class:`FileDigest` made and
-        no shard held once converted."""
+        after the other): each shard's MD5s converted together and appended to the columns, no
+        :class:`FileDigest` made and no shard held once converted."""
         keys: list[str] = []
-        halves: list[np.ndarray] = []
-        sizes: list[np.ndarray] = []
+        columns = tuple(array(code) for code in cls._typecodes)
         for body in bodies:
             keys += body.keys()
             md5s = list(map(operator.itemgetter(0), body.values()))
             try:
                 if any(len(md5) != 32 for md5 in md5s):
                     raise ValueError
-                halves.append(np.frombuffer(bytes.fromhex("".join(md5s)), ">u8").reshape(-1, 2))
+                halves = np.frombuffer(bytes.fromhex("".join(md5s)), ">u8").reshape(-1, 2).astype(np.uint64)
             except ValueError:
                 raise IntegrityError("a digest index shard holds an MD5 that is not 32 hex digits") from None
-            sizes.append(np.fromiter(map(operator.itemgetter(1), body.values()), np.int64, len(md5s)))
-        both = np.concatenate(halves or [np.empty((0, 2), ">u8")]).astype(np.uint64)
-        return cls.from_columns(keys, [both[:, 0].copy(), both[:, 1].copy(), np.concatenate(sizes or [np.empty(0, np.int64)])])
+            sizes = np.fromiter(map(operator.itemgetter(1), body.values()), np.int64, len(md5s))
+            for column, values in zip(columns, (halves[:, 0], halves[:, 1], sizes), strict=True):
+                column.frombytes(values.tobytes())
+        return cls.from_columns(keys, columns, copy=False)
 
     def differing(self, newer: FileDigests) -> tuple[list[str], list[str]]:
         """(the keys of ``newer`` that are not here or have another digest here, the keys here
