@@ -40,7 +40,7 @@ from .checksum import dandi_zarr_checksum
 from .errors import IntegrityError
 from .hierarchy import is_document
 from .objects import RepositoryObjects
-from .packed import PackedMapping, joined_md5, md5s_in_hex, split_md5
+from .packed import PackedMapping, joined_md5, md5s_in_hex, positions_in, split_md5
 
 INDEX_PREFIX = "dandi/index/"
 SHARD_PREFIX = f"{INDEX_PREFIX}shards/"
@@ -137,10 +137,7 @@ class FileDigests(PackedMapping[FileDigest]):
         if keys == newer_keys:
             at = np.arange(len(keys))
         else:
-            at = np.fromiter(_positions(keys, newer_keys), np.intp, len(newer_keys))
-            kept = np.zeros(len(keys), bool)
-            kept[at[at >= 0]] = True
-            removed = [keys[i] for i in np.flatnonzero(~kept).tolist()]
+            at, removed = positions_in(newer_keys, keys)
         found = at >= 0
         differ = ~found
         for mine, theirs in zip(self.columns(), newer.columns(), strict=True):
@@ -154,16 +151,6 @@ class FileDigests(PackedMapping[FileDigest]):
     def total_size(self) -> int:
         """The sum of the sizes."""
         return sum(self._columns[2])
-
-
-def _positions(keys: list[str], among: list[str]) -> Iterator[int]:
-    """The position in ``keys`` of each key of ``among`` (-1: not there), both sorted: one walk,
-    no table of either (a dict of 1.3 M keys is ~100 MB)."""
-    at, end = 0, len(keys)
-    for key in among:
-        while at < end and keys[at] < key:
-            at += 1
-        yield at if at < end and keys[at] == key else -1
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import platformdirs
 
 from ..checksum import DirectoryDigests
 from ..index import FileDigests
-from ..packed import key_blocks, left_join
+from ..packed import key_blocks, positions_in
 from ..records import JsonRecord
 from .file_stats import FileStats
 
@@ -392,13 +392,8 @@ def _match(stored: _Stored, keys: list[str]) -> tuple[np.ndarray, list[str], Seg
             positions[start:end] = np.arange(row, row + segment.files)
             rows.append((start, end))
         else:
-            names = block.decode().split("\0")
-            listed = np.fromiter((-1 if cached is None else cached for _, _, cached in
-                                  left_join(zip(keys[start:end], keys[start:end]), zip(names, itertools.count()))),
-                                 np.int64, end - start)
-            still = np.zeros(len(names), bool)
-            still[listed[listed >= 0]] = True
-            gone += itertools.compress(names, (~still).tolist())
+            listed, missing = positions_in(keys[start:end], block.decode().split("\0"))
+            gone += missing
             positions[start:end] = np.where(listed >= 0, listed + row, -1)
             rows.append(None)
         at += segment.key_bytes + 1
