@@ -86,12 +86,8 @@ class PackedMapping[V](Mapping[str, V]):
         spans = list(spans)
         keys = self._in_order()
         picked = list(itertools.chain.from_iterable(keys[start:stop] for start, stop in spans))
-        columns = [
-            np.concatenate([values[start:stop] for start, stop in spans] or [values[:0]])
-            for column in self._columns
-            for values in (np.frombuffer(column, column.typecode),)
-        ]
-        return type(self).from_columns(picked, columns, taken_from=self)
+        kept = [(start - 1, stop) for start, stop in spans]  # as _joined takes them: after the first
+        return type(self).from_columns(picked, [_joined(c, kept) for c in self._columns], taken_from=self, copy=False)
 
     def sorted_keys(self) -> list[str]:
         """The keys in sorted order, as held: a bulk read by position (do not change it)."""
