@@ -22,8 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import Timer, make_chunked_v2, prefix_usage, write_results  # noqa: E402
 
 from dandi_icechunk.archive_hooks import attach_zarr_to_dandiset, unembargo_dandiset_zarrs  # noqa: E402
+from dandi_icechunk.chunk_layout import INLINE_MAX  # noqa: E402
 from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 from dandi_icechunk.upload import upload_zarr  # noqa: E402
+
+
+EMBARGO_CHUNK = 2 * INLINE_MAX
 
 
 def main() -> None:
@@ -65,7 +69,8 @@ def main() -> None:
             embargo = []
             for n in embargo_sizes:
                 zsrc = work / f"e{n}.zarr"
-                make_chunked_v2(zsrc, total_bytes=n * 4096, chunk_bytes=4096, seed=n)
+                # chunks past INLINE_MAX: each is an object of its own, as a microscopy Zarr's are
+                make_chunked_v2(zsrc, total_bytes=n * EMBARGO_CHUNK, chunk_bytes=EMBARGO_CHUNK, seed=n)
                 zid = str(uuid.uuid4())
                 upload_zarr(zsrc, location, zid, embargoed=True)
                 [moved] = unembargo_dandiset_zarrs([zid], location=location)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -350,6 +351,41 @@ def test_files_are_hashed_in_threads_only_when_those_to_hash_are_big_not_when_th
     big[0] = 9
     assert index() == reference_checksum(src)
     assert pools == [2, 2]
+
+
+@given(st.lists(st.integers(0, 3 << 20), max_size=600))
+def test_files_to_hash_are_batched_by_count_and_by_bytes(sizes: list[int]) -> None:
+    """Every file once, in order; a batch holds at most 256 files and, unless it is one file,
+    at most 64 MiB: a Zarr of a few big shards is hashed on every core, not as one batch."""
+    from dandi_icechunk.upload import local_zarr
+
+    items = [(str(i), f"/z/{i}", size) for i, size in enumerate(sizes)]
+    limit = 4 << 20
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_zarr, "_HASH_BATCH_BYTES", limit)
+        batches = list(local_zarr._batches(iter(items)))
+    assert [item for batch in batches for item in batch] == items
+    assert all(0 < len(b) <= local_zarr._HASH_BATCH for b in batches)
+    assert all(len(b) == 1 or sum(size for *_, size in b) <= limit for b in batches)
+    # a batch ends only when the next file would not fit
+    assert all(len(a) == local_zarr._HASH_BATCH or sum(size for *_, size in a) + b[0][2] > limit
+               for a, b in itertools.pairwise(batches))
+
+
+def test_a_zarr_of_a_few_big_files_is_hashed_in_several_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dandi_icechunk.upload import local_zarr
+
+    batches: list[int] = []
+    real = local_zarr.hash_batch
+    monkeypatch.setattr(local_zarr, "hash_batch", lambda part: batches.append(len(part)) or real(part))
+    monkeypatch.setattr(local_zarr, "_HASH_BATCH_BYTES", 1 << 20)
+    src = tmp_path / "a.zarr"
+    array = zarr.open_group(str(src), mode="w", zarr_format=2).create_array(
+        "big", shape=(8, 1 << 18), chunks=(1, 1 << 18), dtype="<u2", compressors=None)
+    array[:] = np.random.default_rng(2).integers(0, 65535, array.shape, dtype=np.uint16)  # eight 512 KiB chunks
+
+    assert local_zarr.scan_local_zarr(src).digest_index(workers=2).zarr_checksum() == reference_checksum(src)
+    assert batches == [2, 2, 2, 2]  # 1 MiB a batch (the metadata documents are read at the scan)
 
 
 @pytest.mark.parametrize("listing", ["the same files", "files added and removed"])
@@ -713,13 +749,28 @@ class _RewriteWhenUploadStarts(NoProgress):
             self.path.write_bytes(os.urandom(self.path.stat().st_size))
 
 
+def _zarr_of_noise(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], **kwargs: object) -> Path:
+    """A Zarr v3 of random values: its chunk files are as big as their chunks (no compression gain)."""
+    src = make_zarr_v3(path, shape=shape, chunks=chunks, **kwargs)  # type: ignore[arg-type]
+    zarr.open_array(str(src / "data"), mode="r+")[:] = np.random.default_rng(1).integers(0, 2**16, shape, dtype="<u2")
+    return src
+
+
+# Chunk files up to 1 MiB are read and hashed in place, larger ones hashed in a thread while sent.
+_SMALL_AND_BIG_CHUNKS = pytest.mark.parametrize(
+    ("shape", "chunks"), [((16, 64, 64), (4, 16, 16)), ((2, 1024, 1024), (1, 1024, 1024))], ids=["small", "over-1MiB"]
+)
+
+
+@_SMALL_AND_BIG_CHUNKS
 def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
-    location: StorageLocation, zarr_id: str, tmp_path: Path
+    location: StorageLocation, zarr_id: str, tmp_path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]
 ) -> None:
-    src = make_zarr_v3(tmp_path / "a.zarr", chunks=(4, 16, 16))
+    src = _zarr_of_noise(tmp_path / "a.zarr", shape, chunks)
     first = upload_zarr(src, location, zarr_id)
     zarr.open_group(str(src), mode="r+")["data"][:] = 7
     victim = src / "data" / "c" / "0" / "0" / "0"
+    victim.write_bytes(os.urandom(chunks[-1] * chunks[-2] * 2))  # as big as the chunk, to be sent the same way
     with pytest.raises(InvalidZarrError, match=r"data/c/0/0/0 changed while it was being uploaded"):
         upload_zarr(src, location, zarr_id, progress=_RewriteWhenUploadStarts(victim))
     assert ZarrRepository.open(location, zarr_id).resolve() == first.snapshot_id
@@ -728,14 +779,20 @@ def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
     assert done.zarr_checksum == reference_checksum(src)
 
 
+@pytest.mark.parametrize(
+    ("shape", "chunks", "shards"),
+    [((32, 64, 64), (4, 16, 16), (8, 32, 32)), ((4, 1024, 1024), (1, 512, 512), (2, 1024, 1024))],
+    ids=["small", "over-1MiB"],
+)
 def test_a_first_upload_without_checksum_lookup_reads_each_chunk_file_once_and_hashes_what_it_sends(
-    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...],
 ) -> None:
     """The archive's route (``dedup=False``) into an empty repository hashes each chunk as it
     reads it for sending: one read per chunk file, and the checksum and index match the files."""
-    from dandi_icechunk.upload import local_zarr
+    from dandi_icechunk.upload import chunks as sending, local_zarr
 
-    src = make_zarr_v3(tmp_path / "a.zarr", shape=(32, 64, 64), chunks=(4, 16, 16), shards=(8, 32, 32))
+    src = _zarr_of_noise(tmp_path / "a.zarr", shape, chunks, shards=shards)
     reads: dict[str, int] = {}
     real_read = local_zarr.read_file
 
@@ -747,6 +804,7 @@ def test_a_first_upload_without_checksum_lookup_reads_each_chunk_file_once_and_h
         raise AssertionError("a file was hashed before it was sent")
 
     monkeypatch.setattr(local_zarr, "read_file", counted)
+    monkeypatch.setattr(sending, "read_file", counted)
     monkeypatch.setattr(local_zarr, "hash_file", no_hash_pass)
     result = upload_zarr(src, location, zarr_id, dedup=False)
 

@@ -12,7 +12,7 @@ from zarr.buffer import cpu
 
 from ..aio import run_bounded
 from ..index import FileDigest, FileDigests
-from .local_zarr import ChunkFile, read_hashed, read_unchanged
+from .local_zarr import ChunkFile, digest_of, read_file, refuse_changed
 
 CHUNK_MEMORY_BUDGET = 768 * 1024 * 1024
 """Most chunk bytes an upload holds in memory at once (a chunk larger than this is sent alone)."""
@@ -28,19 +28,32 @@ async def write_chunks(
     expected: Mapping[str, FileDigest] | None = None,
     hashed: FileDigests | dict[str, FileDigest] | None = None,
 ) -> None:
-    """Write each chunk file to ``store``. A chunk in ``expected`` must still have that digest
-    (else :class:`InvalidZarrError`); the others are hashed as read, into ``hashed``."""
+    """Write each chunk file to ``store``, hashing the bytes sent (into ``hashed``, if given). A
+    chunk must still have its digest in ``expected``, if given (else :class:`InvalidZarrError`)."""
 
-    def read(chunk: ChunkFile) -> tuple[bytes, FileDigest | None]:
+    def checked(chunk: ChunkFile, data: bytes) -> FileDigest:
+        digest = digest_of(data)
         if expected is not None:
-            return read_unchanged(chunk, expected[chunk.key]), None
-        return read_hashed(chunk)
+            refuse_changed(chunk, expected[chunk.key], digest)
+        return digest
 
     async def one(chunk: ChunkFile) -> None:
-        # A thread hop costs more than reading a small chunk in place.
-        data, digest = read(chunk) if chunk.size <= _INLINE_READ_MAX else await asyncio.to_thread(read, chunk)
-        await store.set(chunk.icechunk_key, cpu.Buffer.from_bytes(data))
-        if hashed is not None and digest is not None:
+        if chunk.size <= _INLINE_READ_MAX:  # a thread hop costs more than reading a small chunk in place
+            data = read_file(chunk.path, chunk.key, chunk.size)
+            digest = checked(chunk, data)
+            await store.set(chunk.icechunk_key, cpu.Buffer.from_bytes(data))
+        else:
+            data = await asyncio.to_thread(read_file, chunk.path, chunk.key, chunk.size)
+            # Hashed while it is sent (MD5 lets go of the GIL): a big chunk's hash takes as long
+            # as a good part of its PUT. A chunk that fails its check is never committed.
+            sending = asyncio.ensure_future(store.set(chunk.icechunk_key, cpu.Buffer.from_bytes(data)))
+            try:
+                digest = await asyncio.to_thread(checked, chunk, data)
+            except BaseException:
+                sending.cancel()
+                raise
+            await sending
+        if hashed is not None:
             hashed[chunk.key] = digest
         advance(1, len(data))
 

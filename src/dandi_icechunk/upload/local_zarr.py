@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import logging
 import operator
 import os
@@ -38,6 +37,7 @@ _log = logging.getLogger("dandi_icechunk")
 _first = operator.itemgetter(0)
 _READ_BLOCK = 8 * 1024 * 1024
 _HASH_BATCH = 256
+_HASH_BATCH_BYTES = 64 * 1024 * 1024
 _THREADED_MIN_FILE_SIZE = 16 * 1024
 ProgressCallback = Callable[[int, int], None]
 """Called with (files, bytes) done since the last call."""
@@ -114,7 +114,7 @@ class LocalZarr:
         (:meth:`DigestCache.unchanged`), and ``hashed`` the keys whose digests it did not know.
         ``chunk_digests`` is taken over, not copied: the documents' digests are added to it."""
         saved = cache.save(self.root, self.stats, chunk_digests, cached) if cache else None
-        chunk_digests.update((k, FileDigest(hashlib.md5(v).hexdigest(), len(v))) for k, v in self.documents.items())
+        chunk_digests.update((k, digest_of(v)) for k, v in self.documents.items())
         if cache is None or saved is None:  # the checksum is computed when it is asked for
             return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
         documents = sorted(self.documents)
@@ -150,8 +150,18 @@ def _in_threads(sizes: Sequence[int]) -> bool:
     return sum(sizes) >= _THREADED_MIN_FILE_SIZE * max(len(sizes), 1)
 
 
-def _batches(items: Iterator[tuple[str, str, int]]) -> Iterator[list[tuple[str, str, int]]]:
-    while batch := list(itertools.islice(items, _HASH_BATCH)):
+def _batches(items: Iterable[tuple[str, str, int]]) -> Iterator[list[tuple[str, str, int]]]:
+    """(key, path, size) in batches of at most ``_HASH_BATCH`` files and, past its first file,
+    ``_HASH_BATCH_BYTES``: a Zarr of 147 shards is hashed on every core too, not as one batch."""
+    batch: list[tuple[str, str, int]] = []
+    held = 0
+    for item in items:
+        if batch and (len(batch) == _HASH_BATCH or held + item[2] > _HASH_BATCH_BYTES):
+            yield batch
+            batch, held = [], 0
+        batch.append(item)
+        held += item[2]
+    if batch:
         yield batch
 
 
@@ -164,23 +174,20 @@ class ChunkFile(NamedTuple):
     size: int
 
 
-def read_hashed(chunk: ChunkFile) -> tuple[bytes, FileDigest]:
-    """The bytes of ``chunk`` and their digest: what is sent is what was hashed."""
-    data = read_file(chunk.path, chunk.key, chunk.size)
-    return data, FileDigest(hashlib.md5(data).hexdigest(), len(data))
+def digest_of(data: bytes) -> FileDigest:
+    """The MD5 and size of a file's bytes: what is sent is what was hashed."""
+    return FileDigest(hashlib.md5(data).hexdigest(), len(data))
 
 
-def read_unchanged(chunk: ChunkFile, expected: FileDigest) -> bytes:
-    """The bytes of ``chunk``, refusing a file that no longer has the digest ``expected``
-    (changed since it was hashed): every byte committed is a byte that was hashed, even
-    after an edit in place that kept the size and modification time."""
-    data, digest = read_hashed(chunk)
+def refuse_changed(chunk: ChunkFile, expected: FileDigest, digest: FileDigest) -> None:
+    """Refuse a file read for sending whose ``digest`` is no longer the ``expected`` one
+    (changed since it was hashed): every byte committed is a byte that was hashed, even after
+    an edit in place that kept the size and modification time."""
     if digest != expected:
         raise InvalidZarrError(
             f"{chunk.key} changed while it was being uploaded; nothing was committed. "
             "Wait until whatever writes the Zarr has finished, then run the upload again"
         )
-    return data
 
 
 def read_file(path: str | Path, key: str, size: int = 0) -> bytes:
