@@ -65,6 +65,26 @@ def test_a_large_index_is_stored_in_shards_and_reads_back_whole_and_one_shard_at
     assert list(reader.keys(after=middle))[:3] == everything[everything.index(middle) + 1:][:3]
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "dict"])
+def test_a_reader_of_an_index_in_memory_answers_as_a_stored_one_and_reads_the_files_in_place(
+    tmp_path: Path, packed: bool
+) -> None:
+    """verify and export read through a reader of the index they loaded: it must answer as the
+    stored index's reader does, without a second copy of 1.3 M digests (~220 MB)."""
+    index = _index(3 * SHARD_TARGET)
+    if packed:
+        index = DigestIndex(index.zarr_format, FileDigests(index.files.items()), index.documents)
+    stored = IndexReader.load(_objects(tmp_path), store_index(_objects(tmp_path), index))
+    reader = IndexReader.of(index)
+    assert (reader.file_count, reader.size) == (stored.file_count, stored.size)
+    assert list(reader.keys()) == list(stored.keys())
+    for prefix, after in (("0/12", ""), ("", "0/500/3"), ("0/2/", "0/2/1")):
+        assert list(reader.keys(prefix=prefix, after=after)) == list(stored.keys(prefix=prefix, after=after))
+    keys = list(index.files)[::211] + ["0/nope", ""]
+    assert [reader.get(k) for k in keys] == [stored.get(k) for k in keys]
+    assert reader.inline is index.files  # read in place, not copied
+
+
 def test_an_update_of_one_file_writes_one_shard_and_a_root(tmp_path: Path) -> None:
     objects = _objects(tmp_path)
     first = _index(10 * SHARD_TARGET)

@@ -502,14 +502,16 @@ class IndexReader:
         zarr_format: Literal[2, 3] | None,
         documents: dict[str, bytes],
         *,
-        inline: dict[str, FileDigest] | None = None,
+        inline: Mapping[str, FileDigest] | None = None,
         table: list[list[Any]] | None = None,
         cache: int = _CACHED_SHARDS,
     ) -> None:
         self.objects, self.zarr_format, self.documents = objects, zarr_format, documents
         self.inline, self.table = inline, table or []
         self._firsts = [row[0] for row in self.table]
-        self._inline_keys = sorted(inline) if inline is not None else []
+        self._inline_keys = (
+            inline.sorted_keys() if isinstance(inline, FileDigests) else sorted(inline) if inline is not None else []
+        )
         self._cache: OrderedDict[int, tuple[list[str], dict[str, list[Any]]]] = OrderedDict()
         self._size, self._lock = cache, threading.Lock()
 
@@ -525,8 +527,9 @@ class IndexReader:
 
     @classmethod
     def of(cls, index: DigestIndex) -> IndexReader:
-        """A reader of an index already in memory."""
-        return cls(None, index.zarr_format, dict(index.documents), inline=dict(index.files))
+        """A reader of an index already in memory, its files read where they are (not copied:
+        a dict of 1.3 M digests would take some 220 MB), so they must not change meanwhile."""
+        return cls(None, index.zarr_format, dict(index.documents), inline=index.files)
 
     def learn_contents(self, contents: Mapping[str, str]) -> None:
         """Give the rows of a table stored before rows carried content hashes the hash
@@ -547,6 +550,8 @@ class IndexReader:
 
     @property
     def size(self) -> int:
+        if isinstance(self.inline, FileDigests):
+            return self.inline.total_size()
         if self.inline is not None:
             return sum(d.size for d in self.inline.values())
         return sum(row[4] for row in self.table)
