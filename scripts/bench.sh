@@ -2,7 +2,7 @@
 # Install (with the benchmark extras and Debian's postgresql if missing), then run the
 # comparison of issue 6: benchmarks/compare.py (DANDI today, DANDI's proposal, Icechunk
 # directly, dandi-icechunk). Results: benchmarks/results/compare.{json,md} and PNG plots.
-# Usage: bash scripts/bench.sh [--quick]      (--quick: a few minutes; full: about 45 minutes)
+# Usage: bash scripts/bench.sh [--quick]      (--quick: a few minutes; full: 25-45 minutes)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
