@@ -46,7 +46,8 @@ async def write_chunks(
             data = await asyncio.to_thread(read_file, chunk.path, chunk.key, chunk.size)
             # Hashed while it is sent (MD5 lets go of the GIL): a big chunk's hash takes as long
             # as a good part of its PUT. A chunk that fails its check is never committed.
-            sending = asyncio.ensure_future(store.set(chunk.icechunk_key, cpu.Buffer.from_bytes(data)))
+            sending = asyncio.create_task(store.set(chunk.icechunk_key, cpu.Buffer.from_bytes(data)))
+            sending.add_done_callback(_retrieved)  # its error is read even when the refusal is raised
             try:
                 digest = await asyncio.to_thread(checked, chunk, data)
             except BaseException:
@@ -58,3 +59,8 @@ async def write_chunks(
         advance(1, len(data))
 
     await run_bounded(one, chunks, jobs, weight=lambda c: c.size, budget=CHUNK_MEMORY_BUDGET)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
