@@ -63,6 +63,11 @@ class FileDigest:
     md5: str
     size: int
 
+    @classmethod
+    def of(cls, data: bytes) -> FileDigest:
+        """The digest of a file's bytes."""
+        return cls(hashlib.md5(data).hexdigest(), len(data))
+
 
 class FileDigests(PackedMapping[FileDigest]):
     """Key -> :class:`FileDigest`, added in any order, each key once; read in sorted key order.

@@ -9,7 +9,6 @@ archive's files endpoint serve them one at a time (:class:`SnapshotFiles`); read
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import json
 import re
@@ -213,7 +212,7 @@ def verify_snapshot(
             problems.append(f"{key}: missing from the repository (or unreadable)")
             differing[key] = None
             return
-        digest = FileDigest(hashlib.md5(data).hexdigest(), len(data))
+        digest = FileDigest.of(data)
         if digest != index.files[key]:
             problems.append(f"{key}: stored bytes do not match the uploaded file's MD5/size")
             differing[key] = digest

@@ -160,7 +160,7 @@ def synthetic_snapshot(location: StorageLocation, n_files: int) -> tuple[str, st
     repo = ZarrRepository.open(location, zarr_id, create=True)
     files = {synthetic_key(i): FileDigest(hashlib.md5(i.to_bytes(8, "big")).hexdigest(), 25_000)
              for i in range(n_files)}
-    index = DigestIndex(3, {**files, "zarr.json": FileDigest(hashlib.md5(group).hexdigest(), len(group))},
+    index = DigestIndex(3, {**files, "zarr.json": FileDigest.of(group)},
                         {"zarr.json": group})
     info = CommitInfo(zarr_checksum=index.zarr_checksum(), file_count=index.file_count, size=index.size,
                       index_id=store_index(repo.objects, index), zarr_format=3, user="synthetic")

@@ -12,7 +12,7 @@ from zarr.buffer import cpu
 
 from ..aio import run_bounded
 from ..index import FileDigest, FileDigests
-from .local_zarr import ChunkFile, digest_of, read_file, refuse_changed
+from .local_zarr import ChunkFile, read_file, refuse_changed
 
 CHUNK_MEMORY_BUDGET = 768 * 1024 * 1024
 """Most chunk bytes an upload holds in memory at once (a chunk larger than this is sent alone)."""
@@ -32,7 +32,7 @@ async def write_chunks(
     chunk must still have its digest in ``expected``, if given (else :class:`InvalidZarrError`)."""
 
     def checked(chunk: ChunkFile, data: bytes) -> FileDigest:
-        digest = digest_of(data)
+        digest = FileDigest.of(data)  # what is sent is what was hashed
         if expected is not None:
             refuse_changed(chunk, expected[chunk.key], digest)
         return digest

@@ -114,7 +114,7 @@ class LocalZarr:
         (:meth:`DigestCache.unchanged`), and ``hashed`` the keys whose digests it did not know.
         ``chunk_digests`` is taken over, not copied: the documents' digests are added to it."""
         saved = cache.save(self.root, self.stats, chunk_digests, cached) if cache else None
-        chunk_digests.update((k, digest_of(v)) for k, v in self.documents.items())
+        chunk_digests.update((k, FileDigest.of(v)) for k, v in self.documents.items())
         if cache is None or saved is None:  # the checksum is computed when it is asked for
             return DigestIndex(self.hierarchy.zarr_format, chunk_digests, dict(self.documents))
         documents = sorted(self.documents)
@@ -172,11 +172,6 @@ class ChunkFile(NamedTuple):
     path: str
     icechunk_key: str
     size: int
-
-
-def digest_of(data: bytes) -> FileDigest:
-    """The MD5 and size of a file's bytes: what is sent is what was hashed."""
-    return FileDigest(hashlib.md5(data).hexdigest(), len(data))
 
 
 def refuse_changed(chunk: ChunkFile, expected: FileDigest, digest: FileDigest) -> None:
