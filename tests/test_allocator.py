@@ -78,3 +78,44 @@ def test_memory_freed_in_the_middle_of_the_heap_goes_back_to_the_system_when_rel
                          env={"PATH": "", "PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True, check=True)
     before, after = map(float, run.stdout.split())
     assert after < before - 100  # MB of the 196 freed
+
+
+_HEAP_TOP_AFTER_LARGE_FREES = """
+import ctypes, sys
+from dandi_icechunk.upload.allocator import tune_malloc
+
+if sys.argv[1] == "tuned":
+    tune_malloc()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+def used(size):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    return block
+
+libc.free(used(30 << 20))  # a large block freed: glibc's own thresholds rise to 30 and 60 MiB
+blocks = [used(1 << 20) for _ in range(48)]  # from the top of the heap
+before = rss_mb()
+for block in reversed(blocks):
+    libc.free(block)
+print(before, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_an_upload_process_hands_back_free_heap_top_whatever_large_blocks_it_freed_before() -> None:
+    def rss_before_and_after_free(mode: str) -> tuple[float, float]:
+        run = subprocess.run([sys.executable, "-c", _HEAP_TOP_AFTER_LARGE_FREES, mode],
+                             env={"PATH": "", "PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True,
+                             check=True)
+        before, after = map(float, run.stdout.split())
+        return before, after
+
+    before, after = rss_before_and_after_free("glibc's defaults")
+    assert after > before - 8  # the 48 MiB freed stay in the process
+    before, after = rss_before_and_after_free("tuned")
+    assert after < before - 30  # MiB of the 48 freed

@@ -29,6 +29,7 @@ import zlib
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -162,8 +163,8 @@ class FileDigests(PackedMapping[FileDigest]):
 class IndexDelta:
     """What changed between two indexes: keys written (new or changed) and keys removed."""
 
-    written: frozenset[str]
-    removed: frozenset[str]
+    written: AbstractSet[str]
+    removed: AbstractSet[str]
 
     def __bool__(self) -> bool:
         return bool(self.written or self.removed)
@@ -207,8 +208,8 @@ class DigestIndex:
 
     def delta_to(self, newer: DigestIndex) -> IndexDelta:
         """The keys to write and remove to turn this index's files into ``newer``'s."""
-        if not self.files:  # a first upload: no digest of newer's to look at
-            return IndexDelta(written=frozenset(newer.files), removed=frozenset())
+        if not self.files:  # a first upload: every key, as newer holds them (no set of 1.3 M keys)
+            return IndexDelta(written=newer.files.keys(), removed=frozenset())
         if isinstance(self.files, FileDigests) and isinstance(newer.files, FileDigests):
             differing, gone = self.files.differing(newer.files)
             return IndexDelta(written=frozenset(differing), removed=frozenset(gone))

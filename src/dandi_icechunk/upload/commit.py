@@ -54,7 +54,7 @@ from ..session import (
     is_embargoed_branch,
     scratch_branch,
 )
-from .allocator import limit_malloc_arenas, release_free_memory
+from .allocator import release_free_memory, tune_malloc
 from .chunks import write_chunks
 from .digest_cache import DigestCache, UploadRecord
 from .distributed import hash_on, write_on_dask
@@ -137,7 +137,7 @@ def upload_zarr(
             "new Zarr of the embargoed Dandiset instead, or lift the embargo first"
         )
     progress = progress or NoProgress()
-    limit_malloc_arenas()
+    tune_malloc()
     listing = LocalListing.of(path, workers=os.cpu_count() or 1)
     if digest_cache is not None and (unchanged := _unchanged_since_last_upload(
         listing, location, zarr_id, branch, digest_cache, delete_missing=delete_missing, dedup=dedup,
@@ -205,7 +205,7 @@ def upload_zarr(
                 new_index = hashed(local)
             if not delete_missing:
                 whole = DigestIndex(base.zarr_format, load_index_files(base), base.documents)
-                new_index = whole.apply(IndexDelta(frozenset(new_index.files), frozenset()), new_index)
+                new_index = whole.apply(IndexDelta(new_index.files.keys(), frozenset()), new_index)
                 hierarchy = Hierarchy.from_documents(new_index.documents)
             # Only the index shards whose content differs are read and compared.
             base_index, changed = differing_parts(base, new_index)
