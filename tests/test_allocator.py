@@ -84,8 +84,8 @@ _HEAP_TOP_AFTER_LARGE_FREES = """
 import ctypes, sys
 from dandi_icechunk.upload.allocator import tune_malloc
 
-if sys.argv[1] == "tuned":
-    tune_malloc()
+if sys.argv[1] == "tuned":  # none of them set in the environment: all three made
+    assert tune_malloc() == ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 

@@ -5,7 +5,6 @@ freed in one arena is not reused for another thread's allocations. An upload all
 Python's thread, the hashing threads and Icechunk's runtime threads; each staged batch's commit
 builds larger structures than the one before (`docs/upload-memory.md`), in whichever arena its
 thread has, so the peak grew batch after batch. Limited to two arenas, freed memory is reused.
-A ``MALLOC_ARENA_MAX`` in the environment is respected; elsewhere than glibc nothing is done.
 
 glibc also raises its thresholds as the process frees large blocks: blocks of up to 32 MiB then
 come from the heap instead of their own mappings, and up to 64 MiB free at the top of the heap
