@@ -40,20 +40,19 @@ print(before, arenas())
 """
 
 
+def _numbers_printed(script: str, *args: str) -> list[float]:
+    """What ``script`` prints, run with ``args`` in a fresh Python with no ``MALLOC_*`` variable set."""
+    run = subprocess.run([sys.executable, "-c", script, *args], env={"PATH": "", "PYTHONPATH": ":".join(sys.path)},
+                         capture_output=True, text=True, check=True)
+    return [float(n) for n in run.stdout.split()]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
 def test_an_upload_process_allocates_from_two_malloc_arenas_however_many_threads_allocate(tmp_path: Path) -> None:
-    env = {"PATH": "", "PYTHONPATH": ":".join(sys.path)}  # no MALLOC_ARENA_MAX
     zarr = make_zarr_v3(tmp_path / "a.zarr", shape=(4, 8, 8), chunks=(1, 8, 8))
-
-    def arenas(mode: str) -> tuple[int, int]:
-        run = subprocess.run([sys.executable, "-c", _ARENAS_BEFORE_AND_AFTER_THREADS, mode, str(zarr)], env=env,
-                             capture_output=True, text=True, check=True)
-        before, after = map(int, run.stdout.split())
-        return before, after
-
-    before, after = arenas("alone")
+    before, after = _numbers_printed(_ARENAS_BEFORE_AND_AFTER_THREADS, "alone", str(zarr))
     assert after > max(before, 2)  # the threads make glibc add arenas
-    before, after = arenas("after an upload")
+    before, after = _numbers_printed(_ARENAS_BEFORE_AND_AFTER_THREADS, "after an upload", str(zarr))
     assert after <= max(before, 2)  # and none once an upload has limited them
 
 
@@ -74,9 +73,7 @@ print(before, rss_mb())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_memory_freed_in_the_middle_of_the_heap_goes_back_to_the_system_when_released() -> None:
-    run = subprocess.run([sys.executable, "-c", _RSS_BEFORE_AND_AFTER_RELEASE],
-                         env={"PATH": "", "PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True, check=True)
-    before, after = map(float, run.stdout.split())
+    before, after = _numbers_printed(_RSS_BEFORE_AND_AFTER_RELEASE)
     assert after < before - 100  # MB of the 196 freed
 
 
@@ -108,14 +105,7 @@ print(before, rss_mb())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_an_upload_process_hands_back_free_heap_top_whatever_large_blocks_it_freed_before() -> None:
-    def rss_before_and_after_free(mode: str) -> tuple[float, float]:
-        run = subprocess.run([sys.executable, "-c", _HEAP_TOP_AFTER_LARGE_FREES, mode],
-                             env={"PATH": "", "PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True,
-                             check=True)
-        before, after = map(float, run.stdout.split())
-        return before, after
-
-    before, after = rss_before_and_after_free("glibc's defaults")
+    before, after = _numbers_printed(_HEAP_TOP_AFTER_LARGE_FREES, "glibc's defaults")
     assert after > before - 8  # the 48 MiB freed stay in the process
-    before, after = rss_before_and_after_free("tuned")
+    before, after = _numbers_printed(_HEAP_TOP_AFTER_LARGE_FREES, "tuned")
     assert after < before - 30  # MiB of the 48 freed
