@@ -165,6 +165,16 @@ def run_child(script: str, payload: dict[str, Any], timeout: float) -> dict[str,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def fresh_pages(nbytes: int) -> None:
+    """Write and free ``nbytes`` of memory, so that a contender's first ``nbytes`` of new memory
+    are pages this machine just used. This VM reports free memory back to its host (virtio
+    balloon free page reporting), and a page the host must back again costs about 3x to zero:
+    a 1 GB read spent 44 % of its time in the kernel's ``clear_page`` after a pause or a small
+    contender, 17 % right after a large one, so each contender's speed hung on its place."""
+    block = b"\1" * nbytes  # written by memset; freed on return
+    assert len(block) == nbytes
+
+
 def child_payload() -> dict[str, Any] | None:
     """The payload when this process is a child started by :func:`run_child`, else None."""
     return json.loads(sys.argv[2]) if sys.argv[1:2] == ["--child"] else None

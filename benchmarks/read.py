@@ -9,7 +9,9 @@ Readers:
 - zarr-python and tensorstore through ``dandi-icechunk serve`` (the plain-Zarr HTTP view);
 - boto3 parallel GET of the same objects, no decoding: not a limit here, where boto3's own
   CPU per request is what bounds it (it trails every other reader).
-Each round runs every reader once per pattern, the order rotating; reported: median seconds
+Each round runs every reader once per pattern, the order rotating, each after writing and
+freeing 1.5x the bytes it reads (``fresh_pages``: on this VM, so that no reader's speed hangs on
+its place in the order); reported: median seconds
 (min-max) from opening to the last byte, MB/s, peak RSS of the reader's process; every read is
 checked against the local data; the CPU time of the reader's process per chunk and, for the
 readers of the HTTP view, the view's CPU time per request (the view runs in this process, idle
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
     child_payload,
+    fresh_pages,
     get_files,
     make_chunked_v2,
     median_bars,
@@ -97,6 +100,7 @@ def child(reader: str, pattern: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
     from dandi_icechunk.read import open_zarr
 
+    fresh_pages(3 * len(rows) * cfg["chunk_bytes"] // 2)  # above what any reader holds
     cpu_before = _cpu_seconds()
     with Timer() as t:  # from opening to the last byte; imports are done
         if reader.startswith(("icechunk", "zarr")):
@@ -212,7 +216,7 @@ def main() -> None:
             view, server = serve_in_thread(create_app(location))
             cfg = {"endpoint_url": s3.endpoint_url, "bucket": s3.bucket, "access_key_id": s3.access_key_id,
                    "secret_access_key": s3.secret_access_key, "zarr_id": zarr_id, "snapshot": snapshot,
-                   "view": view, "n_chunks": n_chunks, "jobs": args.jobs,
+                   "view": view, "n_chunks": n_chunks, "chunk_bytes": args.chunk_kb * 1024, "jobs": args.jobs,
                    "repository_url": f"{s3.endpoint_url}/{s3.bucket}/{location.repository_prefix(zarr_id)}/"}
             for round_ in range(rounds):
                 order = rotated(READERS, round_)
