@@ -166,13 +166,17 @@ def run_child(script: str, payload: dict[str, Any], timeout: float) -> dict[str,
 
 
 def fresh_pages(nbytes: int) -> None:
-    """Write and free ``nbytes`` of memory, so that a contender's first ``nbytes`` of new memory
-    are pages this machine just used. This VM reports free memory back to its host (virtio
-    balloon free page reporting), and a page the host must back again costs about 3x to zero:
-    a 1 GB read spent 44 % of its time in the kernel's ``clear_page`` after a pause or a small
-    contender, 17 % right after a large one, so each contender's speed hung on its place."""
-    block = b"\1" * nbytes  # written by memset; freed on return
-    assert len(block) == nbytes
+    """Fill and free a NumPy array of ``nbytes``, then restart this process's peak RSS count, so
+    that a contender starts with pages this machine has just used, whatever ran before it.
+
+    This VM hands free memory back to its host (virtio balloon free page reporting). Zeroing a
+    page the host must back again is about 3x slower, and NumPy asks for huge pages for a large
+    array: a 1 GB read spent 44 % of its time in the kernel's ``clear_page`` after a pause or a
+    small contender, 17 % right after a large one, so a reader's speed hung on its place in the
+    order. Freeing an array of huge pages right before puts every contender in the second case."""
+    block = np.ones(nbytes, dtype=np.uint8)
+    del block
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
 def child_payload() -> dict[str, Any] | None:

@@ -9,9 +9,9 @@ Readers:
 - zarr-python and tensorstore through ``dandi-icechunk serve`` (the plain-Zarr HTTP view);
 - boto3 parallel GET of the same objects, no decoding: not a limit here, where boto3's own
   CPU per request is what bounds it (it trails every other reader).
-Each round runs every reader once per pattern, the order rotating, each after writing and
-freeing 1.5x the bytes it reads (``fresh_pages``: on this VM, so that no reader's speed hangs on
-its place in the order); reported: median seconds
+Each round runs every reader once per pattern, the order rotating, each in a process that
+first fills and frees an array of 1.5x the bytes it reads (``fresh_pages``: on this VM, so that
+no reader's speed hangs on its place in the order); reported: median seconds
 (min-max) from opening to the last byte, MB/s, peak RSS of the reader's process; every read is
 checked against the local data; the CPU time of the reader's process per chunk and, for the
 readers of the HTTP view, the view's CPU time per request (the view runs in this process, idle
