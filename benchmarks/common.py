@@ -173,7 +173,10 @@ def fresh_pages(nbytes: int) -> None:
     page the host must back again is about 3x slower, and NumPy asks for huge pages for a large
     array: a 1 GB read spent 44 % of its time in the kernel's ``clear_page`` after a pause or a
     small contender, 17 % right after a large one, so a reader's speed hung on its place in the
-    order. Freeing an array of huge pages right before puts every contender in the second case."""
+    order. Freeing an array of huge pages right before puts every contender in the second case.
+    Fair only between contenders whose memory is alike (the read benchmark's output arrays): in
+    ``big_objects.py`` it slowed the two contenders holding whole shards, not ours
+    (``docs/big-objects.md``), so that benchmark runs without it."""
     block = np.ones(nbytes, dtype=np.uint8)
     del block
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
