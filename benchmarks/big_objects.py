@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     rotated,
     run_child,
     summarize_runs,
+    warm_up,
     write_results,
 )
 from workloads import ROW_VALUES, Workload  # noqa: E402
@@ -177,6 +178,7 @@ def main() -> None:
             order = rotated(CONTENDERS, round_)
             for key in order:
                 with run_seaweedfs(tmp / f"s3-{round_}-{key}") as server:
+                    warm_up(server.client(), server.bucket)
                     config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
                               "access_key_id": server.access_key_id, "secret_access_key": server.secret_access_key}
                     runs[key].append(run_child(__file__, {"contender": key, "server": config, "src": str(src),

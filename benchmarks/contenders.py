@@ -33,7 +33,7 @@ import boto3
 import icechunk
 import obstore
 import zarr
-from common import Timer, local_files, put_files_like_dandi_today, update_like_dandi_today
+from common import Timer, local_files, put_files_like_dandi_today, update_like_dandi_today, warm_up
 from dandischema.metadata import validate
 from obstore.store import S3Store
 from workloads import Workload, array_digest
@@ -71,9 +71,7 @@ class Contender:
             aws_secret_access_key=cfg["secret_access_key"],
         )
         self.client.create_bucket(Bucket=bucket)
-        # SeaweedFS allocates a bucket's volumes on its first write: do that before any timing
-        self.client.put_object(Bucket=bucket, Key="warm-up", Body=b"")
-        self.client.delete_object(Bucket=bucket, Key="warm-up")
+        warm_up(self.client, bucket)
 
     def obstore(self, prefix: str) -> S3Store:
         return S3Store(

@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     run_child,
     summarize_runs,
     update_like_dandi_today,
+    warm_up,
     write_results,
 )
 
@@ -142,8 +143,7 @@ def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[st
         shutil.rmtree(src, ignore_errors=True)
         make_chunked_v2(src, total_bytes=n * CHUNK, chunk_bytes=CHUNK, per_directory=per_directory)
         with run_seaweedfs(work / f"s3-{round_}") as s3:
-            # SeaweedFS allocates a bucket's volumes on its first write: not in anyone's time
-            s3.client().put_object(Bucket=s3.bucket, Key="warm-up", Body=b"")
+            warm_up(s3.client(), s3.bucket)
             zarr_id = str(uuid.uuid4())
             base = {"src": str(src), "bucket": s3.bucket, "endpoint_url": s3.endpoint_url, "jobs": jobs,
                     "access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key,

@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     rotated,
     run_child,
     summarize_runs,
+    warm_up,
     write_results,
 )
 
@@ -172,6 +173,7 @@ def main() -> None:
                 order = rotated(CONTENDERS, round_)
                 for key in order:
                     with run_seaweedfs(tmp / f"s3-{shape}-{round_}-{key}") as server:
+                        warm_up(server.client(), server.bucket)
                         config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
                                   "access_key_id": server.access_key_id,
                                   "secret_access_key": server.secret_access_key}

@@ -32,6 +32,7 @@ from common import (  # noqa: E402
     prefix_usage,
     put_files_like_dandi_today,
     update_like_dandi_today,
+    warm_up,
     write_results,
 )
 
@@ -60,6 +61,7 @@ def main() -> None:
         nbytes = sum(p.stat().st_size for _, p in files)
         with run_seaweedfs(work / "s3") as server:
             client = server.client()
+            warm_up(client, server.bucket)
             location = server.location()
             zarr_id = str(uuid.uuid4())
             cache = DigestCache(work / "digest-cache")  # what the CLI uses by default
