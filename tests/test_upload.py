@@ -11,6 +11,7 @@ import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import icechunk
 import numpy as np
@@ -803,8 +804,15 @@ def test_a_first_upload_without_checksum_lookup_reads_each_chunk_file_once_and_h
     def no_hash_pass(*args: object, **kwargs: object) -> None:
         raise AssertionError("a file was hashed before it was sent")
 
+    real_read_into = local_zarr.read_file_into
+
+    def counted_into(path: str | Path, key: str, buffer: Any) -> int | None:
+        reads[key] = reads.get(key, 0) + 1
+        return real_read_into(path, key, buffer)
+
     monkeypatch.setattr(local_zarr, "read_file", counted)
     monkeypatch.setattr(sending, "read_file", counted)
+    monkeypatch.setattr(sending, "read_file_into", counted_into)
     monkeypatch.setattr(local_zarr, "hash_file", no_hash_pass)
     result = upload_zarr(src, location, zarr_id, dedup=False)
 
@@ -816,6 +824,72 @@ def test_a_first_upload_without_checksum_lookup_reads_each_chunk_file_once_and_h
     assert verify_snapshot(repo).ok  # every stored chunk has the digest the index holds
     exported = export_snapshot(repo, tmp_path / "back.zarr", snapshot_id=result.snapshot_id)
     assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+
+
+def test_big_chunks_are_read_into_buffers_used_again_and_stored_exactly(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transfer at a time, every shard after the first is read into the buffer the one
+    before was sent from: each is still stored byte for byte."""
+    from dandi_icechunk.upload import chunks as sending, local_zarr
+
+    src = _zarr_of_noise(tmp_path / "a.zarr", (4, 1024, 1024), (1, 512, 512), shards=(1, 1024, 1024))
+    buffers: list[Any] = []
+    real_read_into = local_zarr.read_file_into
+
+    def seen(path: str | Path, key: str, buffer: Any) -> int | None:
+        buffers.append(buffer)
+        return real_read_into(path, key, buffer)
+
+    monkeypatch.setattr(sending, "read_file_into", seen)
+    result = upload_zarr(src, location, zarr_id, dedup=False, jobs=1)
+    assert len(buffers) == 4 and len({id(b) for b in buffers}) == 1
+    repo = ZarrRepository.open(location, zarr_id)
+    assert verify_snapshot(repo).ok
+    exported = export_snapshot(repo, tmp_path / "back.zarr", snapshot_id=result.snapshot_id)
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+
+
+def test_a_big_chunk_that_grew_after_the_listing_is_sent_whole(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk file is read to its end, past the buffer of its listed size: what is stored is
+    what the file holds when it is sent, and the checksum is of that."""
+    from dandi_icechunk.upload import local_zarr
+
+    src = _zarr_of_noise(tmp_path / "a.zarr", (2, 1024, 1024), (1, 1024, 1024))
+    real_listing = local_zarr.LocalListing.of.__func__  # type: ignore[attr-defined]
+
+    def grown_after(cls: type, *args: Any, **kwargs: Any) -> Any:
+        listing = real_listing(cls, *args, **kwargs)
+        with open(src / "data" / "c" / "1" / "0" / "0", "ab") as f:
+            f.write(os.urandom(4096))
+        return listing
+
+    monkeypatch.setattr(local_zarr.LocalListing, "of", classmethod(grown_after))
+    result = upload_zarr(src, location, zarr_id, dedup=False)
+    assert result.zarr_checksum == reference_checksum(src)
+    exported = export_snapshot(ZarrRepository.open(location, zarr_id), tmp_path / "back.zarr",
+                               snapshot_id=result.snapshot_id)
+    assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
+
+
+def test_read_buffers_are_used_again_for_chunks_of_about_their_size_within_the_budget() -> None:
+    from dandi_icechunk.upload.chunks import _ReadBuffers
+
+    buffers = _ReadBuffers(budget=1000)
+    first = buffers.take(400)
+    buffers.give(first)
+    assert buffers.take(390) is first  # up to an eighth larger than the chunk
+    buffers.give(first)
+    other = buffers.take(300)  # too big a buffer to hand a chunk of 300 bytes
+    assert other is not first and len(other) == 300
+    third = buffers.take(500)  # 400 kept + 300 in use + 500 > 1000: the kept one goes
+    buffers.give(other)
+    buffers.give(third)
+    assert buffers.take(500) is third and buffers.take(300) is other
+    buffers.drop(other)  # a buffer Icechunk may still hold is never handed out again
+    assert buffers.take(300) is not other
 
 
 def test_a_chunk_over_icechunks_multipart_threshold_is_sent_in_one_put(
@@ -921,11 +995,17 @@ def test_a_file_is_read_and_hashed_to_its_end_whatever_size_it_was_listed_with(t
     """Chunks are read and hashed with their listed size as a hint: a file that grew or shrank since is
     still read whole, so the digest check sees what it holds now."""
     from dandi_icechunk.index import FileDigest
-    from dandi_icechunk.upload.local_zarr import hash_file, read_file
+    from dandi_icechunk.upload.local_zarr import hash_file, read_file, read_file_into
 
     data = os.urandom(now)
     (tmp_path / "f").write_bytes(data)
     assert read_file(tmp_path / "f", "f", 10) == data
     assert read_file(tmp_path / "f", "f") == data
+    for listed in (10, 9 * 1024 * 1024):  # big chunks are read into a buffer of their listed size
+        buffer = np.full(listed, 7, dtype=np.uint8)
+        filled = read_file_into(tmp_path / "f", "f", buffer)
+        assert filled == (now if now <= listed else None)  # None: it grew, read it whole instead
+        if filled is not None:
+            assert buffer[:filled].tobytes() == data
     for listed in (10, 9 * 1024 * 1024):  # hashing takes the listed size as a hint too
         assert hash_file(tmp_path / "f", "f", listed) == FileDigest(hashlib.md5(data).hexdigest(), now)

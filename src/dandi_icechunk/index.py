@@ -65,7 +65,7 @@ class FileDigest:
     size: int
 
     @classmethod
-    def of(cls, data: bytes) -> FileDigest:
+    def of(cls, data: bytes | memoryview) -> FileDigest:
         """The digest of a file's bytes."""
         return cls(hashlib.md5(data).hexdigest(), len(data))
 

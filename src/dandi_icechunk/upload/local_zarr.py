@@ -14,7 +14,7 @@ import hashlib
 import logging
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Buffer, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +191,23 @@ def read_file(path: str | Path, key: str, size: int = 0) -> bytes:
     parts: list[bytes] = []
     _read_to_end(path, key, size + 1, parts.append)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def read_file_into(path: str | Path, key: str, buffer: Buffer) -> int | None:
+    """Read ``path`` into the writable ``buffer``; how many bytes it held, or None when it holds
+    more than ``buffer`` (it grew since it was listed: read it with :func:`read_file`).
+    Unreadable files raise :class:`InvalidZarrError` naming ``key``."""
+    view = memoryview(buffer).cast("B")
+    total = 0
+    try:
+        with open(path, "rb", buffering=0) as file:
+            while total < len(view) and (got := file.readinto(view[total:])):
+                total += got
+            if total == len(view) and file.read(1):
+                return None
+    except OSError as exc:
+        raise _unreadable(key, exc) from None
+    return total
 
 
 def hash_batch(part: list[tuple[str, str, int]]) -> list[tuple[str, FileDigest]]:
