@@ -780,6 +780,33 @@ def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
     assert done.zarr_checksum == reference_checksum(src)
 
 
+class _RemoveWhenUploadStarts(NoProgress):
+    """A Progress that removes one chunk file as the uploading phase begins."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def start(self, label: str, files: int, nbytes: int) -> None:
+        if label == "uploading":
+            self.path.unlink()
+
+
+@_SMALL_AND_BIG_CHUNKS
+def test_a_chunk_file_removed_while_a_first_upload_sends_it_fails_the_upload_and_commits_nothing(
+    location: StorageLocation, zarr_id: str, tmp_path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> None:
+    src = _zarr_of_noise(tmp_path / "a.zarr", shape, chunks)
+    victim = src / "data" / "c" / "1" / "0" / "0"
+    kept = victim.read_bytes()
+    with pytest.raises(InvalidZarrError, match=r"cannot read data/c/1/0/0 \("):
+        upload_zarr(src, location, zarr_id, dedup=False, progress=_RemoveWhenUploadStarts(victim))
+    repo = ZarrRepository.open(location, zarr_id)  # at most an empty repository
+    assert repo.commit_info(repo.resolve()) is None
+
+    victim.write_bytes(kept)
+    assert upload_zarr(src, location, zarr_id, dedup=False).zarr_checksum == reference_checksum(src)
+
+
 @pytest.mark.parametrize(
     ("shape", "chunks", "shards"),
     [((32, 64, 64), (4, 16, 16), (8, 32, 32)), ((4, 1024, 1024), (1, 512, 512), (2, 1024, 1024))],
