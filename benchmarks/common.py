@@ -103,8 +103,8 @@ def publish_sample(server: Any, src: Path, jobs: int) -> tuple[str, str]:
 
 def warm_up(client: Any, bucket: str) -> None:
     """Make SeaweedFS allocate ``bucket``'s volumes (on its first write) before any timing: a
-    fresh server's first write waits for them, 0.2 s for boto3 and 1.0 s for Icechunk's client
-    (which then retries), and no real bucket does that."""
+    fresh server's first write waits for them, 0.2 s for boto3 and 1.0 s for Icechunk's client,
+    and no real bucket does that."""
     client.put_object(Bucket=bucket, Key="warm-up", Body=b"")
     client.delete_object(Bucket=bucket, Key="warm-up")
 

@@ -85,8 +85,9 @@ class _ReadBuffers:
     A new buffer costs a page fault a page as it is filled: reading a 220 MB shard took 0.09 s
     into new memory and 0.016 s into a buffer used before (ad hoc, page cache warm). Icechunk
     holds a chunk's buffer without copying it until its ``set`` returns, so a buffer is used
-    again only after that, and never after a failure. The buffers kept and those in use hold
-    at most ``budget`` bytes together, beyond what the chunks in flight need themselves.
+    again only after that, and never after a failure. A buffer is kept only while all of them
+    (kept and in use) hold at most ``budget`` bytes; a new one first makes room by dropping kept
+    ones.
     """
 
     def __init__(self, budget: int) -> None:
