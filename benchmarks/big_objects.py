@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
     child_payload,
+    fresh_server,
     local_files,
     md5_rate_one_core,
     peak_rss_mb,
@@ -39,13 +40,11 @@ from common import (  # noqa: E402
     rotated,
     run_child,
     summarize_runs,
-    warm_up,
     write_results,
 )
 from workloads import ROW_VALUES, Workload  # noqa: E402
 
 from dandi_icechunk.location import S3Credentials, StorageLocation  # noqa: E402
-from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 CONTENDERS = {
@@ -177,8 +176,7 @@ def main() -> None:
         for round_ in range(rounds):
             order = rotated(CONTENDERS, round_)
             for key in order:
-                with run_seaweedfs(tmp / f"s3-{round_}-{key}") as server:
-                    warm_up(server.client(), server.bucket)
+                with fresh_server(tmp / f"s3-{round_}-{key}") as server:
                     config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
                               "access_key_id": server.access_key_id, "secret_access_key": server.secret_access_key}
                     runs[key].append(run_child(__file__, {"contender": key, "server": config, "src": str(src),

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from dandi_icechunk.testing import S3Server, run_seaweedfs
 
 
 def make_chunked_v2(path: Path, *, total_bytes: int, chunk_bytes: int, seed: int = 0, per_directory: int = 1) -> int:
@@ -107,6 +111,18 @@ def warm_up(client: Any, bucket: str) -> None:
     and no real bucket does that."""
     client.put_object(Bucket=bucket, Key="warm-up", Body=b"")
     client.delete_object(Bucket=bucket, Key="warm-up")
+
+
+@contextlib.contextmanager
+def fresh_server(data_dir: Path) -> Iterator[S3Server]:
+    """A SeaweedFS of its own for one contender's run: its bucket written to once
+    (:func:`warm_up`), and its data removed after, so runs of big Zarrs do not fill the disk."""
+    try:
+        with run_seaweedfs(data_dir) as server:
+            warm_up(server.client(), server.bucket)
+            yield server
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def rotated(keys: Iterable[str], round_: int) -> list[str]:

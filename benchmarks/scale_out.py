@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
     child_payload,
+    fresh_server,
     local_files,
     make_chunked_v2,
     peak_rss_mb,
@@ -41,12 +42,10 @@ from common import (  # noqa: E402
     rotated,
     run_child,
     summarize_runs,
-    warm_up,
     write_results,
 )
 
 from dandi_icechunk.location import S3Credentials, StorageLocation  # noqa: E402
-from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 CONTENDERS = {"local": "one process", "dask-1": "Dask, 1 worker", "dask-2": "Dask, 2 workers"}
@@ -172,8 +171,7 @@ def main() -> None:
             for round_ in range(rounds):
                 order = rotated(CONTENDERS, round_)
                 for key in order:
-                    with run_seaweedfs(tmp / f"s3-{shape}-{round_}-{key}") as server:
-                        warm_up(server.client(), server.bucket)
+                    with fresh_server(tmp / f"s3-{shape}-{round_}-{key}") as server:
                         config = {"endpoint_url": server.endpoint_url, "bucket": server.bucket,
                                   "access_key_id": server.access_key_id,
                                   "secret_access_key": server.secret_access_key}
