@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     Timer,
     child_payload,
     chunk_key,
+    fresh_server,
     get_files,
     local_files,
     make_chunked_v2,
@@ -56,12 +57,10 @@ from common import (  # noqa: E402
     run_child,
     summarize_runs,
     update_like_dandi_today,
-    warm_up,
     write_results,
 )
 
 from dandi_icechunk.location import S3Credentials, StorageLocation  # noqa: E402
-from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 CHUNK = 1024
@@ -142,8 +141,7 @@ def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[st
         src = work / "src.zarr"
         shutil.rmtree(src, ignore_errors=True)
         make_chunked_v2(src, total_bytes=n * CHUNK, chunk_bytes=CHUNK, per_directory=per_directory)
-        with run_seaweedfs(work / f"s3-{round_}") as s3:
-            warm_up(s3.client(), s3.bucket)
+        with fresh_server(work / f"s3-{round_}") as s3:
             zarr_id = str(uuid.uuid4())
             base = {"src": str(src), "bucket": s3.bucket, "endpoint_url": s3.endpoint_url, "jobs": jobs,
                     "access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key,
@@ -164,7 +162,6 @@ def one_size(n: int, rounds: int, jobs: int, per_directory: int, phases: dict[st
                     runs[phase][contender].append(run)
                     print(f"{n} files, round {round_ + 1}, {phase}, {contender}: {run.get('s', 'failed')} s, "
                           f"peak RSS {run.get('peak_rss_MB')} MB, stored {run.get('bytes_stored')} B", flush=True)
-        shutil.rmtree(work / f"s3-{round_}", ignore_errors=True)
     return {"runs": runs, "changed_bytes": changed_bytes}
 
 

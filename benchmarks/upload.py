@@ -26,17 +26,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     Timer,
     change_chunks,
+    fresh_server,
     local_files,
     make_chunked_v2,
     md5_rate_one_core,
     prefix_usage,
     put_files_like_dandi_today,
     update_like_dandi_today,
-    warm_up,
     write_results,
 )
 
-from dandi_icechunk.testing import run_seaweedfs  # noqa: E402
 from dandi_icechunk.upload import upload_zarr  # noqa: E402
 from dandi_icechunk.upload.digest_cache import DigestCache  # noqa: E402
 
@@ -59,9 +58,8 @@ def main() -> None:
         n_chunks = make_chunked_v2(src, total_bytes=size, chunk_bytes=args.chunk_kb * 1024)
         files = local_files(src)
         nbytes = sum(p.stat().st_size for _, p in files)
-        with run_seaweedfs(work / "s3") as server:
+        with fresh_server(work / "s3") as server:
             client = server.client()
-            warm_up(client, server.bucket)
             location = server.location()
             zarr_id = str(uuid.uuid4())
             cache = DigestCache(work / "digest-cache")  # what the CLI uses by default

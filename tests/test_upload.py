@@ -9,7 +9,7 @@ import os
 import shutil
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -738,16 +738,16 @@ def test_the_listing_shortcut_never_hides_a_change(
     assert tree_bytes(Path(exported.destination)) == tree_bytes(src)
 
 
-class _RewriteWhenUploadStarts(NoProgress):
-    """A Progress that rewrites one chunk file after hashing, as the uploading phase begins:
-    a writer still busy with the Zarr while it is uploaded."""
+class _WhenUploadStarts(NoProgress):
+    """A Progress that calls ``act`` as the uploading phase begins, after any hashing: a writer
+    still busy with the Zarr while it is uploaded."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, act: Callable[[], object]) -> None:
+        self.act = act
 
     def start(self, label: str, files: int, nbytes: int) -> None:
         if label == "uploading":
-            self.path.write_bytes(os.urandom(self.path.stat().st_size))
+            self.act()
 
 
 def _zarr_of_noise(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], **kwargs: object) -> Path:
@@ -773,22 +773,12 @@ def test_file_changed_after_hashing_fails_the_upload_and_commits_nothing(
     victim = src / "data" / "c" / "0" / "0" / "0"
     victim.write_bytes(os.urandom(chunks[-1] * chunks[-2] * 2))  # as big as the chunk, to be sent the same way
     with pytest.raises(InvalidZarrError, match=r"data/c/0/0/0 changed while it was being uploaded"):
-        upload_zarr(src, location, zarr_id, progress=_RewriteWhenUploadStarts(victim))
+        rewrite = _WhenUploadStarts(lambda: victim.write_bytes(os.urandom(victim.stat().st_size)))
+        upload_zarr(src, location, zarr_id, progress=rewrite)
     assert ZarrRepository.open(location, zarr_id).resolve() == first.snapshot_id
 
     done = upload_zarr(src, location, zarr_id)  # once the writer is done, the upload goes through
     assert done.zarr_checksum == reference_checksum(src)
-
-
-class _RemoveWhenUploadStarts(NoProgress):
-    """A Progress that removes one chunk file as the uploading phase begins."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def start(self, label: str, files: int, nbytes: int) -> None:
-        if label == "uploading":
-            self.path.unlink()
 
 
 @_SMALL_AND_BIG_CHUNKS
@@ -799,7 +789,7 @@ def test_a_chunk_file_removed_while_a_first_upload_sends_it_fails_the_upload_and
     victim = src / "data" / "c" / "1" / "0" / "0"
     kept = victim.read_bytes()
     with pytest.raises(InvalidZarrError, match=r"cannot read data/c/1/0/0 \("):
-        upload_zarr(src, location, zarr_id, dedup=False, progress=_RemoveWhenUploadStarts(victim))
+        upload_zarr(src, location, zarr_id, dedup=False, progress=_WhenUploadStarts(victim.unlink))
     repo = ZarrRepository.open(location, zarr_id)  # at most an empty repository
     assert repo.commit_info(repo.resolve()) is None
 
