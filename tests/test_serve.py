@@ -168,6 +168,10 @@ def test_browsers_may_read_cross_origin_with_cors_and_preflight(
     assert status == 200 and "GET" in headers["Access-Control-Allow-Methods"]
     assert "range" in headers["Access-Control-Allow-Headers"].lower()
     assert _get(f"{base}/0/0.0.0", method="OPTIONS")[0] == 204  # a plain OPTIONS, no preflight
+    for refused in ({"Access-Control-Request-Method": "PUT"},
+                    {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}):
+        status, headers, body = _get(f"{base}/0/0.0.0", method="OPTIONS", headers={**origin, **refused})
+        assert status == 400 and "Access-Control-Allow-Methods" not in headers and b"only GET and HEAD" in body
 
 
 def test_tensorstore_reads_the_http_view_with_the_same_values(

@@ -18,18 +18,13 @@ on the repository's prefix comes on top.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import threading
 from collections import OrderedDict
-
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from ..errors import DandiIcechunkError, RepositoryNotFoundError
 from ..hierarchy import is_document
@@ -37,10 +32,18 @@ from ..location import StorageLocation
 from ..session import ZarrRepository
 from ..snapshot_files import READ_CHUNK_REFS, SnapshotFiles, byte_range
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 16 shards
 _IMMUTABLE = "public, max-age=31536000, immutable"
-_EXPOSED = ("ETag", "Content-Range", "Content-Length", "Accept-Ranges")
+_METHODS = "GET, HEAD, OPTIONS"
+_REQUEST_HEADERS = frozenset({"range", "if-none-match"})
+_CORS = [(b"access-control-allow-origin", b"*"),
+         (b"access-control-expose-headers", b"ETag, Content-Range, Content-Length, Accept-Ranges")]
 
 
 class _Snapshots:
@@ -83,59 +86,107 @@ def _split(path: str) -> tuple[str, str, str]:
     return parts[0], "/".join(parts[1:take]), "/".join(parts[take:])
 
 
-def create_app(location: StorageLocation) -> Starlette:
-    """The ASGI application serving the snapshots of the repositories at ``location``."""
+def create_app(location: StorageLocation) -> ASGIApp:
+    """The ASGI application serving the snapshots of the repositories at ``location``.
+
+    A bare ASGI callable: no framework between the server and the lookup, since a viewer's
+    every chunk is one request (``docs/reading.md``, the view's speed)."""
     snapshots = _Snapshots(location)
 
-    async def serve(request: Request) -> Response:
-        if request.method == "OPTIONS":  # a preflight is answered by the CORS middleware
-            return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
-        if request.method not in ("GET", "HEAD"):
-            return PlainTextResponse("read-only: only GET and HEAD", 405, headers={"Allow": "GET, HEAD, OPTIONS"})
-        try:
-            zarr_id, ref, key = _split(request.path_params["path"])
-            # storage is read off the event loop; what is in memory is answered in place
-            snapshot = snapshots.cached(zarr_id, ref)
-            if snapshot is None:
-                snapshot = await run_in_threadpool(snapshots.get, zarr_id, ref)
-        except DandiIcechunkError as exc:
-            return PlainTextResponse(str(exc), 404)
-        digest = None
-        if key and not key.endswith("/"):
-            in_memory = snapshot.index.in_memory(key)
-            digest = snapshot.digest(key) if in_memory else await run_in_threadpool(snapshot.digest, key)
-        if digest is None and await run_in_threadpool(snapshot.is_directory, key):
-            return await run_in_threadpool(_listing, snapshot, key.rstrip("/"), request)
-        if digest is None:
-            return PlainTextResponse(f"{key} is not in snapshot {snapshot.snapshot_id}", 404)
-        etag = f'"{digest.md5}"'
-        headers = {"ETag": etag, "Cache-Control": _IMMUTABLE, "Accept-Ranges": "bytes"}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        media = "application/json" if is_document(key) else "application/octet-stream"
-        span = byte_range(request.headers.get("range"), digest.size)
-        if isinstance(span, str):  # "invalid"
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{digest.size}"})
-        if request.method == "HEAD":
-            return Response(status_code=200, media_type=media, headers={**headers, "Content-Length": str(digest.size)})
-        data = await snapshot.read(key)
-        if data is None:
-            return PlainTextResponse(f"{key} is missing from the repository; run dandi-icechunk audit", 500)
-        if span is None:
-            return Response(data, media_type=media, headers=headers)
-        start, end = span
-        headers["Content-Range"] = f"bytes {start}-{end}/{digest.size}"
-        return Response(data[start : end + 1], status_code=206, media_type=media, headers=headers)
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            status, headers, body = await _answer(snapshots, scope)
+            await send({"type": "http.response.start", "status": status, "headers": headers + _CORS})
+            await send({"type": "http.response.body", "body": body})
 
-    cors = Middleware(
-        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "OPTIONS"],
-        allow_headers=["Range", "If-None-Match"], expose_headers=list(_EXPOSED), max_age=86400,
-    )
-    methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "PATCH"]
-    return Starlette(routes=[Route("/{path:path}", serve, methods=methods)], middleware=[cors])
+    return app
 
 
-def app_from_environment() -> Starlette:
+_Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def _reply(status: int, body: bytes | str = b"", headers: dict[str, str] | None = None,
+           length: int | None = None) -> _Reply:
+    """A response; text bodies are plain text, ``length`` is a HEAD answer's Content-Length."""
+    fields = dict(headers or {})
+    if isinstance(body, str):
+        body = body.encode()
+        fields.setdefault("Content-Type", "text/plain; charset=utf-8")
+    if status not in (204, 304):  # these have no body, and say nothing of its length
+        fields["Content-Length"] = str(len(body) if length is None else length)
+    return status, [(k.lower().encode(), v.encode()) for k, v in fields.items()], body
+
+
+async def _answer(snapshots: _Snapshots, scope: Scope) -> _Reply:
+    method = scope["method"]
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    if method == "OPTIONS":
+        return _preflight(headers)
+    if method not in ("GET", "HEAD"):
+        return _reply(405, "read-only: only GET and HEAD", {"Allow": _METHODS})
+    try:
+        zarr_id, ref, key = _split(scope["path"].lstrip("/"))
+        # storage is read off the event loop; what is in memory is answered in place
+        snapshot = snapshots.cached(zarr_id, ref)
+        if snapshot is None:
+            snapshot = await asyncio.to_thread(snapshots.get, zarr_id, ref)
+    except DandiIcechunkError as exc:
+        return _reply(404, str(exc))
+    digest = None
+    if key and not key.endswith("/"):
+        digest = snapshot.digest(key) if snapshot.index.in_memory(key) else await asyncio.to_thread(snapshot.digest, key)
+    if digest is None and await asyncio.to_thread(snapshot.is_directory, key):
+        path = scope.get("root_path", "") + scope["path"]
+        return await asyncio.to_thread(_listing, snapshot, key.rstrip("/"), path)
+    if digest is None:
+        return _reply(404, f"{key} is not in snapshot {snapshot.snapshot_id}")
+    etag = f'"{digest.md5}"'
+    fields = {"ETag": etag, "Cache-Control": _IMMUTABLE, "Accept-Ranges": "bytes"}
+    if headers.get("if-none-match") == etag:
+        return _reply(304, headers=fields)
+    fields["Content-Type"] = "application/json" if is_document(key) else "application/octet-stream"
+    span = byte_range(headers.get("range"), digest.size)
+    if isinstance(span, str):  # "invalid"
+        return _reply(416, headers={"Content-Range": f"bytes */{digest.size}"})
+    if method == "HEAD":
+        return _reply(200, headers=fields, length=digest.size)
+    data = await snapshot.read(key)
+    if data is None:
+        return _reply(500, f"{key} is missing from the repository; run dandi-icechunk audit")
+    if span is None:
+        return _reply(200, data, fields)
+    start, end = span
+    fields["Content-Range"] = f"bytes {start}-{end}/{digest.size}"
+    return _reply(206, data[start : end + 1], fields)
+
+
+def _preflight(headers: dict[str, str]) -> _Reply:
+    """A CORS preflight (any origin may GET and HEAD, sending Range and If-None-Match); a plain
+    OPTIONS is told what is allowed."""
+    method = headers.get("access-control-request-method")
+    if "origin" not in headers or method is None:
+        return _reply(204, headers={"Allow": _METHODS})
+    asked = {h.strip().lower() for h in headers.get("access-control-request-headers", "").split(",") if h.strip()}
+    if method not in ("GET", "HEAD") or not asked <= _REQUEST_HEADERS:
+        return _reply(400, f"CORS: only GET and HEAD, with the headers {', '.join(sorted(_REQUEST_HEADERS))}")
+    return _reply(200, headers={
+        "Access-Control-Allow-Methods": _METHODS, "Access-Control-Allow-Headers": "Range, If-None-Match",
+        "Access-Control-Max-Age": "86400",
+    })
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: each event is acknowledged."""
+    while True:
+        event = (await receive())["type"]
+        await send({"type": f"{event}.complete"})
+        if event == "lifespan.shutdown":
+            return
+
+
+def app_from_environment() -> ASGIApp:
     """The application for the location ``$DANDI_ICECHUNK_STORAGE`` names, read as
     :meth:`~dandi_icechunk.location.StorageLocation.for_reading` reads: the factory each process
     of ``dandi-icechunk serve --workers N`` calls, or any ASGI server's.
@@ -145,11 +196,12 @@ def app_from_environment() -> Starlette:
     return create_app(StorageLocation.resolve().for_reading())
 
 
-def _listing(snapshot: SnapshotFiles, directory: str, request: Request) -> Response:
+def _listing(snapshot: SnapshotFiles, directory: str, path: str) -> _Reply:
     prefix = f"{directory}/" if directory else ""
     children = sorted(
         {k[len(prefix):].split("/")[0] + ("/" if "/" in k[len(prefix):] else "") for k in snapshot.list(prefix=prefix)}
     )
-    base = request.url.path if request.url.path.endswith("/") else request.url.path + "/"
+    base = path if path.endswith("/") else path + "/"
     links = "\n".join(f'<a href="{html.escape(base + c)}">{html.escape(c)}</a><br>' for c in children)
-    return HTMLResponse(f"<html><body>\n{links}\n</body></html>", headers={"Cache-Control": _IMMUTABLE})
+    page = f"<html><body>\n{links}\n</body></html>"
+    return _reply(200, page.encode(), {"Content-Type": "text/html; charset=utf-8", "Cache-Control": _IMMUTABLE})
