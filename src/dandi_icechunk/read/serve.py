@@ -41,7 +41,8 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 16 shards
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _METHODS = "GET, HEAD, OPTIONS"
-_REQUEST_HEADERS = frozenset({"range", "if-none-match"})
+# a reader's own headers, and those the Fetch standard lets any page send to any origin
+_REQUEST_HEADERS = ("Range", "If-None-Match", "Accept", "Accept-Language", "Content-Language", "Content-Type")
 _CORS = [(b"access-control-allow-origin", b"*"),
          (b"access-control-expose-headers", b"ETag, Content-Range, Content-Length, Accept-Ranges")]
 
@@ -163,16 +164,16 @@ async def _answer(snapshots: _Snapshots, scope: Scope) -> _Reply:
 
 
 def _preflight(headers: dict[str, str]) -> _Reply:
-    """A CORS preflight (any origin may GET and HEAD, sending Range and If-None-Match); a plain
-    OPTIONS is told what is allowed."""
+    """A CORS preflight (any origin may GET and HEAD, sending Range, If-None-Match and the
+    safelisted headers); a plain OPTIONS is told what is allowed."""
     method = headers.get("access-control-request-method")
     if "origin" not in headers or method is None:
         return _reply(204, headers={"Allow": _METHODS})
     asked = {h.strip().lower() for h in headers.get("access-control-request-headers", "").split(",") if h.strip()}
-    if method not in ("GET", "HEAD") or not asked <= _REQUEST_HEADERS:
-        return _reply(400, f"CORS: only GET and HEAD, with the headers {', '.join(sorted(_REQUEST_HEADERS))}")
+    if method not in ("GET", "HEAD") or not asked <= {h.lower() for h in _REQUEST_HEADERS}:
+        return _reply(400, f"CORS: only GET and HEAD, with the headers {', '.join(_REQUEST_HEADERS)}")
     return _reply(200, headers={
-        "Access-Control-Allow-Methods": _METHODS, "Access-Control-Allow-Headers": "Range, If-None-Match",
+        "Access-Control-Allow-Methods": _METHODS, "Access-Control-Allow-Headers": ", ".join(_REQUEST_HEADERS),
         "Access-Control-Max-Age": "86400",
     })
 
