@@ -973,8 +973,14 @@ def test_transfers_run_on_uvloop_where_it_is_installed_and_on_asyncio_without_it
 
     assert aio.run(loop_type()) is uvloop.Loop
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows, which uvloop does not support
-    assert issubclass(aio.run(loop_type()), asyncio.BaseEventLoop)
-    assert not issubclass(aio.run(loop_type()), uvloop.Loop)
+    # asyncio's default policy: uvicorn 0.30 sets uvloop's for the whole process once it has served
+    policy = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(None)
+    try:
+        assert issubclass(aio.run(loop_type()), asyncio.BaseEventLoop)
+        assert not issubclass(aio.run(loop_type()), uvloop.Loop)
+    finally:
+        asyncio.set_event_loop_policy(policy)
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.tuples(*[st.integers(0, 2**62)] * 3), max_size=40),
