@@ -40,6 +40,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _SNAPSHOT_ID = re.compile(r"[0-9A-Z]{20}")
 _CACHE_SIZE = 8  # snapshots kept open; each holds its index root and at most 16 shards
 _IMMUTABLE = "public, max-age=31536000, immutable"
+_READS = ("GET", "HEAD")
 _METHODS = "GET, HEAD, OPTIONS"
 # a reader's own headers, and those the Fetch standard lets any page send to any origin
 _REQUEST_HEADERS = ("Range", "If-None-Match", "Accept", "Accept-Language", "Content-Language", "Content-Type")
@@ -125,7 +126,7 @@ async def _answer(snapshots: _Snapshots, scope: Scope) -> _Reply:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     if method == "OPTIONS":
         return _preflight(headers)
-    if method not in ("GET", "HEAD"):
+    if method not in _READS:
         return _reply(405, "read-only: only GET and HEAD", {"Allow": _METHODS})
     try:
         zarr_id, ref, key = _split(scope["path"].lstrip("/"))
@@ -170,7 +171,7 @@ def _preflight(headers: dict[str, str]) -> _Reply:
     if "origin" not in headers or method is None:
         return _reply(204, headers={"Allow": _METHODS})
     asked = {h.strip().lower() for h in headers.get("access-control-request-headers", "").split(",") if h.strip()}
-    if method not in ("GET", "HEAD") or not asked <= {h.lower() for h in _REQUEST_HEADERS}:
+    if method not in _READS or not asked <= {h.lower() for h in _REQUEST_HEADERS}:
         return _reply(400, f"CORS: only GET and HEAD, with the headers {', '.join(_REQUEST_HEADERS)}")
     return _reply(200, headers={
         "Access-Control-Allow-Methods": _METHODS, "Access-Control-Allow-Headers": ", ".join(_REQUEST_HEADERS),
